@@ -1,0 +1,55 @@
+"""dbt-pgtrickle: incrementally maintained stream tables for PostgreSQL and Citus.
+
+The Python API: every function takes a psycopg 3 connection (idle; the runtime runs its own
+transactions) or a DSN string.
+"""
+
+from ._version import __version__
+from .api import (
+    alter_stream_table,
+    create_stream_table,
+    drop_stream_table,
+    explain_stream_table,
+    get_setting,
+    install,
+    refresh_all,
+    refresh_stream_table,
+    set_setting,
+    status,
+)
+from .errors import (
+    ConfigError,
+    PgTrickleError,
+    QueryError,
+    RefreshError,
+    SourceError,
+    StreamTableExists,
+    StreamTableNotFound,
+    UnsupportedConstruct,
+)
+from .naming import stable_name
+from .refresh.engine import RefreshResult
+
+__all__ = [
+    "ConfigError",
+    "PgTrickleError",
+    "QueryError",
+    "RefreshError",
+    "RefreshResult",
+    "SourceError",
+    "StreamTableExists",
+    "StreamTableNotFound",
+    "UnsupportedConstruct",
+    "__version__",
+    "alter_stream_table",
+    "create_stream_table",
+    "drop_stream_table",
+    "explain_stream_table",
+    "get_setting",
+    "install",
+    "refresh_all",
+    "refresh_stream_table",
+    "set_setting",
+    "stable_name",
+    "status",
+]

@@ -1,0 +1,505 @@
+"""The Python API (DESIGN §5). Every function takes a psycopg 3 connection or a DSN string.
+
+Creation, alteration and drop are each one transaction: on any error nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import settings as _settings
+from ._conn import session
+from .catalog import install as _install
+from .catalog import records
+from .catalog.lookup import DatabaseLookup
+from .cdc.triggers import ensure_capture, release_capture
+from .dvm import _sqlglot, compiler
+from .errors import (
+    ConfigError,
+    PgTrickleError,
+    QueryError,
+    SourceError,
+    StreamTableExists,
+    UnsupportedConstruct,
+)
+from .naming import stable_name
+from .refresh import engine
+from .refresh._tx import repeatable_read
+from .refresh.engine import RefreshResult
+
+Conn = psycopg.Connection[Any] | str
+
+REFRESH_MODES = ("AUTO", "DIFFERENTIAL", "FULL")
+CDC_MODES = ("auto", "trigger")
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d))+$")
+_CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def install(conn: Conn) -> int:
+    """Create or upgrade the ``pgtrickle`` schemas; returns the installed schema version."""
+    with session(conn) as c:
+        return _install.install(c)
+
+
+def _check_mode(mode: str) -> str:
+    upper = str(mode).upper()
+    if upper not in REFRESH_MODES:
+        raise ConfigError(f"refresh_mode must be one of {', '.join(REFRESH_MODES)}, got {mode!r}")
+    return upper
+
+
+def _check_schedule(schedule: str | None) -> str | None:
+    if schedule is None:
+        return None
+    text = str(schedule).strip()
+    fields = text.split()
+    if (
+        _DURATION.match(text)
+        or text in _CRON_ALIASES
+        or text == "calculated"
+        or (len(fields) in (5, 6) and all(re.match(r"^[\d*/,\-A-Za-z?LW#]+$", f) for f in fields))
+    ):
+        return text
+    raise ConfigError(
+        f"schedule {schedule!r} is not valid: use a duration like '30s', '5m' or '1h30m', "
+        "a cron expression with 5 or 6 fields, an alias like '@hourly', or 'calculated'"
+    )
+
+
+def _check_cdc(cdc_mode: str) -> str:
+    mode = str(cdc_mode).lower()
+    if mode not in CDC_MODES:
+        raise ConfigError(f"cdc_mode must be one of {', '.join(CDC_MODES)}, got {cdc_mode!r}")
+    return "trigger"
+
+
+def _describe(conn: psycopg.Connection[Any], query: str) -> list[str]:
+    """Validate the query with PostgreSQL and return its output column names."""
+    try:
+        with conn.transaction():
+            names = engine.describe_query(conn, query)
+    except psycopg.errors.UndefinedTable as exc:
+        raise SourceError(f"the query reads a relation that does not exist: {_msg(exc)}") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PgTrickleError(
+            f"missing privilege: {_msg(exc)}; grant SELECT on the sources to this role",
+            sqlstate=exc.sqlstate,
+        ) from None
+    except psycopg.Error as exc:
+        raise QueryError(f"the query is not valid: {_msg(exc)}") from None
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise QueryError(
+                f"output column {name!r} appears more than once; give each column its own alias"
+            )
+        if name.startswith("__pgt_"):
+            raise QueryError(f"output column {name!r} uses the reserved prefix __pgt_")
+        seen.add(name)
+    return names
+
+
+def _msg(exc: psycopg.Error) -> str:
+    return (exc.diag.message_primary or str(exc)).strip()
+
+
+def _plan(
+    conn: psycopg.Connection[Any], schema: str, name: str, query: str
+) -> compiler.DeltaPlan:
+    _sqlglot.parse(query)  # non-SELECT and syntax errors, before PostgreSQL sees the text
+    names = _describe(conn, query)
+    return compiler.compile_query(
+        query, DatabaseLookup(conn), names, sql.Identifier(schema, name).as_string(conn)
+    )
+
+
+def _modes(plan: compiler.DeltaPlan, requested: str) -> tuple[str, str | None]:
+    """Effective mode and fallback reason for a plan under the requested mode."""
+    if requested == "FULL":
+        return "FULL", None
+    if not plan.differential:
+        if requested == "DIFFERENTIAL":
+            assert plan.unsupported
+            raise UnsupportedConstruct(plan.unsupported.split(": ", 1)[-1])
+        return "FULL", plan.unsupported
+    return "DIFFERENTIAL", None
+
+
+def _build_table(
+    conn: psycopg.Connection[Any], schema: str, name: str, plan: compiler.DeltaPlan, populate: bool
+) -> int:
+    """Create the storage table of a plan (and fill it); returns rows inserted."""
+    target = sql.Identifier(schema, name)
+    conn.execute(
+        sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
+            target,
+            sql.SQL(plan.full_sql),  # type: ignore[arg-type]
+        )
+    )
+    if plan.strategy != compiler.FULL_ONLY:
+        unique = sql.SQL("UNIQUE ") if plan.strategy in compiler.MERGE_STRATEGIES else sql.SQL("")
+        conn.execute(
+            sql.SQL("CREATE {}INDEX {} ON {} (__pgt_row_id)").format(
+                unique, sql.Identifier(f"{name}__pgt_row_id"[:63]), target
+            )
+        )
+    if not populate:
+        return 0
+    cur = conn.execute(
+        sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql))  # type: ignore[arg-type]
+    )
+    return max(cur.rowcount, 0)
+
+
+def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> None:
+    """Block writers of the captured sources until commit (no snapshot is taken by LOCK), so
+    every write is either visible to the initial population or captured by the new triggers."""
+    for src in plan.sources:
+        if src.kind in ("table", "partitioned"):
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                    sql.Identifier(src.schema, src.name)
+                )
+            )
+
+
+def _register_sources(conn: psycopg.Connection[Any], pgt_id: int, plan: compiler.DeltaPlan) -> None:
+    for src in plan.sources:
+        if src.kind in ("table", "partitioned"):
+            buf = ensure_capture(conn, src)
+            stable = buf.stable_name
+        else:
+            stable = stable_name(src.schema, src.name)
+            conn.execute(
+                "INSERT INTO pgtrickle.pgt_change_tracking (source_stable_name, source_schema, "
+                "source_name, buffer_table, cdc_mode, captured_columns) VALUES "
+                "(%s, %s, %s, '', 'none', '[]') ON CONFLICT DO NOTHING",
+                (stable, src.schema, src.name),
+            )
+        conn.execute(
+            "INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_stable_name, source_schema, "
+            "source_name) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (pgt_id, stable, src.schema, src.name),
+        )
+
+
+def create_stream_table(
+    conn: Conn,
+    name: str,
+    query: str,
+    *,
+    schedule: str | None = None,
+    refresh_mode: str = "AUTO",
+    initialize: bool = True,
+    cdc_mode: str = "auto",
+    **options: Any,
+) -> dict[str, Any]:
+    """Create a stream table ``name`` defined by ``query`` (and populate it unless
+    ``initialize=False``). Returns the catalog view of the new stream table."""
+    mode = _check_mode(refresh_mode)
+    schedule = _check_schedule(schedule)
+    cdc = _check_cdc(cdc_mode)
+    if options:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(options))}")
+    schema, rel = records.split_name(name)
+    with session(conn) as c:
+        _install.require_installed(c)
+        if records.find(c, schema, rel) is not None:
+            raise StreamTableExists(f"stream table {schema}.{rel} already exists")
+        exists = c.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, rel).as_string(c),)
+        ).fetchone()
+        if exists and exists[0]:
+            raise StreamTableExists(
+                f"a relation named {schema}.{rel} already exists; drop it or pick another name"
+            )
+        plan = _plan(c, schema, rel, query)
+        effective, reason = _modes(plan, mode)
+        try:
+            with repeatable_read(c):
+                lock_ms = _settings.get_setting(c, "refresh_lock_timeout_ms")
+                c.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
+                _lock_sources(c, plan)
+                frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
+                rows = _build_table(c, schema, rel, plan, initialize)
+                pgt_id = c.execute(
+                    "INSERT INTO pgtrickle.pgt_stream_tables (pgt_schema, pgt_name, "
+                    "defining_query, original_query, query_hash, schedule, requested_mode, "
+                    "effective_mode, status, frontier, fallback_reason, plan, initialize, cdc_mode, "
+                    "last_refresh_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::pg_snapshot, "
+                    "%s, %s, %s, %s, CASE WHEN %s THEN now() END) RETURNING pgt_id",
+                    (
+                        schema,
+                        rel,
+                        plan.defining_query,
+                        query,
+                        _sqlglot.query_hash(query),
+                        schedule,
+                        mode,
+                        effective,
+                        "ACTIVE" if initialize else "INITIALIZING",
+                        frontier if initialize else None,
+                        reason,
+                        json.dumps(plan.to_json()),
+                        initialize,
+                        cdc,
+                        initialize,
+                    ),
+                ).fetchone()[0]  # type: ignore[index]
+                _register_sources(c, pgt_id, plan)
+                if initialize:
+                    c.execute(
+                        "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, pgt_schema, pgt_name, "
+                        "started_at, ended_at, action, status, rows_in, rows_inserted, "
+                        "rows_updated, rows_deleted, fallback_reason, initiated_by, "
+                        "frontier_after) VALUES (%s, %s, %s, now(), clock_timestamp(), 'FULL', "
+                        "'COMPLETED', 0, %s, 0, 0, 'initial population', 'create', %s)",
+                        (pgt_id, schema, rel, rows, frontier),
+                    )
+        except psycopg.errors.LockNotAvailable as exc:
+            raise PgTrickleError(
+                f"could not lock the sources of {schema}.{rel}: {_msg(exc)}; "
+                "long-running writers hold them, try again",
+                sqlstate=exc.sqlstate,
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PgTrickleError(
+                f"missing privilege while creating {schema}.{rel}: {_msg(exc)}; the role needs "
+                "CREATE on the target schema and ownership (or TRIGGER) on the sources",
+                sqlstate=exc.sqlstate,
+            ) from None
+        except psycopg.Error as exc:
+            raise PgTrickleError(
+                f"creating {schema}.{rel} failed: {_msg(exc)}", sqlstate=exc.sqlstate
+            ) from exc
+        return _status_row(c, schema, rel)
+
+
+def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
+    """Change ``query``, ``schedule`` and/or ``refresh_mode`` of a stream table.
+
+    A new query is built beside the old table and swapped in within one transaction, so readers
+    never see an empty or half-built table.
+    """
+    allowed = {"query", "schedule", "refresh_mode"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ConfigError(
+            f"cannot alter {', '.join(sorted(unknown))}; alterable: {', '.join(sorted(allowed))}"
+        )
+    schema, rel = records.split_name(name)
+    with session(conn) as c:
+        _install.require_installed(c)
+        rec = records.get(c, schema, rel)
+        mode = _check_mode(changes.get("refresh_mode", rec.requested_mode))
+        schedule = (
+            _check_schedule(changes["schedule"]) if "schedule" in changes else rec.schedule
+        )
+        query = changes.get("query", rec.original_query)
+        new_query = "query" in changes and _sqlglot.query_hash(query) != rec.query_hash
+        plan = _plan(c, schema, rel, query)
+        effective, reason = _modes(plan, mode)
+        with repeatable_read(c):
+            c.execute(
+                sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(schema, rel))
+            )
+            if new_query:
+                _lock_sources(c, plan)
+            frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
+            if new_query:
+                tmp = f"{rel}__pgt_new"[:63]
+                rows = _build_table(c, schema, tmp, plan, True)
+                c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, rel)))
+                c.execute(
+                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                        sql.Identifier(schema, tmp), sql.Identifier(rel)
+                    )
+                )
+                if plan.strategy != compiler.FULL_ONLY:
+                    c.execute(
+                        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                            sql.Identifier(schema, f"{tmp}__pgt_row_id"[:63]),
+                            sql.Identifier(f"{rel}__pgt_row_id"[:63]),
+                        )
+                    )
+                old_sources = [
+                    r[0]
+                    for r in c.execute(
+                        "DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = %s "
+                        "RETURNING source_stable_name",
+                        (rec.pgt_id,),
+                    ).fetchall()
+                ]
+                _register_sources(c, rec.pgt_id, plan)
+                for stable in old_sources:
+                    release_capture(c, stable)
+                c.execute(
+                    "UPDATE pgtrickle.pgt_stream_tables SET defining_query = %s, "
+                    "original_query = %s, query_hash = %s, frontier = %s::pg_snapshot, "
+                    "plan = %s, status = 'ACTIVE', needs_full = false, last_refresh_at = now() "
+                    "WHERE pgt_id = %s",
+                    (
+                        plan.defining_query,
+                        query,
+                        _sqlglot.query_hash(query),
+                        frontier,
+                        json.dumps(plan.to_json()),
+                        rec.pgt_id,
+                    ),
+                )
+                c.execute(
+                    "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, pgt_schema, pgt_name, "
+                    "started_at, ended_at, action, status, rows_in, rows_inserted, rows_updated, "
+                    "rows_deleted, fallback_reason, initiated_by, frontier_after) VALUES "
+                    "(%s, %s, %s, now(), clock_timestamp(), 'FULL', 'COMPLETED', 0, %s, 0, 0, "
+                    "'query altered', 'alter', %s)",
+                    (rec.pgt_id, schema, rel, rows, frontier),
+                )
+            c.execute(
+                "UPDATE pgtrickle.pgt_stream_tables SET schedule = %s, requested_mode = %s, "
+                "effective_mode = %s, fallback_reason = %s, updated_at = now() WHERE pgt_id = %s",
+                (schedule, mode, effective, reason, rec.pgt_id),
+            )
+        return _status_row(c, schema, rel)
+
+
+def refresh_stream_table(
+    conn: Conn, name: str, *, full: bool = False, initiated_by: str = "api"
+) -> RefreshResult:
+    """Refresh one stream table now. ``full=True`` forces a recomputation."""
+    schema, rel = records.split_name(name)
+    with session(conn) as c:
+        _install.require_installed(c)
+        return engine.refresh(c, schema, rel, full=full, initiated_by=initiated_by)
+
+
+def refresh_all(conn: Conn, *, full: bool = False, initiated_by: str = "api") -> list[RefreshResult]:
+    """Refresh every stream table (in name order)."""
+    with session(conn) as c:
+        _install.require_installed(c)
+        return [
+            engine.refresh(c, r.pgt_schema, r.pgt_name, full=full, initiated_by=initiated_by)
+            for r in records.all_records(c)
+        ]
+
+
+def drop_stream_table(conn: Conn, name: str) -> None:
+    """Drop the stream table, its catalog rows, and the change capture no one else uses."""
+    schema, rel = records.split_name(name)
+    with session(conn) as c:
+        _install.require_installed(c)
+        rec = records.get(c, schema, rel)
+        with c.transaction():
+            c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
+            stables = [
+                r[0]
+                for r in c.execute(
+                    "DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = %s "
+                    "RETURNING source_stable_name",
+                    (rec.pgt_id,),
+                ).fetchall()
+            ]
+            c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
+            for stable in stables:
+                release_capture(c, stable)
+
+
+def explain_stream_table(conn: Conn, name: str, format: str = "text") -> Any:
+    """The operator tree, per-operator delta cost, the generated SQL and fallback reasons.
+
+    ``format``: ``text`` (a string), ``json`` (a dict) or ``dot`` (Graphviz source).
+    """
+    fmt = format.lower()
+    if fmt not in ("text", "json", "dot"):
+        raise ConfigError(f"format must be text, json or dot, got {format!r}")
+    schema, rel = records.split_name(name)
+    with session(conn) as c:
+        _install.require_installed(c)
+        rec = records.get(c, schema, rel)
+        plan = engine.compile_for(c, rec)
+    data = {
+        "name": rec.qualified,
+        "requested_mode": rec.requested_mode,
+        "effective_mode": rec.effective_mode,
+        "strategy": plan.strategy,
+        "fallback_reason": rec.fallback_reason,
+        "defining_query": plan.defining_query,
+        "operators": [vars(o) for o in plan.operators],
+        "notes": plan.notes,
+        "full_sql": plan.full_sql,
+        "delta_sql": plan.delta_sql,
+        "sources": [s.qualified for s in plan.sources],
+    }
+    if fmt == "json":
+        return data
+    if fmt == "dot":
+        lines = ["digraph stream_table {", "  rankdir=BT;"]
+        for i, op in enumerate(plan.operators):
+            label = f"{op.operator}\\n{op.delta_cost}".replace('"', "'")
+            lines.append(f'  n{i} [shape=box, label="{label}"];')
+            if i:
+                lines.append(f"  n{i - 1} -> n{i};")
+        lines.append("}")
+        return "\n".join(lines)
+    out = [
+        f"Stream table {rec.qualified}",
+        f"  mode: requested {rec.requested_mode}, effective {rec.effective_mode}"
+        f" (strategy {plan.strategy})",
+    ]
+    if rec.fallback_reason:
+        out.append(f"  fallback: {rec.fallback_reason}")
+    out.append("  operators (bottom-up):")
+    for op in plan.operators:
+        out.append(f"    {op.operator:<15} {op.detail}")
+        out.append(f"      delta cost: {op.delta_cost}" + (f" — {op.why}" if op.why else ""))
+    for note in plan.notes:
+        out.append(f"  note: {note}")
+    out.append("  full SQL:")
+    out.append(f"    {plan.full_sql}")
+    if plan.delta_sql:
+        out.append("  delta SQL:")
+        out.append(f"    {plan.delta_sql}")
+    return "\n".join(out)
+
+
+def _status_row(c: psycopg.Connection[Any], schema: str, name: str) -> dict[str, Any]:
+    rows = _status_rows(c, "WHERE pgt_schema = %s AND pgt_name = %s", (schema, name))
+    return rows[0]
+
+
+def _status_rows(
+    c: psycopg.Connection[Any], where: str = "", params: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
+    from psycopg.rows import dict_row
+
+    with c.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT pgt_schema AS schema, pgt_name AS name, requested_mode, effective_mode, "
+            "status, schedule, last_refresh_at, staleness, last_action, consecutive_failures, "
+            f"last_error, fallback_reason FROM pgtrickle.stream_tables {where} "
+            "ORDER BY pgt_schema, pgt_name",
+            params,
+        ).fetchall()
+
+
+def status(conn: Conn) -> list[dict[str, Any]]:
+    """One dict per stream table: modes, status, staleness, last action and error."""
+    with session(conn) as c:
+        _install.require_installed(c)
+        return _status_rows(c)
+
+
+def get_setting(conn: Conn, name: str) -> Any:
+    with session(conn) as c:
+        return _settings.get_setting(c, name)
+
+
+def set_setting(conn: Conn, name: str, value: Any) -> None:
+    with session(conn) as c:
+        _install.require_installed(c)
+        _settings.set_setting(c, name, value)

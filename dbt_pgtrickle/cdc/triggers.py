@@ -1,0 +1,223 @@
+"""Trigger-based change capture into per-source change buffers.
+
+For a source ``schema.table`` with stable name ``S`` we create
+
+* ``pgtrickle_changes.changes_S``: ``__pgt_xid xid8`` (the writing transaction,
+  ``pg_current_xact_id()``), ``__pgt_action "char"`` (``I``, ``D``, ``U``, ``T``), ``__pgt_w
+  smallint`` (+1 new image, −1 old image, 0 for TRUNCATE) and one typed column per source column;
+* four statement-level AFTER triggers (INSERT, UPDATE, DELETE with transition tables, TRUNCATE)
+  calling SECURITY DEFINER functions that write one set-based INSERT per statement.
+
+An UPDATE writes its old images (−1) and new images (+1); a TRUNCATE writes one marker row that
+makes every consumer's next refresh a FULL one. One buffer serves every stream table reading the
+source; it is removed with its last consumer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..dvm.ir import SourceTable
+from ..errors import NameCollision
+from ..naming import CHANGES_SCHEMA, buffer_table, stable_name, trigger_function, trigger_name
+
+_EVENTS = (
+    ("ins", "INSERT", "REFERENCING NEW TABLE AS __pgt_new"),
+    ("upd", "UPDATE", "REFERENCING OLD TABLE AS __pgt_old NEW TABLE AS __pgt_new"),
+    ("del", "DELETE", "REFERENCING OLD TABLE AS __pgt_old"),
+    ("trunc", "TRUNCATE", ""),
+)
+
+
+@dataclass(frozen=True)
+class ChangeBuffer:
+    """The change buffer of one source."""
+
+    source_schema: str
+    source_name: str
+    stable_name: str
+    columns: tuple[str, ...]
+
+    @property
+    def table(self) -> sql.Composable:
+        return sql.Identifier(CHANGES_SCHEMA, buffer_table(self.stable_name))
+
+
+def _function_body(buf: sql.Composable, cols: list[str], event: str) -> sql.Composed:
+    col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+    target = sql.SQL("INSERT INTO {} (__pgt_action, __pgt_w, {})").format(buf, col_list)
+
+    def images(action: str, weight: int, transition: str) -> sql.Composed:
+        return sql.SQL("SELECT {}::\"char\", {}::smallint, {} FROM {}").format(
+            sql.Literal(action), sql.Literal(weight), col_list, sql.Identifier(transition)
+        )
+
+    if event == "ins":
+        stmt = sql.SQL("{} {}").format(target, images("I", 1, "__pgt_new"))
+    elif event == "del":
+        stmt = sql.SQL("{} {}").format(target, images("D", -1, "__pgt_old"))
+    elif event == "upd":
+        stmt = sql.SQL("{} {} UNION ALL {}").format(
+            target, images("U", -1, "__pgt_old"), images("U", 1, "__pgt_new")
+        )
+    else:
+        stmt = sql.SQL("INSERT INTO {} (__pgt_action, __pgt_w) VALUES ('T', 0)").format(buf)
+    return sql.SQL("BEGIN {}; RETURN NULL; END").format(stmt)
+
+
+def ensure_capture(conn: psycopg.Connection[Any], source: SourceTable) -> ChangeBuffer:
+    """Create (or reuse) the buffer and triggers of ``source``; must run inside the creating
+    transaction, after the source is locked against writers."""
+    stable = stable_name(source.schema, source.name)
+    row = conn.execute(
+        "SELECT source_schema, source_name, captured_columns FROM pgtrickle.pgt_change_tracking "
+        "WHERE source_stable_name = %s",
+        (stable,),
+    ).fetchone()
+    if row is not None:
+        if (row[0], row[1]) != (source.schema, source.name):
+            raise NameCollision(
+                f"the stable name {stable} of {source.qualified} is already used by "
+                f"{row[0]}.{row[1]}; rename one of the two tables"
+            )
+        captured = tuple(c["name"] for c in row[2])
+        if captured == tuple(c.name for c in source.columns):
+            return ChangeBuffer(source.schema, source.name, stable, captured)
+        # The source gained or lost columns since capture began: rebuild buffer and functions.
+        # Pending rows keep their (old) columns; columns no longer present are dropped.
+        _rebuild(conn, source, stable, captured)
+        return ChangeBuffer(source.schema, source.name, stable, tuple(c.name for c in source.columns))
+
+    buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
+    col_defs = [
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type from format_type
+        for c in source.columns
+    ]
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (__pgt_xid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
+            "__pgt_action \"char\" NOT NULL, __pgt_w smallint NOT NULL, {})"
+        ).format(buf, sql.SQL(", ").join(col_defs))
+    )
+    conn.execute(
+        sql.SQL("CREATE INDEX {} ON {} (__pgt_xid)").format(
+            sql.Identifier(f"{buffer_table(stable)}_xid"), buf
+        )
+    )
+    _install_triggers(conn, source, stable)
+    conn.execute(
+        "INSERT INTO pgtrickle.pgt_change_tracking (source_stable_name, source_schema, "
+        "source_name, buffer_table, captured_columns, primary_key) VALUES (%s, %s, %s, %s, %s, %s)",
+        (
+            stable,
+            source.schema,
+            source.name,
+            f"{CHANGES_SCHEMA}.{buffer_table(stable)}",
+            json.dumps([{"name": c.name, "type": c.type} for c in source.columns]),
+            list(source.primary_key) if source.primary_key else None,
+        ),
+    )
+    return ChangeBuffer(source.schema, source.name, stable, tuple(c.name for c in source.columns))
+
+
+def _install_triggers(conn: psycopg.Connection[Any], source: SourceTable, stable: str) -> None:
+    buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
+    cols = [c.name for c in source.columns]
+    table = sql.Identifier(source.schema, source.name)
+    for short, event, referencing in _EVENTS:
+        fn = sql.Identifier(CHANGES_SCHEMA, f"{trigger_function(stable)}_{short}")
+        body = _function_body(buf, cols, short).as_string(conn)
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql "
+                "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {}"
+            ).format(fn, sql.Literal(body))
+        )
+        conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(trigger_name(stable, short)), table
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                sql.Identifier(trigger_name(stable, short)),
+                sql.SQL(event),
+                table,
+                sql.SQL(referencing),
+                fn,
+            )
+        )
+
+
+def _rebuild(
+    conn: psycopg.Connection[Any], source: SourceTable, stable: str, captured: tuple[str, ...]
+) -> None:
+    buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
+    wanted = {c.name: c for c in source.columns}
+    for name in captured:
+        if name not in wanted:
+            conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(buf, sql.Identifier(name)))
+    for col in source.columns:
+        if col.name not in captured:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    buf, sql.Identifier(col.name), sql.SQL(col.type)
+                )
+            )
+    _install_triggers(conn, source, stable)
+    conn.execute(
+        "UPDATE pgtrickle.pgt_change_tracking SET captured_columns = %s, primary_key = %s "
+        "WHERE source_stable_name = %s",
+        (
+            json.dumps([{"name": c.name, "type": c.type} for c in source.columns]),
+            list(source.primary_key) if source.primary_key else None,
+            stable,
+        ),
+    )
+
+
+def release_capture(conn: psycopg.Connection[Any], stable: str) -> bool:
+    """Drop the buffer, triggers and functions of a source that no stream table reads any more.
+    Returns whether anything was dropped."""
+    users = conn.execute(
+        "SELECT count(*) FROM pgtrickle.pgt_dependencies WHERE source_stable_name = %s", (stable,)
+    ).fetchone()
+    if users and users[0]:
+        return False
+    row = conn.execute(
+        "SELECT source_schema, source_name FROM pgtrickle.pgt_change_tracking "
+        "WHERE source_stable_name = %s",
+        (stable,),
+    ).fetchone()
+    if row is None:
+        return False
+    exists = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(row[0], row[1]).as_string(conn),)
+    ).fetchone()
+    if exists and exists[0]:
+        for short, _, _ in _EVENTS:
+            conn.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                    sql.Identifier(trigger_name(stable, short)), sql.Identifier(row[0], row[1])
+                )
+            )
+    for short, _, _ in _EVENTS:
+        conn.execute(
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                sql.Identifier(CHANGES_SCHEMA, f"{trigger_function(stable)}_{short}")
+            )
+        )
+    conn.execute(
+        sql.SQL("DROP TABLE IF EXISTS {}").format(
+            sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
+        )
+    )
+    conn.execute(
+        "DELETE FROM pgtrickle.pgt_change_tracking WHERE source_stable_name = %s", (stable,)
+    )
+    return True

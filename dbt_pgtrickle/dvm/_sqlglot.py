@@ -1,0 +1,409 @@
+"""The one module that talks to sqlglot: parse a defining query and describe its shape.
+
+Everything sqlglot-specific (node classes, dialect quirks, rendering) stays here; the operator
+modules receive a :class:`~dbt_pgtrickle.dvm.ir.QueryShape` whose expressions are SQL text rendered
+by sqlglot from the parsed tree with every identifier quoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+from ..errors import QueryError, UnsupportedConstruct
+from . import ir
+
+DIALECT = "postgres"
+
+# Functions whose value changes between calls or over time: a delta computed with them would not
+# match a recomputation, so a query using them can only be refreshed FULL.
+_TIME_VARYING_NODES: tuple[type[exp.Expression], ...] = (
+    exp.Rand,
+    exp.CurrentTimestamp,
+    exp.CurrentDate,
+    exp.CurrentTime,
+    exp.CurrentDatetime,
+    exp.Uuid,
+)
+_TIME_VARYING_NAMES = {
+    "now",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "timeofday",
+    "random",
+    "nextval",
+    "currval",
+    "setval",
+    "gen_random_uuid",
+    "txid_current",
+    "pg_current_xact_id",
+}
+_FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, always quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def parse(query: str) -> exp.Query:
+    """Parse ``query`` as exactly one SELECT-like statement, identifiers normalised as PostgreSQL
+    folds them (unquoted names to lower case)."""
+    try:
+        statements = [s for s in sqlglot.parse(query, read=DIALECT) if s is not None]
+    except ParseError as exc:
+        first = exc.errors[0]["description"] if exc.errors else str(exc)
+        raise QueryError(f"the query is not valid SQL: {first}") from None
+    if len(statements) != 1:
+        raise QueryError(
+            f"the query must be exactly one SELECT statement, found {len(statements)} statements"
+        )
+    tree = statements[0]
+    if not isinstance(tree, exp.Query):
+        kind = tree.key.upper()
+        raise QueryError(f"the query must be a SELECT statement, not {kind}")
+    if tree.find(exp.Into):
+        raise QueryError("SELECT ... INTO is not allowed in a defining query")
+    normalized = normalize_identifiers(tree, dialect=DIALECT)
+    assert isinstance(normalized, exp.Query)
+    return normalized
+
+
+def render(node: exp.Expression) -> str:
+    """SQL text of ``node`` for PostgreSQL with every identifier quoted."""
+    return node.sql(dialect=DIALECT, identify=True)
+
+
+def query_hash(text: str) -> str:
+    """Hash of a query's text as given (dbt compares compiled SQL with it)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:
+    """``(schema or None, name)`` of every relation the query reads, CTE names excluded."""
+    cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    seen: list[tuple[str | None, str]] = []
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            continue  # table functions such as generate_series(...)
+        schema = table.db or None
+        if schema is None and table.name in cte_names:
+            continue
+        key = (schema, table.name)
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
+    """The first construct the single-source compiler does not handle, with a hint."""
+    if tree.args.get("with"):
+        return "WITH (common table expression)", "inline the CTE as a subquery-free query"
+    if tree.args.get("joins"):
+        return "JOIN", _FULL_ONLY_HINT
+    if tree.args.get("limit") or tree.args.get("offset"):
+        return "LIMIT/OFFSET", "remove LIMIT/OFFSET, or " + _FULL_ONLY_HINT
+    if tree.args.get("locks"):
+        return "FOR UPDATE/SHARE", "remove the locking clause"
+    distinct = tree.args.get("distinct")
+    if isinstance(distinct, exp.Distinct) and distinct.args.get("on"):
+        return "DISTINCT ON", _FULL_ONLY_HINT
+    from_ = tree.args.get("from_") or tree.args.get("from")
+    if from_ is None:
+        return "SELECT without FROM", "read from a table"
+    if not isinstance(from_.this, exp.Table) or not isinstance(from_.this.this, exp.Identifier):
+        return "subquery or function in FROM", _FULL_ONLY_HINT
+    if from_.this.args.get("sample"):
+        return "TABLESAMPLE", "remove TABLESAMPLE"
+    if from_.this.args.get("only"):
+        return "FROM ONLY", "remove ONLY"
+    group = tree.args.get("group")
+    if group is not None and any(
+        group.args.get(k) for k in ("grouping_sets", "rollup", "cube", "totals")
+    ):
+        return "GROUPING SETS/ROLLUP/CUBE", _FULL_ONLY_HINT
+    for node in tree.walk():
+        if isinstance(node, exp.Window):
+            return "window function", _FULL_ONLY_HINT
+        if isinstance(node, (exp.Subquery, exp.Exists)) or (
+            isinstance(node, exp.Select) and node is not tree
+        ):
+            return "subquery", _FULL_ONLY_HINT
+        if isinstance(node, exp.Lateral | exp.Unnest):
+            return "LATERAL / set-returning function", _FULL_ONLY_HINT
+        if isinstance(node, _TIME_VARYING_NODES):
+            return f"time-varying or volatile function {render(node)}", _FULL_ONLY_HINT
+    return None
+
+
+def _function_name(node: exp.Expression) -> str | None:
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower()
+    if isinstance(node, exp.Func):
+        return node.sql_name().lower()
+    return None
+
+
+class _Analyzer:
+    def __init__(self, tree: exp.Query, lookup: ir.SchemaLookup, output_names: list[str]):
+        self.tree = tree
+        self.lookup = lookup
+        self.output_names = output_names
+
+    def run(self) -> ir.QueryShape:
+        tree = self.tree
+        if not isinstance(tree, exp.Select):
+            op = tree.key.upper()
+            if isinstance(tree, exp.SetOperation) and not tree.args.get("distinct"):
+                op += " ALL"
+            raise UnsupportedConstruct(f"set operation {op}", _FULL_ONLY_HINT)
+        problem = _construct_of(tree)
+        if problem:
+            raise UnsupportedConstruct(*problem)
+
+        from_ = tree.args.get("from_") or tree.args.get("from")
+        table: exp.Table = from_.this
+        source = self.lookup.table(table.db or None, table.name)
+        if source.kind not in ("table", "partitioned"):
+            raise UnsupportedConstruct(
+                f"source {source.qualified} is a {source.kind}, not a table",
+                "change capture needs a base table; " + _FULL_ONLY_HINT,
+            )
+        alias = table.alias or table.name
+        self.source, self.alias = source, alias
+
+        self._check_functions(tree)
+        select_exprs = self._expand_stars(tree.expressions)
+        if len(select_exprs) != len(self.output_names):
+            raise QueryError(
+                f"the query has {len(select_exprs)} output expressions but PostgreSQL "
+                f"reports {len(self.output_names)} columns"
+            )
+        select_exprs = [self._qualify(e) for e in select_exprs]
+        where = tree.args.get("where")
+        where_sql = render(self._qualify(where.this)) if where is not None else None
+
+        notes: list[str] = []
+        if tree.args.get("order"):
+            notes.append("ORDER BY dropped: a stream table is an unordered set of rows")
+
+        group = tree.args.get("group")
+        group_exprs = list(group.expressions) if group is not None else []
+        having = tree.args.get("having")
+        aggs = self._collect_aggregates(select_exprs, having.this if having else None)
+        distinct = tree.args.get("distinct") is not None
+
+        if not group_exprs and not aggs and having is None:
+            outputs = [
+                ir.Output(name, render(_unalias(e)))
+                for name, e in zip(self.output_names, select_exprs, strict=True)
+            ]
+            if not distinct:
+                return ir.QueryShape(source, alias, where_sql, outputs, notes=notes)
+            keys = [_unalias(e) for e in select_exprs]
+            return self._grouped(keys, [], select_exprs, None, where_sql, notes, distinct=True)
+
+        if distinct:
+            raise UnsupportedConstruct(
+                "DISTINCT together with GROUP BY or aggregates",
+                "remove DISTINCT (grouped rows are already distinct) or " + _FULL_ONLY_HINT,
+            )
+        keys = [self._resolve_group_key(g, select_exprs) for g in group_exprs]
+        return self._grouped(
+            keys, aggs, select_exprs, having.this if having else None, where_sql, notes
+        )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_functions(self, tree: exp.Expression) -> None:
+        for node in tree.walk():
+            name = _function_name(node)
+            if name is None:
+                continue
+            if name in _TIME_VARYING_NAMES or (
+                isinstance(node, exp.Anonymous) and self.lookup.is_volatile_function(name)
+            ):
+                raise UnsupportedConstruct(
+                    f"time-varying or volatile function {name}()", _FULL_ONLY_HINT
+                )
+
+    def _expand_stars(self, exprs: list[exp.Expression]) -> list[exp.Expression]:
+        out: list[exp.Expression] = []
+        for e in exprs:
+            is_star = isinstance(e, exp.Star) or (
+                isinstance(e, exp.Column) and isinstance(e.this, exp.Star)
+            )
+            if is_star:
+                out.extend(
+                    exp.column(
+                        exp.to_identifier(c.name, quoted=True),
+                        table=exp.to_identifier(self.alias, quoted=True),
+                    )
+                    for c in self.source.columns
+                )
+            else:
+                out.append(e)
+        return out
+
+    def _qualify(self, node: exp.Expression) -> exp.Expression:
+        """Every column reference qualified by the source alias alone (no schema/catalog)."""
+        node = node.copy()
+        for col in list(node.find_all(exp.Column)):
+            if isinstance(col.this, exp.Star):
+                continue
+            col.set("catalog", None)
+            col.set("db", None)
+            col.set("table", exp.to_identifier(self.alias, quoted=True))
+        return node
+
+    def _resolve_group_key(
+        self, key: exp.Expression, select_exprs: list[exp.Expression]
+    ) -> exp.Expression:
+        if isinstance(key, exp.Literal) and not key.is_string:
+            pos = int(key.this)
+            if not 1 <= pos <= len(select_exprs):
+                raise QueryError(f"GROUP BY position {pos} is not in the select list")
+            return _unalias(select_exprs[pos - 1])
+        if (
+            isinstance(key, exp.Column)
+            and not key.table
+            and self.source.column(key.name) is None
+        ):
+            for e in select_exprs:
+                if isinstance(e, exp.Alias) and e.alias == key.name:
+                    return _unalias(e)
+        return self._qualify(key)
+
+    def _collect_aggregates(
+        self, select_exprs: list[exp.Expression], having: exp.Expression | None
+    ) -> list[exp.Expression]:
+        found: list[exp.Expression] = []
+        roots = [*select_exprs, *([self._qualify(having)] if having is not None else [])]
+        for root in roots:
+            for node in root.walk():
+                if self._is_aggregate_node(node) and not any(
+                    self._is_aggregate_node(p) for p in _ancestors(node, root)
+                ):
+                    if node not in found:
+                        found.append(node)
+        return found
+
+    def _is_aggregate_node(self, node: exp.Expression) -> bool:
+        if isinstance(node, exp.Filter | exp.WithinGroup):
+            return True
+        if isinstance(node, exp.AggFunc):
+            return not isinstance(node.parent, exp.Filter | exp.WithinGroup)
+        if isinstance(node, exp.Anonymous):
+            return self.lookup.is_aggregate_function(str(node.this).lower())
+        return False
+
+    def _classify(self, node: exp.Expression) -> ir.AggCall:
+        sql = render(node)
+        arg = node.this if isinstance(node, exp.AggFunc) else None
+        distinct = isinstance(arg, exp.Distinct)
+        if isinstance(node, exp.Count) and not distinct:
+            if isinstance(arg, exp.Star) or arg is None:
+                return ir.AggCall(ir.COUNT_STAR, sql, None)
+            return ir.AggCall(ir.COUNT, sql, render(arg))
+        kinds: dict[type[exp.Expression], str] = {
+            exp.Sum: ir.SUM,
+            exp.Avg: ir.AVG,
+            exp.Min: ir.MIN,
+            exp.Max: ir.MAX,
+        }
+        kind = kinds.get(type(node))
+        if kind is None or distinct or arg is None or node.expressions:
+            return ir.AggCall(ir.RESCAN, sql, None)
+        arg_sql = render(arg)
+        if kind in (ir.SUM, ir.AVG):
+            (arg_type,) = self.lookup.expression_types(self.source, self.alias, [arg_sql])
+            if arg_type not in _EXACT_NUMERIC_TYPES:
+                return ir.AggCall(ir.RESCAN, sql, arg_sql, arg_type)
+            return ir.AggCall(kind, sql, arg_sql, arg_type)
+        return ir.AggCall(kind, sql, arg_sql)
+
+    def _grouped(
+        self,
+        keys: list[exp.Expression],
+        agg_nodes: list[exp.Expression],
+        select_exprs: list[exp.Expression],
+        having: exp.Expression | None,
+        where_sql: str | None,
+        notes: list[str],
+        distinct: bool = False,
+    ) -> ir.QueryShape:
+        aggs = [self._classify(n) for n in agg_nodes]
+
+        def rewrite(node: exp.Expression) -> exp.Expression:
+            def swap(n: exp.Expression) -> exp.Expression:
+                for j, a in enumerate(agg_nodes):
+                    if n == a:
+                        return exp.column(exp.to_identifier(f"__pgt_agg_{j}", quoted=True))
+                for i, k in enumerate(keys):
+                    if n == k:
+                        return exp.column(exp.to_identifier(f"__pgt_key_{i}", quoted=True))
+                return n
+
+            out = node.transform(swap)
+            for col in out.find_all(exp.Column):
+                if not col.name.startswith("__pgt_"):
+                    raise UnsupportedConstruct(
+                        f"column {col.name} is used outside an aggregate but is not a GROUP BY "
+                        "expression",
+                        "add it to GROUP BY",
+                    )
+            return out
+
+        outputs = [
+            ir.Output(name, render(rewrite(_unalias(e))))
+            for name, e in zip(self.output_names, select_exprs, strict=True)
+        ]
+        having_sql = render(rewrite(self._qualify(having))) if having is not None else None
+        not_null = []
+        for k in keys:
+            col = self.source.column(k.name) if isinstance(k, exp.Column) else None
+            not_null.append(bool(col and col.not_null))
+        return ir.QueryShape(
+            self.source,
+            self.alias,
+            where_sql,
+            outputs,
+            aggregate=not distinct,
+            distinct=distinct,
+            group_keys=[render(k) for k in keys],
+            group_key_not_null=not_null,
+            aggs=aggs,
+            having=having_sql,
+            notes=notes,
+        )
+
+
+_EXACT_NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric"}
+
+
+def _unalias(node: exp.Expression) -> exp.Expression:
+    return node.this if isinstance(node, exp.Alias) else node
+
+
+def _ancestors(node: exp.Expression, root: exp.Expression) -> list[exp.Expression]:
+    out = []
+    parent = node.parent
+    while parent is not None and node is not root:
+        out.append(parent)
+        if parent is root:
+            break
+        parent = parent.parent
+    return out
+
+
+def analyze(tree: exp.Query, lookup: ir.SchemaLookup, output_names: list[str]) -> ir.QueryShape:
+    """Describe a parsed query as a single-source :class:`~ir.QueryShape`.
+
+    Raises :class:`UnsupportedConstruct` naming the first construct outside that shape.
+    """
+    return _Analyzer(tree, lookup, output_names).run()

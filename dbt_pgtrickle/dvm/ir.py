@@ -1,0 +1,97 @@
+"""The compiler's intermediate representation: what a defining query *is*, independent of SQL text.
+
+:func:`dbt_pgtrickle.dvm._sqlglot.analyze` turns a query into a :class:`QueryShape`; operator
+modules turn a shape into SQL. Expressions here are SQL fragments rendered by sqlglot from the
+parsed query (never pasted user text), so they are safe to compose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    not_null: bool = False
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A base table read by a defining query, as the catalog describes it."""
+
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] | None
+    kind: str = "table"  # table | partitioned | view | matview | foreign | other
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def column(self, name: str) -> Column | None:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        return None
+
+
+class SchemaLookup(Protocol):
+    """What the compiler needs to know about the database (the engine implements it on a
+    connection; unit tests use a fixed dictionary)."""
+
+    def table(self, schema: str | None, name: str) -> SourceTable: ...
+
+    def expression_types(self, source: SourceTable, alias: str, exprs: list[str]) -> list[str]: ...
+
+    def is_volatile_function(self, name: str) -> bool: ...
+
+    def is_aggregate_function(self, name: str) -> bool: ...
+
+
+# Aggregate kinds the compiler maintains algebraically; everything else is RESCAN.
+COUNT_STAR = "count_star"
+COUNT = "count"
+SUM = "sum"
+AVG = "avg"
+MIN = "min"
+MAX = "max"
+RESCAN = "rescan"
+
+
+@dataclass(frozen=True)
+class AggCall:
+    """One distinct aggregate call of the query (``SUM(x)`` used twice is one call)."""
+
+    kind: str  # one of the kinds above
+    sql: str  # the whole call, e.g. ``SUM(a.x)`` or ``STRING_AGG(a.c, ',' ORDER BY a.c)``
+    arg: str | None  # the argument of count/sum/avg/min/max
+    arg_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """One visible column of the stream table."""
+
+    name: str
+    sql: str  # over the source alias (linear shapes) or over __pgt_key_i / __pgt_agg_j
+
+
+@dataclass
+class QueryShape:
+    """A single-source query: ``SELECT [DISTINCT] outputs FROM source [WHERE] [GROUP BY] [HAVING]``."""
+
+    source: SourceTable
+    alias: str
+    where: str | None
+    outputs: list[Output]
+    aggregate: bool = False
+    distinct: bool = False
+    group_keys: list[str] = field(default_factory=list)
+    group_key_not_null: list[bool] = field(default_factory=list)
+    aggs: list[AggCall] = field(default_factory=list)
+    having: str | None = None
+    notes: list[str] = field(default_factory=list)

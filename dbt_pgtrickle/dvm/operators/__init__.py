@@ -1,0 +1,1 @@
+"""Delta rules, one operator per module. Each module's docstring states its rule."""

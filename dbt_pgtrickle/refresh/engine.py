@@ -1,0 +1,465 @@
+"""The refresh engine: one refresh of one stream table, in one REPEATABLE READ transaction.
+
+Order inside the transaction:
+
+1. ``LOCK TABLE <stream table> IN EXCLUSIVE MODE`` (readers go on; other refreshes wait). LOCK takes
+   no snapshot, so the snapshot below is taken after the previous refresh committed.
+2. ``pg_current_snapshot()`` becomes the new frontier; every read below uses that one snapshot.
+3. The change window of each source: rows whose ``xid8`` is not visible in the previous frontier
+   (rows visible to us are committed before our snapshot). A writer that began before the previous
+   refresh and committed after it is therefore consumed exactly once, with no look at
+   ``pg_stat_activity``.
+4. Pick the action (NO_DATA without running any delta query, FULL, or DIFFERENTIAL), apply it,
+   store the new frontier and a history row, commit.
+
+After the commit, buffer rows every consumer has seen are deleted in a short READ COMMITTED
+statement (in REPEATABLE READ, two refreshes deleting the same shared buffer rows would fail with
+serialization errors; deletion is idempotent and does not affect what any refresh consumes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..catalog import records
+from ..catalog.lookup import DatabaseLookup
+from ..dvm import compiler
+from ..dvm.operators.scan import changes_relation
+from ..errors import LockNotAvailable, PgTrickleError, RefreshError
+from ..naming import CHANGES_SCHEMA, buffer_table
+from ..settings import get_setting
+from ._tx import repeatable_read
+
+FULL = "FULL"
+DIFFERENTIAL = "DIFFERENTIAL"
+NO_DATA = "NO_DATA"
+
+
+@dataclass
+class RefreshResult:
+    """What one refresh did."""
+
+    name: str
+    action: str
+    rows_in: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_deleted: int = 0
+    duration_ms: float = 0.0
+    fallback_reason: str | None = None
+    refresh_id: int | None = None
+
+
+@dataclass
+class _Source:
+    schema: str
+    name: str
+    stable: str
+    captured: bool
+    columns: list[str]
+
+
+def _target(rec: records.StreamTableRecord) -> sql.Identifier:
+    return sql.Identifier(rec.pgt_schema, rec.pgt_name)
+
+
+def target_text(conn: psycopg.Connection[Any], schema: str, name: str) -> str:
+    return sql.Identifier(schema, name).as_string(conn)
+
+
+def compile_for(
+    conn: psycopg.Connection[Any], rec: records.StreamTableRecord
+) -> compiler.DeltaPlan:
+    """Compile the stream table's defining query against the database as it is now."""
+    lookup = DatabaseLookup(conn)
+    names = describe_query(conn, rec.defining_query)
+    return compiler.compile_query(
+        rec.defining_query, lookup, names, target_text(conn, rec.pgt_schema, rec.pgt_name)
+    )
+
+
+def describe_query(conn: psycopg.Connection[Any], query: str) -> list[str]:
+    """Output column names of ``query`` as PostgreSQL reports them (validates the SQL, too)."""
+    cur = conn.execute(
+        sql.SQL("SELECT * FROM ({}) AS __pgt_q LIMIT 0").format(sql.SQL(query))  # type: ignore[arg-type]
+    )
+    return [d.name for d in cur.description or []]
+
+
+def _sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[_Source]:
+    rows = conn.execute(
+        "SELECT d.source_schema, d.source_name, d.source_stable_name, "
+        "t.source_stable_name IS NOT NULL, coalesce(t.captured_columns, '[]'::jsonb) "
+        "FROM pgtrickle.pgt_dependencies d LEFT JOIN pgtrickle.pgt_change_tracking t "
+        "USING (source_stable_name) WHERE d.pgt_id = %s ORDER BY 1, 2",
+        (pgt_id,),
+    ).fetchall()
+    return [_Source(r[0], r[1], r[2], r[3], [c["name"] for c in r[4]]) for r in rows]
+
+
+def _window(src: _Source) -> sql.Composed:
+    """WHERE clause selecting the change window of ``src`` (parameter: previous frontier, twice)."""
+    return sql.SQL(
+        "FROM {} AS b WHERE b.__pgt_xid >= pg_snapshot_xmin(%(f)s::pg_snapshot) "
+        "AND NOT pg_visible_in_snapshot(b.__pgt_xid, %(f)s::pg_snapshot)"
+    ).format(sql.Identifier(CHANGES_SCHEMA, buffer_table(src.stable)))
+
+
+def refresh(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    name: str,
+    *,
+    full: bool = False,
+    initiated_by: str = "api",
+) -> RefreshResult:
+    """Refresh one stream table; raises :class:`RefreshError` (history records the failure)."""
+    started = time.perf_counter()
+    started_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+    lock_ms = get_setting(conn, "refresh_lock_timeout_ms")
+    timeout_ms = get_setting(conn, "refresh_statement_timeout_ms")
+    threshold = get_setting(conn, "auto_full_threshold")
+    rec = records.get(conn, schema, name)
+    action = FULL if full else DIFFERENTIAL
+    reason: str | None = None
+    try:
+        with repeatable_read(conn):
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
+            if timeout_ms:
+                conn.execute(
+                    sql.SQL("SET LOCAL statement_timeout = {}").format(
+                        sql.Literal(f"{timeout_ms}ms")
+                    )
+                )
+            try:
+                conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_target(rec)))
+            except psycopg.errors.LockNotAvailable:
+                raise LockNotAvailable(
+                    f"stream table {rec.qualified} is being refreshed or altered by another "
+                    "session; try again later",
+                    sqlstate="55P03",
+                ) from None
+            frontier = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
+            rec = records.get(conn, schema, name)  # re-read in our snapshot
+            sources = _sources(conn, rec.pgt_id)
+            action, reason, rows_in = _choose(conn, rec, sources, full, threshold)
+            result = RefreshResult(rec.qualified, action, rows_in=rows_in, fallback_reason=reason)
+            if action == FULL:
+                _apply_full(conn, rec, result)
+            elif action == DIFFERENTIAL:
+                _apply_differential(conn, rec, sources, result)
+            conn.execute(
+                "UPDATE pgtrickle.pgt_stream_tables SET frontier = %s::pg_snapshot, "
+                "status = 'ACTIVE', needs_full = false, last_refresh_at = now(), "
+                "last_error = NULL, last_error_sqlstate = NULL, consecutive_failures = 0, "
+                "updated_at = now() WHERE pgt_id = %s",
+                (frontier, rec.pgt_id),
+            )
+            result.duration_ms = (time.perf_counter() - started) * 1000
+            result.refresh_id = _history(
+                conn, rec, started_at, result, "COMPLETED", initiated_by, rec.frontier, frontier
+            )
+    except PgTrickleError as exc:
+        _record_failure(conn, rec, started_at, started, action, reason, exc, initiated_by)
+        raise
+    except psycopg.Error as exc:
+        err = RefreshError(
+            f"refresh of {rec.qualified} failed: {exc.diag.message_primary or exc}",
+            sqlstate=exc.sqlstate,
+        )
+        _record_failure(conn, rec, started_at, started, action, reason, err, initiated_by)
+        raise err from exc
+    cleanup_buffers(conn, [s.stable for s in sources if s.captured])
+    return result
+
+
+def _choose(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    sources: list[_Source],
+    full: bool,
+    threshold: float,
+) -> tuple[str, str | None, int]:
+    """The action for this refresh, why (when not the obvious one), and pending change rows."""
+    pending, truncated = 0, []
+    if rec.frontier is not None:
+        for src in sources:
+            if not src.captured:
+                continue
+            row = conn.execute(
+                sql.SQL("SELECT count(*), coalesce(bool_or(b.__pgt_action = 'T'), false) {}").format(
+                    _window(src)
+                ),
+                {"f": rec.frontier},
+            ).fetchone()
+            assert row is not None
+            pending += row[0]
+            if row[1]:
+                truncated.append(f"{src.schema}.{src.name}")
+    if full:
+        return FULL, "full refresh requested", pending
+    if rec.frontier is None:
+        return FULL, "not populated yet", pending
+    if truncated:
+        return FULL, f"source {', '.join(truncated)} was truncated", pending
+    if rec.needs_full:
+        return FULL, "marked for a full refresh", pending
+    uncaptured = [f"{s.schema}.{s.name}" for s in sources if not s.captured]
+    if uncaptured:
+        return FULL, f"changes of {', '.join(uncaptured)} are not captured", pending
+    if pending == 0:
+        return NO_DATA, None, 0
+    if rec.effective_mode == FULL:
+        return FULL, rec.fallback_reason or "refresh mode FULL", pending
+    if rec.requested_mode == "AUTO" and threshold < 1.0:
+        total = _estimated_rows(conn, sources)
+        if total > 0 and pending / total > threshold:
+            return (
+                FULL,
+                f"{pending} changed rows are {pending / total:.1%} of about {total:.0f} source "
+                f"rows, above auto_full_threshold {threshold:.0%}",
+                pending,
+            )
+    return DIFFERENTIAL, None, pending
+
+
+def _estimated_rows(conn: psycopg.Connection[Any], sources: list[_Source]) -> float:
+    """Planner estimate of the sources' total row count (0 when never analysed)."""
+    total = 0.0
+    for src in sources:
+        row = conn.execute(
+            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)",
+            (sql.Identifier(src.schema, src.name).as_string(conn),),
+        ).fetchone()
+        total += float(row[0]) if row and row[0] is not None else 0.0
+    return total
+
+
+def _columns(plan: compiler.DeltaPlan) -> list[str]:
+    return plan.storage_columns
+
+
+def _apply_full(
+    conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
+) -> None:
+    plan = compile_for(conn, rec)
+    target = _target(rec)
+    cur = conn.execute(sql.SQL("DELETE FROM {}").format(target))
+    result.rows_deleted = max(cur.rowcount, 0)
+    cur = conn.execute(
+        sql.SQL("INSERT INTO {} ({}) {}").format(
+            target,
+            sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan)),
+            sql.SQL(plan.full_sql),  # type: ignore[arg-type]
+        )
+    )
+    result.rows_inserted = max(cur.rowcount, 0)
+
+
+def _apply_differential(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    sources: list[_Source],
+    result: RefreshResult,
+) -> None:
+    plan = compile_for(conn, rec)
+    if not plan.differential or plan.delta_sql is None:
+        raise RefreshError(f"stream table {rec.qualified} cannot be refreshed differentially")
+    for src in sources:
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in src.columns)
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {} "
+                "AND b.__pgt_action <> 'T'"
+            ).format(sql.Identifier(changes_relation(src.stable)), cols, _window(src)),
+            {"f": rec.frontier},
+        )
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(changes_relation(src.stable))))
+    apply = sql.Identifier("__pgt_apply")
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
+            apply,
+            sql.SQL(plan.delta_sql),  # type: ignore[arg-type]
+        )
+    )
+    target = _target(rec)
+    if plan.strategy in compiler.MERGE_STRATEGIES:
+        _merge(conn, plan, target, apply, result)
+    else:
+        _apply_multiset(conn, plan, target, apply, result)
+
+
+def _merge(
+    conn: psycopg.Connection[Any],
+    plan: compiler.DeltaPlan,
+    target: sql.Identifier,
+    apply: sql.Identifier,
+    result: RefreshResult,
+) -> None:
+    counts = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NULL), "
+            "count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NOT NULL), "
+            "count(*) FILTER (WHERE NOT d.__pgt_keep AND t.__pgt_row_id IS NOT NULL) "
+            "FROM {} AS d LEFT JOIN {} AS t ON t.__pgt_row_id = d.__pgt_row_id"
+        ).format(apply, target)
+    ).fetchone()
+    assert counts is not None
+    result.rows_inserted, result.rows_updated, result.rows_deleted = counts
+    cols = [c for c in _columns(plan) if c != "__pgt_row_id"]
+    conn.execute(
+        sql.SQL(
+            "MERGE INTO {t} AS t USING {d} AS d ON t.__pgt_row_id = d.__pgt_row_id "
+            "WHEN MATCHED AND NOT d.__pgt_keep THEN DELETE "
+            "WHEN MATCHED THEN UPDATE SET {sets} "
+            "WHEN NOT MATCHED AND d.__pgt_keep THEN INSERT (__pgt_row_id, {cols}) "
+            "VALUES (d.__pgt_row_id, {vals})"
+        ).format(
+            t=target,
+            d=apply,
+            sets=sql.SQL(", ").join(
+                sql.SQL("{} = d.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols
+            ),
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+            vals=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in cols),
+        )
+    )
+
+
+def _apply_multiset(
+    conn: psycopg.Connection[Any],
+    plan: compiler.DeltaPlan,
+    target: sql.Identifier,
+    apply: sql.Identifier,
+    result: RefreshResult,
+) -> None:
+    cur = conn.execute(
+        sql.SQL(
+            "DELETE FROM {t} WHERE ctid = ANY(ARRAY("
+            "SELECT x.ctid FROM (SELECT s.ctid, s.__pgt_row_id, row_number() OVER "
+            "(PARTITION BY s.__pgt_row_id) AS rn FROM {t} AS s WHERE s.__pgt_row_id IN "
+            "(SELECT __pgt_row_id FROM {d} WHERE __pgt_w < 0)) AS x "
+            "JOIN {d} AS d ON d.__pgt_row_id = x.__pgt_row_id AND x.rn <= -d.__pgt_w))"
+        ).format(t=target, d=apply)
+    )
+    result.rows_deleted = max(cur.rowcount, 0)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan))
+    cur = conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} ({cols}) SELECT {dcols} FROM {d} AS d "
+            "CROSS JOIN LATERAL generate_series(1, d.__pgt_w) WHERE d.__pgt_w > 0"
+        ).format(
+            t=target,
+            d=apply,
+            cols=cols,
+            dcols=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in _columns(plan)),
+        )
+    )
+    result.rows_inserted = max(cur.rowcount, 0)
+
+
+def _history(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    started_at: Any,
+    result: RefreshResult,
+    status: str,
+    initiated_by: str,
+    frontier_before: str | None,
+    frontier_after: str | None,
+    sqlstate: str | None = None,
+    message: str | None = None,
+) -> int:
+    row = conn.execute(
+        "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, pgt_schema, pgt_name, started_at, "
+        "ended_at, action, status, rows_in, rows_inserted, rows_updated, rows_deleted, "
+        "duration_ms, fallback_reason, sqlstate, error_message, initiated_by, frontier_before, "
+        "frontier_after) VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, "
+        "%s, %s, %s, %s, %s, %s) RETURNING refresh_id",
+        (
+            rec.pgt_id,
+            rec.pgt_schema,
+            rec.pgt_name,
+            started_at,
+            result.action,
+            status,
+            result.rows_in,
+            result.rows_inserted,
+            result.rows_updated,
+            result.rows_deleted,
+            result.duration_ms,
+            result.fallback_reason,
+            sqlstate,
+            message,
+            initiated_by,
+            frontier_before,
+            frontier_after,
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _record_failure(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    started_at: Any,
+    started: float,
+    action: str,
+    reason: str | None,
+    exc: PgTrickleError,
+    initiated_by: str,
+) -> None:
+    """Write the failed refresh to history and the stream table's row (own transaction)."""
+    result = RefreshResult(
+        rec.qualified, action, duration_ms=(time.perf_counter() - started) * 1000,
+        fallback_reason=reason,
+    )
+    try:
+        with conn.transaction():
+            _history(
+                conn, rec, started_at, result, "FAILED", initiated_by, rec.frontier, None,
+                exc.sqlstate, str(exc),
+            )
+            conn.execute(
+                "UPDATE pgtrickle.pgt_stream_tables SET last_error = %s, last_error_sqlstate = %s, "
+                "consecutive_failures = consecutive_failures + 1, updated_at = now() "
+                "WHERE pgt_id = %s",
+                (str(exc), exc.sqlstate, rec.pgt_id),
+            )
+    except psycopg.Error:
+        pass  # the connection itself is broken; the caller sees the original error
+
+
+def cleanup_buffers(conn: psycopg.Connection[Any], stables: list[str]) -> int:
+    """Delete buffer rows that every consumer's frontier has seen. Returns rows deleted."""
+    deleted = 0
+    for stable in stables:
+        frontiers = conn.execute(
+            "SELECT st.frontier::text FROM pgtrickle.pgt_dependencies d "
+            "JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE d.source_stable_name = %s",
+            (stable,),
+        ).fetchall()
+        if not frontiers or any(f[0] is None for f in frontiers):
+            continue
+        conds = sql.SQL(" AND ").join(
+            sql.SQL("pg_visible_in_snapshot(__pgt_xid, {}::pg_snapshot)").format(sql.Literal(f[0]))
+            for f in frontiers
+        )
+        # A row visible in a snapshot has an xid below its xmax; the xid index bounds the scan.
+        xmaxs = sql.SQL(", ").join(
+            sql.SQL("pg_snapshot_xmax({}::pg_snapshot)").format(sql.Literal(f[0])) for f in frontiers
+        )
+        with conn.transaction():
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE __pgt_xid < least({}) AND {}").format(
+                    sql.Identifier(CHANGES_SCHEMA, buffer_table(stable)), xmaxs, conds
+                )
+            )
+        deleted += max(cur.rowcount, 0)
+    return deleted

@@ -1,0 +1,185 @@
+"""The settings registry: every tunable of dbt-pgtrickle, in one place.
+
+Each :class:`Setting` has a name, a type, a default and a doc string. Values are read from the
+catalog table ``pgtrickle.pgt_settings`` (set with :func:`set_setting` or plain SQL) and fall back
+to the default. ``docs/CONFIGURATION.md`` is generated from this registry
+(``python -m dbt_pgtrickle.settings > docs/CONFIGURATION.md``); a test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, raw: Any) -> Any:
+        """Convert ``raw`` (text from the catalog, or a Python value) to this setting's type."""
+        try:
+            if self.type is bool:
+                if isinstance(raw, bool):
+                    return raw
+                text = str(raw).strip().lower()
+                if text in ("true", "on", "yes", "1"):
+                    return True
+                if text in ("false", "off", "no", "0"):
+                    return False
+                raise ValueError(raw)
+            value = self.type(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"setting {self.name}: {raw!r} is not a valid {self.type.__name__}"
+            ) from None
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"setting {self.name}: {value} is below the minimum {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"setting {self.name}: {value} is above the maximum {self.maximum}")
+        return value
+
+
+REGISTRY: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "auto_full_threshold",
+            float,
+            0.10,
+            "AUTO refresh mode: when the pending change rows of a stream table's sources exceed "
+            "this fraction of the sources' estimated row count, the refresh recomputes the whole "
+            "query (FULL) instead of applying a delta. The reason is recorded in the refresh "
+            "history. Default chosen from the crossover measured by "
+            "`benchmarks/auto_threshold.py` (see docs/BENCHMARK.md).",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Setting(
+            "refresh_lock_timeout_ms",
+            int,
+            5000,
+            "How long a refresh waits for the stream table's lock (held by another refresh or an "
+            "ALTER) before failing with a retryable lock error.",
+            minimum=0,
+        ),
+        Setting(
+            "refresh_statement_timeout_ms",
+            int,
+            0,
+            "statement_timeout applied inside a refresh transaction; 0 means no limit.",
+            minimum=0,
+        ),
+        Setting(
+            "history_retention_days",
+            int,
+            14,
+            "Refresh history rows older than this are pruned (by the scheduler, in bounded batches).",
+            minimum=1,
+        ),
+        Setting(
+            "notify_coalesce_ms",
+            int,
+            250,
+            "Subscription notifications for one stream table are coalesced within this window.",
+            minimum=0,
+        ),
+        Setting(
+            "sla_window_hours",
+            int,
+            24,
+            "Window over which sla_summary() computes percentiles, error rate and error budget.",
+            minimum=1,
+        ),
+        Setting(
+            "citus_worker_retry_ticks",
+            int,
+            5,
+            "Consecutive failed polls of a Citus worker after which it is flagged in citus_status.",
+            minimum=1,
+        ),
+    )
+}
+
+
+def get_setting(conn: psycopg.Connection[Any], name: str) -> Any:
+    """The current value of setting ``name`` in the database of ``conn``."""
+    setting = _lookup(name)
+    row = conn.execute(
+        "SELECT value FROM pgtrickle.pgt_settings WHERE name = %s", (name,)
+    ).fetchone()
+    return setting.default if row is None else setting.parse(row[0])
+
+
+def all_settings(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Every setting with its effective value."""
+    stored = dict(conn.execute("SELECT name, value FROM pgtrickle.pgt_settings").fetchall())
+    return {
+        name: (s.parse(stored[name]) if name in stored else s.default)
+        for name, s in REGISTRY.items()
+    }
+
+
+def set_setting(conn: psycopg.Connection[Any], name: str, value: Any) -> None:
+    """Store ``value`` for setting ``name`` (validated against the registry)."""
+    parsed = _lookup(name).parse(value)
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO pgtrickle.pgt_settings (name, value) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+        ),
+        (name, str(parsed).lower() if isinstance(parsed, bool) else str(parsed)),
+    )
+
+
+def _lookup(name: str) -> Setting:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise ConfigError(f"unknown setting {name!r}; known settings: {known}") from None
+
+
+def render_markdown() -> str:
+    """The text of docs/CONFIGURATION.md."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from dbt_pgtrickle/settings.py by "
+        "`python -m dbt_pgtrickle.settings > docs/CONFIGURATION.md`; do not edit by hand. -->",
+        "",
+        "Settings are stored per database in `pgtrickle.pgt_settings` and read at each use. "
+        "Change one with `pgtrickle set NAME VALUE`, the Python API "
+        "`dbt_pgtrickle.set_setting(conn, name, value)`, or SQL:",
+        "",
+        "```sql",
+        "INSERT INTO pgtrickle.pgt_settings (name, value) VALUES ('auto_full_threshold', '0.2')",
+        "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value;",
+        "```",
+        "",
+        "| name | type | default | range | description |",
+        "|---|---|---|---|---|",
+    ]
+    for s in REGISTRY.values():
+        bounds = ""
+        if s.minimum is not None or s.maximum is not None:
+            lo = "" if s.minimum is None else f"{s.minimum:g}"
+            hi = "" if s.maximum is None else f"{s.maximum:g}"
+            bounds = f"{lo} … {hi}"
+        lines.append(f"| `{s.name}` | {s.type.__name__} | `{s.default}` | {bounds} | {s.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_markdown())
