@@ -102,7 +102,7 @@ def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:
 
 def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
     """The first construct the single-source compiler does not handle, with a hint."""
-    if tree.args.get("with"):
+    if tree.args.get("with_") or tree.args.get("with"):
         return "WITH (common table expression)", "inline the CTE as a subquery-free query"
     if tree.args.get("joins"):
         return "JOIN", _FULL_ONLY_HINT
@@ -123,8 +123,9 @@ def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
     if from_.this.args.get("only"):
         return "FROM ONLY", "remove ONLY"
     group = tree.args.get("group")
-    if group is not None and any(
-        group.args.get(k) for k in ("grouping_sets", "rollup", "cube", "totals")
+    if group is not None and (
+        any(group.args.get(k) for k in ("grouping_sets", "rollup", "cube", "totals"))
+        or any(isinstance(g, exp.GroupingSets | exp.Rollup | exp.Cube) for g in group.expressions)
     ):
         return "GROUPING SETS/ROLLUP/CUBE", _FULL_ONLY_HINT
     for node in tree.walk():

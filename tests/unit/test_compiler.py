@@ -1,0 +1,171 @@
+"""The DVM compiler without a server: shapes, strategies, the SQL's reach, rejected constructs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dbt_pgtrickle.dvm import compile_query, compiler
+from dbt_pgtrickle.dvm.ir import Column, SourceTable
+from dbt_pgtrickle.errors import QueryError, UnsupportedConstruct
+
+TABLES = {
+    "orders": SourceTable(
+        "public",
+        "orders",
+        (
+            Column("id", "integer", True),
+            Column("region", "text"),
+            Column("amount", "numeric"),
+            Column("qty", "integer"),
+            Column("score", "double precision"),
+        ),
+        ("id",),
+    ),
+    "events": SourceTable("public", "events", (Column("kind", "text"), Column("n", "integer")), None),
+    "v_orders": SourceTable("public", "v_orders", (Column("id", "integer"),), None, kind="view"),
+}
+TYPES = {"amount": "numeric", "qty": "integer", "score": "double precision", "n": "integer"}
+
+
+class StaticLookup:
+    def table(self, schema: str | None, name: str) -> SourceTable:
+        return TABLES[name]
+
+    def expression_types(self, source: SourceTable, alias: str, exprs: list[str]) -> list[str]:
+        out = []
+        for e in exprs:
+            col = re.findall(r'"(\w+)"$', e)
+            out.append(TYPES.get(col[0], "numeric") if col else "numeric")
+        return out
+
+    def is_volatile_function(self, name: str) -> bool:
+        return name in {"my_random"}
+
+    def is_aggregate_function(self, name: str) -> bool:
+        return name in {"my_agg"}
+
+
+TARGET = '"public"."st"'
+
+
+def plan(query: str, names: list[str]) -> compiler.DeltaPlan:
+    return compile_query(query, StaticLookup(), names, TARGET)
+
+
+def test_keyed_projection_reads_base_table_only_through_touched_keys() -> None:
+    p = plan("select id, amount * 2 as a2 from orders where region = 'eu'", ["id", "a2"])
+    assert p.strategy == compiler.LINEAR_KEYED
+    assert p.storage_columns == ["__pgt_row_id", "id", "a2"]
+    assert 'IN (SELECT "__pgt_c"."id"' in p.delta_sql
+
+
+def test_no_primary_key_uses_multiset_identity() -> None:
+    p = plan("select kind from events", ["kind"])
+    assert p.strategy == compiler.LINEAR_MULTISET
+    assert '"public"."events"' not in p.delta_sql  # the delta never reads the source
+
+
+def test_invertible_aggregates_never_read_the_source_in_the_delta() -> None:
+    p = plan(
+        "select region, count(*) as n, count(qty) as c, sum(amount) as s, avg(qty) as a "
+        "from orders group by region",
+        ["region", "n", "c", "s", "a"],
+    )
+    assert p.strategy == compiler.AGGREGATE
+    assert '"public"."orders"' not in p.delta_sql
+    assert p.hidden_columns[0] == "__pgt_count"
+
+
+def test_min_max_and_other_aggregates_rescan_only_flagged_groups() -> None:
+    p = plan(
+        "select region, min(qty) as lo, string_agg(region, ',') as s from orders group by 1",
+        ["region", "lo", "s"],
+    )
+    assert '"__pgt_rescan"' in p.delta_sql
+    assert '"public"."orders"' in p.delta_sql  # the rescan reads the groups' base rows
+    costs = {o.detail: o.delta_cost for o in p.operators}
+    assert costs["MIN(\"orders\".\"qty\")"].startswith("O(Δ); rescans")
+    assert costs["STRING_AGG(\"orders\".\"region\", ',')"].startswith("rescans")
+
+
+def test_float_sum_is_not_maintained_algebraically() -> None:
+    p = plan("select region, sum(score) as s from orders group by region", ["region", "s"])
+    (call,) = [o for o in p.operators if o.operator == "Aggregate call"]
+    assert "double precision" in call.why
+
+
+def test_group_by_alias_and_ordinal_resolve_to_the_expression() -> None:
+    by_alias = plan("select upper(region) as r, count(*) as n from orders group by r", ["r", "n"])
+    by_pos = plan("select upper(region) as r, count(*) as n from orders group by 1", ["r", "n"])
+    assert by_alias.full_sql == by_pos.full_sql
+
+
+def test_distinct_is_a_counted_group() -> None:
+    p = plan("select distinct region from orders", ["region"])
+    assert p.strategy == compiler.AGGREGATE and p.hidden_columns == ["__pgt_count"]
+    assert any(o.operator == "Distinct" for o in p.operators)
+
+
+def test_order_by_is_dropped_with_a_note() -> None:
+    p = plan("select id from orders order by id", ["id"])
+    assert p.differential and any("ORDER BY" in n for n in p.notes)
+
+
+def test_names_with_quotes_spaces_and_capitals_are_quoted() -> None:
+    TABLES["Odd Table"] = SourceTable(
+        "public", 'Odd "T"', (Column('Col "1"', "integer", True),), ('Col "1"',)
+    )
+    try:
+        p = plan('select "Col ""1""" from "Odd Table"', ['Col "1"'])
+        assert '"Odd ""T"""' in p.full_sql and '"Col ""1"""' in p.full_sql
+    finally:
+        del TABLES["Odd Table"]
+
+
+REJECTED = [
+    ("select o.id from orders o join events e on true", "JOIN"),
+    ("select o.id from orders o, events e", "JOIN"),
+    ("select id from orders union all select n from events", "UNION ALL"),
+    ("select id from orders intersect select n from events", "INTERSECT"),
+    ("select id from orders limit 5", "LIMIT"),
+    ("select distinct on (region) region from orders", "DISTINCT ON"),
+    ("select id, rank() over (order by id) as r from orders", "window function"),
+    ("select id from orders where id in (select n from events)", "subquery"),
+    ("select id from (select id from orders) s", "subquery or function in FROM"),
+    ("with q as (select id from orders) select id from q", "WITH"),
+    ("select region from orders group by rollup(region)", "GROUPING SETS"),
+    ("select id, now() as t from orders", "time-varying"),
+    ("select id, random() as r from orders", "time-varying"),
+    ("select id, my_random() as r from orders", "my_random"),
+    ("select id from v_orders", "view"),
+    ("select region, qty from orders group by region", "column qty"),
+    ("select distinct count(*) as n from orders group by region", "DISTINCT together with GROUP BY"),
+]
+
+
+@pytest.mark.parametrize(("query", "construct"), REJECTED)
+def test_rejected_constructs_fall_back_with_the_construct_named(query: str, construct: str) -> None:
+    names = ["a", "b"] if "rank()" in query or "now()" in query or "random" in query else ["a"]
+    if "region, qty" in query:
+        names = ["region", "qty"]
+    p = plan(query, names)
+    assert p.strategy == compiler.FULL_ONLY
+    assert p.unsupported and construct in p.unsupported
+    with pytest.raises(UnsupportedConstruct, match=re.escape(construct)):
+        raise UnsupportedConstruct(p.unsupported)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("delete from orders", "not DELETE"),
+        ("select 1; select 2", "exactly one SELECT"),
+        ("select from where", "not valid SQL"),
+        ("insert into orders values (1)", "not INSERT"),
+    ],
+)
+def test_non_select_input_is_a_query_error(query: str, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        plan(query, ["a"])
