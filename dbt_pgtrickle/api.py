@@ -220,9 +220,10 @@ def create_stream_table(
             )
         plan = _plan(c, schema, rel, query)
         effective, reason = _modes(plan, mode)
+        lock_ms = _settings.get_setting(c, "refresh_lock_timeout_ms")
         try:
             with repeatable_read(c):
-                lock_ms = _settings.get_setting(c, "refresh_lock_timeout_ms")
+                # No data statement before the locks: the snapshot must be taken after them.
                 c.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
                 _lock_sources(c, plan)
                 frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]

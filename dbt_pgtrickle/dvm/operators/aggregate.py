@@ -178,7 +178,7 @@ def _new_states(shape: QueryShape) -> tuple[list[str], list[str]]:
             rescan.append(f"({dm} IS NOT NULL AND ({a} IS NULL OR {dm} {cmp} {a}))")
         else:
             assert agg.kind == RESCAN
-            states.append(f"NULL AS {_a(j)}")
+            states.append(f"{a} AS {_a(j)}")  # typed placeholder; the rescan replaces it
             rescan.append("true")
     return states, rescan
 

