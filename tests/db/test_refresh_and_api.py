@@ -1,0 +1,235 @@
+"""Refresh actions, history, AUTO fallback, alter, explain, and bad input leaving nothing behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+import dbt_pgtrickle as pgt
+from dbt_pgtrickle.errors import (
+    ConfigError,
+    PgTrickleError,
+    QueryError,
+    SourceError,
+    StreamTableExists,
+    StreamTableNotFound,
+    UnsupportedConstruct,
+)
+
+
+@pytest.fixture
+def db(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    pgt.install(conn)
+    conn.execute("CREATE TABLE src (id int PRIMARY KEY, g text, v int)")
+    conn.execute("INSERT INTO src SELECT i, 'g' || (i % 4), i FROM generate_series(1, 200) i")
+    conn.execute("ANALYZE src")
+    return conn
+
+
+def footprint(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """Everything a failed create could leave behind."""
+    return (
+        conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'st%'").fetchone(),
+        conn.execute("SELECT count(*) FROM pgtrickle.pgt_stream_tables").fetchone(),
+        conn.execute("SELECT count(*) FROM pgtrickle.pgt_change_tracking").fetchone(),
+        conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'pgtrickle_changes'"
+        ).fetchone(),
+        conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone(),
+    )
+
+
+def test_history_records_each_action(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select g, count(*) as n, sum(v) as s from src group by g")
+    assert pgt.refresh_stream_table(db, "st").action == "NO_DATA"
+    db.execute("UPDATE src SET g = 'moved' WHERE id <= 2")
+    r = pgt.refresh_stream_table(db, "st")
+    assert (r.action, r.rows_in, r.rows_inserted, r.rows_updated, r.rows_deleted) == (
+        "DIFFERENTIAL", 4, 1, 2, 0
+    )
+    full = pgt.refresh_stream_table(db, "st", full=True)
+    assert full.action == "FULL" and full.rows_inserted == 5
+    rows = db.execute(
+        "SELECT action, status, rows_in, initiated_by, fallback_reason IS NOT NULL, "
+        "ended_at >= started_at FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id"
+    ).fetchall()
+    assert rows == [
+        ("FULL", "COMPLETED", 0, "create", True, True),
+        ("NO_DATA", "COMPLETED", 0, "api", False, True),
+        ("DIFFERENTIAL", "COMPLETED", 4, "api", False, True),
+        ("FULL", "COMPLETED", 0, "api", True, True),
+    ]
+    status = pgt.status(db)
+    assert status[0]["last_action"] == "FULL" and status[0]["effective_mode"] == "DIFFERENTIAL"
+
+
+def test_auto_switches_to_full_above_threshold_and_records_why(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select g, count(*) as n from src group by g")
+    pgt.set_setting(db, "auto_full_threshold", "0.05")
+    db.execute("UPDATE src SET v = v + 1 WHERE id <= 40")  # 80 change rows vs 200 source rows
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "FULL" and "auto_full_threshold" in (r.fallback_reason or "")
+    db.execute("UPDATE src SET v = v + 1 WHERE id = 1")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    reason = db.execute(
+        "SELECT fallback_reason FROM pgtrickle.pgt_refresh_history WHERE action = 'FULL' "
+        "AND initiated_by = 'api'"
+    ).fetchone()
+    assert reason and "above auto_full_threshold" in reason[0]
+
+
+def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[Any]) -> None:
+    info = pgt.create_stream_table(
+        db, "st", "select a.g, b.v from src a join src b on a.id = b.v"
+    )
+    assert info["effective_mode"] == "FULL" and "JOIN" in info["fallback_reason"]
+    assert pgt.refresh_stream_table(db, "st").action == "NO_DATA"
+    db.execute("INSERT INTO src VALUES (1000, 'x', 1)")
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "FULL" and "JOIN" in (r.fallback_reason or "")
+    assert "JOIN" in pgt.explain_stream_table(db, "st")
+
+
+def test_differential_on_unsupported_query_names_the_construct(db: psycopg.Connection[Any]) -> None:
+    before = footprint(db)
+    with pytest.raises(UnsupportedConstruct, match="window function"):
+        pgt.create_stream_table(
+            db, "st", "select id, rank() over (order by v) as r from src", refresh_mode="DIFFERENTIAL"
+        )
+    assert footprint(db) == before
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "message"),
+    [
+        ("select * from missing_table", SourceError, "does not exist"),
+        ("select nope from src", QueryError, "nope"),
+        ("delete from src", QueryError, "not DELETE"),
+        ("select 1 as a; select 2 as b", QueryError, "exactly one SELECT"),
+        ("select id, id from src", QueryError, "more than once"),
+        ("select g, count(*) from src group by g; drop table src", QueryError, "exactly one"),
+    ],
+)
+def test_bad_query_is_one_clear_error_and_nothing_is_left(
+    db: psycopg.Connection[Any], query: str, error: type[Exception], message: str
+) -> None:
+    before = footprint(db)
+    with pytest.raises(error, match=message) as info:
+        pgt.create_stream_table(db, "st", query)
+    assert "\n" not in str(info.value)
+    assert footprint(db) == before
+    assert db.execute("SELECT to_regclass('src') IS NOT NULL").fetchone() == (True,)
+
+
+def test_bad_config_is_rejected_before_anything_happens(db: psycopg.Connection[Any]) -> None:
+    before = footprint(db)
+    with pytest.raises(ConfigError, match="refresh_mode must be one of"):
+        pgt.create_stream_table(db, "st", "select id from src", refresh_mode="SOMETIMES")
+    with pytest.raises(ConfigError, match="schedule"):
+        pgt.create_stream_table(db, "st", "select id from src", schedule="every tuesday")
+    with pytest.raises(ConfigError, match="unknown option"):
+        pgt.create_stream_table(db, "st", "select id from src", colour="blue")
+    assert footprint(db) == before
+
+
+def test_name_collisions(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select id from src")
+    with pytest.raises(StreamTableExists):
+        pgt.create_stream_table(db, "st", "select id from src")
+    with pytest.raises(StreamTableExists, match="relation named public.src"):
+        pgt.create_stream_table(db, "src", "select id from src")
+    with pytest.raises(StreamTableNotFound):
+        pgt.refresh_stream_table(db, "nope")
+
+
+def test_missing_privilege_is_reported_and_nothing_is_left(
+    db: psycopg.Connection[Any], dsn: str
+) -> None:
+    db.execute("CREATE ROLE pgt_reader LOGIN")
+    db.execute("GRANT USAGE ON SCHEMA pgtrickle TO pgt_reader")
+    db.execute("GRANT SELECT ON ALL TABLES IN SCHEMA pgtrickle TO pgt_reader")
+    before = footprint(db)
+    try:
+        reader_dsn = psycopg.conninfo.make_conninfo(dsn, user="pgt_reader")
+        with pytest.raises(PgTrickleError, match="privilege|permission"):
+            pgt.create_stream_table(reader_dsn, "st", "select id from src")
+        assert footprint(db) == before
+    finally:
+        db.execute("DROP OWNED BY pgt_reader")
+        db.execute("DROP ROLE pgt_reader")
+
+
+def test_alter_query_schedule_and_mode(db: psycopg.Connection[Any], dsn: str) -> None:
+    pgt.create_stream_table(db, "st", "select g, count(*) as n from src group by g")
+    info = pgt.alter_stream_table(db, "st", schedule="5m", refresh_mode="FULL")
+    assert info["schedule"] == "5m" and info["effective_mode"] == "FULL"
+    pgt.alter_stream_table(db, "st", refresh_mode="DIFFERENTIAL")
+    db.execute("INSERT INTO src VALUES (500, 'g1', 1)")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    # A reader inside a transaction keeps seeing the old table until the swap commits.
+    with psycopg.connect(dsn) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert reader.execute("SELECT count(*) FROM st").fetchone() == (4,)
+        reader.rollback()
+    pgt.alter_stream_table(db, "st", query="select id, v from src where v > 195")
+    assert db.execute("SELECT id FROM st ORDER BY id").fetchall() == [
+        (196,), (197,), (198,), (199,), (200,)
+    ]
+    db.execute("DELETE FROM src WHERE id = 200")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert db.execute("SELECT count(*) FROM st").fetchone() == (4,)
+    with pytest.raises(UnsupportedConstruct, match="LIMIT"):
+        pgt.alter_stream_table(db, "st", query="select id from src limit 1", refresh_mode="DIFFERENTIAL")
+    assert db.execute("SELECT count(*) FROM st").fetchone() == (4,)
+
+
+def test_initialize_false_populates_on_first_refresh(db: psycopg.Connection[Any]) -> None:
+    info = pgt.create_stream_table(db, "st", "select id from src where v < 3", initialize=False)
+    assert info["status"] == "INITIALIZING"
+    assert db.execute("SELECT count(*) FROM st").fetchone() == (0,)
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "FULL" and r.rows_inserted == 2
+
+
+def test_explain_formats(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select g, min(v) as lo from src where v > 1 group by g")
+    text = pgt.explain_stream_table(db, "st")
+    assert "Aggregate" in text and "delta SQL" in text and "rescans" in text
+    data = pgt.explain_stream_table(db, "st", format="json")
+    assert data["strategy"] == "aggregate" and data["delta_sql"]
+    assert [o["operator"] for o in data["operators"]][:3] == ["Scan", "Filter", "Aggregate"]
+    assert pgt.explain_stream_table(db, "st", format="dot").startswith("digraph")
+
+
+def test_quoted_unicode_names_work_end_to_end(conn: psycopg.Connection[Any]) -> None:
+    pgt.install(conn)
+    conn.execute('CREATE SCHEMA "Sales Data"')
+    conn.execute('CREATE TABLE "Sales Data"."Ördér ""x""" ("Id" int PRIMARY KEY, "Grp Ñ" text)')
+    conn.execute('INSERT INTO "Sales Data"."Ördér ""x""" VALUES (1, \'a\'), (2, \'a\')')
+    name = '"Sales Data"."Sum ""Q"""'
+    pgt.create_stream_table(
+        conn, name, 'select "Grp Ñ", count(*) as "N" from "Sales Data"."Ördér ""x""" group by 1'
+    )
+    conn.execute('INSERT INTO "Sales Data"."Ördér ""x""" VALUES (3, \'b\')')
+    assert pgt.refresh_stream_table(conn, name).action == "DIFFERENTIAL"
+    rows = conn.execute('SELECT "Grp Ñ", "N" FROM "Sales Data"."Sum ""Q""" ORDER BY 1').fetchall()
+    assert rows == [("a", 2), ("b", 1)]
+    pgt.drop_stream_table(conn, name)
+
+
+def test_failed_refresh_is_recorded_with_sqlstate(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select id, 100 / v as r from src where v >= 0")
+    db.execute("UPDATE src SET v = 0 WHERE id = 1")
+    with pytest.raises(pgt.RefreshError, match="division by zero") as info:
+        pgt.refresh_stream_table(db, "st")
+    assert info.value.sqlstate == "22012"
+    row = db.execute(
+        "SELECT status, sqlstate, error_message FROM pgtrickle.pgt_refresh_history "
+        "ORDER BY refresh_id DESC LIMIT 1"
+    ).fetchone()
+    assert row is not None and row[:2] == ("FAILED", "22012") and "division" in row[2]
+    st = pgt.status(db)[0]
+    assert st["consecutive_failures"] == 1 and "division" in st["last_error"]
