@@ -108,9 +108,7 @@ def _msg(exc: psycopg.Error) -> str:
     return (exc.diag.message_primary or str(exc)).strip()
 
 
-def _plan(
-    conn: psycopg.Connection[Any], schema: str, name: str, query: str
-) -> compiler.DeltaPlan:
+def _plan(conn: psycopg.Connection[Any], schema: str, name: str, query: str) -> compiler.DeltaPlan:
     _sqlglot.parse(query)  # non-SELECT and syntax errors, before PostgreSQL sees the text
     names = _describe(conn, query)
     return compiler.compile_query(
@@ -138,7 +136,7 @@ def _build_table(
     conn.execute(
         sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
             target,
-            sql.SQL(plan.full_sql),  # type: ignore[arg-type]
+            sql.SQL(plan.full_sql),
         )
     )
     if plan.strategy != compiler.FULL_ONLY:
@@ -150,9 +148,7 @@ def _build_table(
         )
     if not populate:
         return 0
-    cur = conn.execute(
-        sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql))  # type: ignore[arg-type]
-    )
+    cur = conn.execute(sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql)))
     return max(cur.rowcount, 0)
 
 
@@ -224,7 +220,9 @@ def create_stream_table(
         try:
             with repeatable_read(c):
                 # No data statement before the locks: the snapshot must be taken after them.
-                c.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
+                c.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms"))
+                )
                 _lock_sources(c, plan)
                 frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
                 rows = _build_table(c, schema, rel, plan, initialize)
@@ -298,9 +296,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
         _install.require_installed(c)
         rec = records.get(c, schema, rel)
         mode = _check_mode(changes.get("refresh_mode", rec.requested_mode))
-        schedule = (
-            _check_schedule(changes["schedule"]) if "schedule" in changes else rec.schedule
-        )
+        schedule = _check_schedule(changes["schedule"]) if "schedule" in changes else rec.schedule
         query = changes.get("query", rec.original_query)
         new_query = "query" in changes and _sqlglot.query_hash(query) != rec.query_hash
         plan = _plan(c, schema, rel, query)
@@ -379,7 +375,9 @@ def refresh_stream_table(
         return engine.refresh(c, schema, rel, full=full, initiated_by=initiated_by)
 
 
-def refresh_all(conn: Conn, *, full: bool = False, initiated_by: str = "api") -> list[RefreshResult]:
+def refresh_all(
+    conn: Conn, *, full: bool = False, initiated_by: str = "api"
+) -> list[RefreshResult]:
     """Refresh every stream table (in name order)."""
     with session(conn) as c:
         _install.require_installed(c)

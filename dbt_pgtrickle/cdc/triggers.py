@@ -53,7 +53,7 @@ def _function_body(buf: sql.Composable, cols: list[str], event: str) -> sql.Comp
     target = sql.SQL("INSERT INTO {} (__pgt_action, __pgt_w, {})").format(buf, col_list)
 
     def images(action: str, weight: int, transition: str) -> sql.Composed:
-        return sql.SQL("SELECT {}::\"char\", {}::smallint, {} FROM {}").format(
+        return sql.SQL('SELECT {}::"char", {}::smallint, {} FROM {}').format(
             sql.Literal(action), sql.Literal(weight), col_list, sql.Identifier(transition)
         )
 
@@ -91,7 +91,9 @@ def ensure_capture(conn: psycopg.Connection[Any], source: SourceTable) -> Change
         # The source gained or lost columns since capture began: rebuild buffer and functions.
         # Pending rows keep their (old) columns; columns no longer present are dropped.
         _rebuild(conn, source, stable, captured)
-        return ChangeBuffer(source.schema, source.name, stable, tuple(c.name for c in source.columns))
+        return ChangeBuffer(
+            source.schema, source.name, stable, tuple(c.name for c in source.columns)
+        )
 
     buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
     col_defs = [
@@ -101,7 +103,7 @@ def ensure_capture(conn: psycopg.Connection[Any], source: SourceTable) -> Change
     conn.execute(
         sql.SQL(
             "CREATE TABLE {} (__pgt_xid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
-            "__pgt_action \"char\" NOT NULL, __pgt_w smallint NOT NULL, {})"
+            '__pgt_action "char" NOT NULL, __pgt_w smallint NOT NULL, {})'
         ).format(buf, sql.SQL(", ").join(col_defs))
     )
     conn.execute(
@@ -144,7 +146,9 @@ def _install_triggers(conn: psycopg.Connection[Any], source: SourceTable, stable
             )
         )
         conn.execute(
-            sql.SQL("CREATE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+            ).format(
                 sql.Identifier(trigger_name(stable, short)),
                 sql.SQL(event),
                 table,

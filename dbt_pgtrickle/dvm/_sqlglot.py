@@ -21,7 +21,7 @@ DIALECT = "postgres"
 
 # Functions whose value changes between calls or over time: a delta computed with them would not
 # match a recomputation, so a query using them can only be refreshed FULL.
-_TIME_VARYING_NODES: tuple[type[exp.Expression], ...] = (
+_TIME_VARYING_NODES: tuple[type[exp.Expr], ...] = (
     exp.Rand,
     exp.CurrentTimestamp,
     exp.CurrentDate,
@@ -74,7 +74,7 @@ def parse(query: str) -> exp.Query:
     return normalized
 
 
-def render(node: exp.Expression) -> str:
+def render(node: exp.Expr) -> str:
     """SQL text of ``node`` for PostgreSQL with every identifier quoted."""
     return node.sql(dialect=DIALECT, identify=True)
 
@@ -142,7 +142,7 @@ def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
     return None
 
 
-def _function_name(node: exp.Expression) -> str | None:
+def _function_name(node: exp.Expr) -> str | None:
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower()
     if isinstance(node, exp.Func):
@@ -168,6 +168,7 @@ class _Analyzer:
             raise UnsupportedConstruct(*problem)
 
         from_ = tree.args.get("from_") or tree.args.get("from")
+        assert from_ is not None  # _construct_of rejected queries without FROM
         table: exp.Table = from_.this
         source = self.lookup.table(table.db or None, table.name)
         if source.kind not in ("table", "partitioned"):
@@ -221,7 +222,7 @@ class _Analyzer:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _check_functions(self, tree: exp.Expression) -> None:
+    def _check_functions(self, tree: exp.Expr) -> None:
         for node in tree.walk():
             name = _function_name(node)
             if name is None:
@@ -233,8 +234,8 @@ class _Analyzer:
                     f"time-varying or volatile function {name}()", _FULL_ONLY_HINT
                 )
 
-    def _expand_stars(self, exprs: list[exp.Expression]) -> list[exp.Expression]:
-        out: list[exp.Expression] = []
+    def _expand_stars(self, exprs: list[exp.Expr]) -> list[exp.Expr]:
+        out: list[exp.Expr] = []
         for e in exprs:
             is_star = isinstance(e, exp.Star) or (
                 isinstance(e, exp.Column) and isinstance(e.this, exp.Star)
@@ -251,7 +252,7 @@ class _Analyzer:
                 out.append(e)
         return out
 
-    def _qualify(self, node: exp.Expression) -> exp.Expression:
+    def _qualify(self, node: exp.Expr) -> exp.Expr:
         """Every column reference qualified by the source alias alone (no schema/catalog)."""
         node = node.copy()
         for col in list(node.find_all(exp.Column)):
@@ -262,39 +263,34 @@ class _Analyzer:
             col.set("table", exp.to_identifier(self.alias, quoted=True))
         return node
 
-    def _resolve_group_key(
-        self, key: exp.Expression, select_exprs: list[exp.Expression]
-    ) -> exp.Expression:
+    def _resolve_group_key(self, key: exp.Expr, select_exprs: list[exp.Expr]) -> exp.Expr:
         if isinstance(key, exp.Literal) and not key.is_string:
             pos = int(key.this)
             if not 1 <= pos <= len(select_exprs):
                 raise QueryError(f"GROUP BY position {pos} is not in the select list")
             return _unalias(select_exprs[pos - 1])
-        if (
-            isinstance(key, exp.Column)
-            and not key.table
-            and self.source.column(key.name) is None
-        ):
+        if isinstance(key, exp.Column) and not key.table and self.source.column(key.name) is None:
             for e in select_exprs:
                 if isinstance(e, exp.Alias) and e.alias == key.name:
                     return _unalias(e)
         return self._qualify(key)
 
     def _collect_aggregates(
-        self, select_exprs: list[exp.Expression], having: exp.Expression | None
-    ) -> list[exp.Expression]:
-        found: list[exp.Expression] = []
+        self, select_exprs: list[exp.Expr], having: exp.Expr | None
+    ) -> list[exp.Expr]:
+        found: list[exp.Expr] = []
         roots = [*select_exprs, *([self._qualify(having)] if having is not None else [])]
         for root in roots:
             for node in root.walk():
-                if self._is_aggregate_node(node) and not any(
-                    self._is_aggregate_node(p) for p in _ancestors(node, root)
+                if (
+                    self._is_aggregate_node(node)
+                    and not any(self._is_aggregate_node(p) for p in _ancestors(node, root))
+                    and node not in found
                 ):
-                    if node not in found:
-                        found.append(node)
+                    found.append(node)
         return found
 
-    def _is_aggregate_node(self, node: exp.Expression) -> bool:
+    def _is_aggregate_node(self, node: exp.Expr) -> bool:
         if isinstance(node, exp.Filter | exp.WithinGroup):
             return True
         if isinstance(node, exp.AggFunc):
@@ -303,7 +299,7 @@ class _Analyzer:
             return self.lookup.is_aggregate_function(str(node.this).lower())
         return False
 
-    def _classify(self, node: exp.Expression) -> ir.AggCall:
+    def _classify(self, node: exp.Expr) -> ir.AggCall:
         sql = render(node)
         arg = node.this if isinstance(node, exp.AggFunc) else None
         distinct = isinstance(arg, exp.Distinct)
@@ -311,7 +307,7 @@ class _Analyzer:
             if isinstance(arg, exp.Star) or arg is None:
                 return ir.AggCall(ir.COUNT_STAR, sql, None)
             return ir.AggCall(ir.COUNT, sql, render(arg))
-        kinds: dict[type[exp.Expression], str] = {
+        kinds: dict[type[exp.Expr], str] = {
             exp.Sum: ir.SUM,
             exp.Avg: ir.AVG,
             exp.Min: ir.MIN,
@@ -330,18 +326,18 @@ class _Analyzer:
 
     def _grouped(
         self,
-        keys: list[exp.Expression],
-        agg_nodes: list[exp.Expression],
-        select_exprs: list[exp.Expression],
-        having: exp.Expression | None,
+        keys: list[exp.Expr],
+        agg_nodes: list[exp.Expr],
+        select_exprs: list[exp.Expr],
+        having: exp.Expr | None,
         where_sql: str | None,
         notes: list[str],
         distinct: bool = False,
     ) -> ir.QueryShape:
         aggs = [self._classify(n) for n in agg_nodes]
 
-        def rewrite(node: exp.Expression) -> exp.Expression:
-            def swap(n: exp.Expression) -> exp.Expression:
+        def rewrite(node: exp.Expr) -> exp.Expr:
+            def swap(n: exp.Expr) -> exp.Expr:
                 for j, a in enumerate(agg_nodes):
                     if n == a:
                         return exp.column(exp.to_identifier(f"__pgt_agg_{j}", quoted=True))
@@ -387,11 +383,11 @@ class _Analyzer:
 _EXACT_NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric"}
 
 
-def _unalias(node: exp.Expression) -> exp.Expression:
+def _unalias(node: exp.Expr) -> exp.Expr:
     return node.this if isinstance(node, exp.Alias) else node
 
 
-def _ancestors(node: exp.Expression, root: exp.Expression) -> list[exp.Expression]:
+def _ancestors(node: exp.Expr, root: exp.Expr) -> list[exp.Expr]:
     out = []
     parent = node.parent
     while parent is not None and node is not root:

@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import UnsupportedConstruct
 from . import _sqlglot, ir
 from .operators import aggregate, distinct, project
-from .operators.scan import changes_relation
 from .operators._sql import row_hash
+from .operators.scan import changes_relation
 
 # Strategies: how a delta is applied to the stream table.
 LINEAR_KEYED = "linear_keyed"  # MERGE rows recomputed for touched primary keys

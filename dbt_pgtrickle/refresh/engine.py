@@ -85,9 +85,7 @@ def compile_for(
 
 def describe_query(conn: psycopg.Connection[Any], query: str) -> list[str]:
     """Output column names of ``query`` as PostgreSQL reports them (validates the SQL, too)."""
-    cur = conn.execute(
-        sql.SQL("SELECT * FROM ({}) AS __pgt_q LIMIT 0").format(sql.SQL(query))  # type: ignore[arg-type]
-    )
+    cur = conn.execute(sql.SQL("SELECT * FROM ({}) AS __pgt_q LIMIT 0").format(sql.SQL(query)))
     return [d.name for d in cur.description or []]
 
 
@@ -192,9 +190,9 @@ def _choose(
             if not src.captured:
                 continue
             row = conn.execute(
-                sql.SQL("SELECT count(*), coalesce(bool_or(b.__pgt_action = 'T'), false) {}").format(
-                    _window(src)
-                ),
+                sql.SQL(
+                    "SELECT count(*), coalesce(bool_or(b.__pgt_action = 'T'), false) {}"
+                ).format(_window(src)),
                 {"f": rec.frontier},
             ).fetchone()
             assert row is not None
@@ -255,7 +253,7 @@ def _apply_full(
         sql.SQL("INSERT INTO {} ({}) {}").format(
             target,
             sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan)),
-            sql.SQL(plan.full_sql),  # type: ignore[arg-type]
+            sql.SQL(plan.full_sql),
         )
     )
     result.rows_inserted = max(cur.rowcount, 0)
@@ -284,7 +282,7 @@ def _apply_differential(
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
             apply,
-            sql.SQL(plan.delta_sql),  # type: ignore[arg-type]
+            sql.SQL(plan.delta_sql),
         )
     )
     target = _target(rec)
@@ -357,7 +355,9 @@ def _apply_multiset(
             t=target,
             d=apply,
             cols=cols,
-            dcols=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in _columns(plan)),
+            dcols=sql.SQL(", ").join(
+                sql.SQL("d.{}").format(sql.Identifier(c)) for c in _columns(plan)
+            ),
         )
     )
     result.rows_inserted = max(cur.rowcount, 0)
@@ -417,14 +417,24 @@ def _record_failure(
 ) -> None:
     """Write the failed refresh to history and the stream table's row (own transaction)."""
     result = RefreshResult(
-        rec.qualified, action, duration_ms=(time.perf_counter() - started) * 1000,
+        rec.qualified,
+        action,
+        duration_ms=(time.perf_counter() - started) * 1000,
         fallback_reason=reason,
     )
     try:
         with conn.transaction():
             _history(
-                conn, rec, started_at, result, "FAILED", initiated_by, rec.frontier, None,
-                exc.sqlstate, str(exc),
+                conn,
+                rec,
+                started_at,
+                result,
+                "FAILED",
+                initiated_by,
+                rec.frontier,
+                None,
+                exc.sqlstate,
+                str(exc),
             )
             conn.execute(
                 "UPDATE pgtrickle.pgt_stream_tables SET last_error = %s, last_error_sqlstate = %s, "
@@ -453,7 +463,8 @@ def cleanup_buffers(conn: psycopg.Connection[Any], stables: list[str]) -> int:
         )
         # A row visible in a snapshot has an xid below its xmax; the xid index bounds the scan.
         xmaxs = sql.SQL(", ").join(
-            sql.SQL("pg_snapshot_xmax({}::pg_snapshot)").format(sql.Literal(f[0])) for f in frontiers
+            sql.SQL("pg_snapshot_xmax({}::pg_snapshot)").format(sql.Literal(f[0]))
+            for f in frontiers
         )
         with conn.transaction():
             cur = conn.execute(

@@ -24,7 +24,9 @@ def db(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 
 def buffer_rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     return conn.execute(
-        sql.SQL("SELECT __pgt_action, __pgt_w, id, g, v FROM {} ORDER BY __pgt_xid, __pgt_w, id").format(BUF)
+        sql.SQL(
+            "SELECT __pgt_action, __pgt_w, id, g, v FROM {} ORDER BY __pgt_xid, __pgt_w, id"
+        ).format(BUF)
     ).fetchall()
 
 
@@ -62,7 +64,9 @@ def test_one_buffer_shared_and_removed_with_last_consumer(db: psycopg.Connection
     pgt.refresh_stream_table(db, "st2")
     assert buffer_rows(db) == []
     pgt.drop_stream_table(db, "st1")
-    assert db.execute("SELECT to_regclass(%s) IS NOT NULL", (BUF.as_string(db),)).fetchone() == (True,)
+    assert db.execute("SELECT to_regclass(%s) IS NOT NULL", (BUF.as_string(db),)).fetchone() == (
+        True,
+    )
     pgt.drop_stream_table(db, "st2")
     assert db.execute("SELECT to_regclass(%s)", (BUF.as_string(db),)).fetchone() == (None,)
     triggers = db.execute(
@@ -83,7 +87,10 @@ def test_late_committing_writer_is_applied_exactly_once(
     refresh consumed in between. The xid8 + snapshot frontier applies it exactly once.
     """
     pgt.create_stream_table(db, "totals", "select count(*) as n, sum(v) as s from src")
-    with psycopg.connect(dsn, autocommit=True) as slow, psycopg.connect(dsn, autocommit=True) as fast:
+    with (
+        psycopg.connect(dsn, autocommit=True) as slow,
+        psycopg.connect(dsn, autocommit=True) as fast,
+    ):
         slow.execute("BEGIN")
         slow.execute("INSERT INTO src VALUES (100, 'slow', 1000)")  # buffered, not committed
         fast.execute("INSERT INTO src VALUES (200, 'fast', 1)")  # committed, later in the buffer
@@ -111,9 +118,7 @@ def test_writer_open_during_creation_is_not_lost(db: psycopg.Connection[Any], ds
         writer.execute("INSERT INTO src VALUES (300, 'w', 5)")
         done: list[Any] = []
         t = threading.Thread(
-            target=lambda: done.append(
-                pgt.create_stream_table(dsn, "st", "select id, v from src")
-            )
+            target=lambda: done.append(pgt.create_stream_table(dsn, "st", "select id, v from src"))
         )
         t.start()
         t.join(timeout=1.0)

@@ -108,3 +108,10 @@ def test_newer_schema_is_refused(conn: psycopg.Connection[Any]) -> None:
     )
     with pytest.raises(NotInstalledError, match="newer than this runtime"):
         install(conn)
+
+
+def test_sql_stable_name_matches_python(conn: psycopg.Connection[Any]) -> None:
+    install(conn)
+    for schema, table in [("public", "orders"), ("Sales Data", 'Ördér "x"'), ("a", "")]:
+        row = conn.execute("SELECT pgtrickle.stable_name(%s, %s)", (schema, table)).fetchone()
+        assert row == (pgt.stable_name(schema, table),)

@@ -142,7 +142,10 @@ def mismatches(conn: psycopg.Connection[Any], name: str, query: str) -> list[Any
     """Rows in the stream table but not the query, and vice versa (symmetric EXCEPT ALL)."""
     cols = [
         d.name
-        for d in conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier(name))).description or []
+        for d in conn.execute(
+            sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier(name))
+        ).description
+        or []
         if not d.name.startswith("__pgt_")
     ]
     col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
@@ -210,12 +213,22 @@ def _given(test: Any) -> Any:
 
 
 GROUPS = {
-    "linear": ["scan_star", "project_filter_3vl", "filter_not_distinct", "multiset_projection",
-               "multiset_star"],
+    "linear": [
+        "scan_star",
+        "project_filter_3vl",
+        "filter_not_distinct",
+        "multiset_projection",
+        "multiset_star",
+    ],
     "distinct": ["distinct", "distinct_multiset"],
     "aggregates": ["invertible_aggs", "min_max", "other_aggs", "scalar_aggs", "scalar_filtered"],
-    "having_and_expressions": ["having", "having_on_sum", "expression_keys", "scalar_having",
-                               "bag_aggs"],
+    "having_and_expressions": [
+        "having",
+        "having_on_sum",
+        "expression_keys",
+        "scalar_having",
+        "bag_aggs",
+    ],
 }
 
 

@@ -48,7 +48,11 @@ def test_history_records_each_action(db: psycopg.Connection[Any]) -> None:
     db.execute("UPDATE src SET g = 'moved' WHERE id <= 2")
     r = pgt.refresh_stream_table(db, "st")
     assert (r.action, r.rows_in, r.rows_inserted, r.rows_updated, r.rows_deleted) == (
-        "DIFFERENTIAL", 4, 1, 2, 0
+        "DIFFERENTIAL",
+        4,
+        1,
+        2,
+        0,
     )
     full = pgt.refresh_stream_table(db, "st", full=True)
     assert full.action == "FULL" and full.rows_inserted == 5
@@ -82,9 +86,7 @@ def test_auto_switches_to_full_above_threshold_and_records_why(db: psycopg.Conne
 
 
 def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[Any]) -> None:
-    info = pgt.create_stream_table(
-        db, "st", "select a.g, b.v from src a join src b on a.id = b.v"
-    )
+    info = pgt.create_stream_table(db, "st", "select a.g, b.v from src a join src b on a.id = b.v")
     assert info["effective_mode"] == "FULL" and "JOIN" in info["fallback_reason"]
     assert pgt.refresh_stream_table(db, "st").action == "NO_DATA"
     db.execute("INSERT INTO src VALUES (1000, 'x', 1)")
@@ -97,7 +99,10 @@ def test_differential_on_unsupported_query_names_the_construct(db: psycopg.Conne
     before = footprint(db)
     with pytest.raises(UnsupportedConstruct, match="window function"):
         pgt.create_stream_table(
-            db, "st", "select id, rank() over (order by v) as r from src", refresh_mode="DIFFERENTIAL"
+            db,
+            "st",
+            "select id, rank() over (order by v) as r from src",
+            refresh_mode="DIFFERENTIAL",
         )
     assert footprint(db) == before
 
@@ -176,13 +181,19 @@ def test_alter_query_schedule_and_mode(db: psycopg.Connection[Any], dsn: str) ->
         reader.rollback()
     pgt.alter_stream_table(db, "st", query="select id, v from src where v > 195")
     assert db.execute("SELECT id FROM st ORDER BY id").fetchall() == [
-        (196,), (197,), (198,), (199,), (200,)
+        (196,),
+        (197,),
+        (198,),
+        (199,),
+        (200,),
     ]
     db.execute("DELETE FROM src WHERE id = 200")
     assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
     assert db.execute("SELECT count(*) FROM st").fetchone() == (4,)
     with pytest.raises(UnsupportedConstruct, match="LIMIT"):
-        pgt.alter_stream_table(db, "st", query="select id from src limit 1", refresh_mode="DIFFERENTIAL")
+        pgt.alter_stream_table(
+            db, "st", query="select id from src limit 1", refresh_mode="DIFFERENTIAL"
+        )
     assert db.execute("SELECT count(*) FROM st").fetchone() == (4,)
 
 

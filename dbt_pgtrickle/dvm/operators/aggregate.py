@@ -140,11 +140,15 @@ def _delta_states(shape: QueryShape) -> list[str]:
     out = [f"sum({w}) AS {q('__pgt_dcount')}"]
     for j, agg in enumerate(shape.aggs):
         if agg.kind == COUNT:
-            out.append(f"sum(CASE WHEN ({agg.arg}) IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}")
+            out.append(
+                f"sum(CASE WHEN ({agg.arg}) IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}"
+            )
         elif agg.kind in (SUM, AVG):
             out.append(f"sum({agg.arg}) FILTER (WHERE {w} > 0) AS {q(f'__pgt_dp_{j}')}")
             out.append(f"sum({agg.arg}) FILTER (WHERE {w} < 0) AS {q(f'__pgt_dm_{j}')}")
-            out.append(f"sum(CASE WHEN ({agg.arg}) IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}")
+            out.append(
+                f"sum(CASE WHEN ({agg.arg}) IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}"
+            )
         elif agg.kind in (MIN, MAX):
             out.append(f"{agg.kind}({agg.arg}) FILTER (WHERE {w} > 0) AS {q(f'__pgt_dp_{j}')}")
             out.append(f"{agg.kind}({agg.arg}) FILTER (WHERE {w} < 0) AS {q(f'__pgt_dm_{j}')}")
@@ -188,7 +192,9 @@ def delta(shape: QueryShape, changes: str, target: str) -> str:
 
     ``target`` is the quoted, qualified stream table (its stored state is the old state).
     """
-    g, t, n, r, s, f = (q(x) for x in ("__pgt_g", "__pgt_t", "__pgt_n", "__pgt_r", "__pgt_s", "__pgt_f"))
+    g, t, n, r, s, f = (
+        q(x) for x in ("__pgt_g", "__pgt_t", "__pgt_n", "__pgt_r", "__pgt_s", "__pgt_f")
+    )
     group_by = f" GROUP BY {', '.join(shape.group_keys)}" if shape.group_keys else ""
     keys = [f"{k} AS {_key(i)}" for i, k in enumerate(shape.group_keys)]
     window = (
@@ -235,9 +241,8 @@ def _rescanned(shape: QueryShape) -> str:
         for i, (k, not_null) in enumerate(pairs):
             eq = f"{k} = {n}.{_key(i)}"
             matches.append(eq if not_null else f"({eq} OR ({k} IS NULL AND {n}.{_key(i)} IS NULL))")
-        join = (
-            f" JOIN (SELECT * FROM {n} WHERE {n}.{q('__pgt_rescan')}) AS {n} ON "
-            + " AND ".join(matches)
+        join = f" JOIN (SELECT * FROM {n} WHERE {n}.{q('__pgt_rescan')}) AS {n} ON " + " AND ".join(
+            matches
         )
         base = _grouped_base(shape, join=join)
     else:
