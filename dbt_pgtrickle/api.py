@@ -378,13 +378,37 @@ def refresh_stream_table(
 def refresh_all(
     conn: Conn, *, full: bool = False, initiated_by: str = "api"
 ) -> list[RefreshResult]:
-    """Refresh every stream table (in name order)."""
+    """Refresh every stream table, upstream stream tables before the ones reading them."""
     with session(conn) as c:
         _install.require_installed(c)
         return [
-            engine.refresh(c, r.pgt_schema, r.pgt_name, full=full, initiated_by=initiated_by)
-            for r in records.all_records(c)
+            engine.refresh(c, schema, name, full=full, initiated_by=initiated_by)
+            for schema, name in _topological_order(c)
         ]
+
+
+def _topological_order(c: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """Stream tables ordered so that each comes after the stream tables it reads."""
+    names = [(r.pgt_schema, r.pgt_name) for r in records.all_records(c)]
+    edges = c.execute(
+        "SELECT d.source_schema, d.source_name, st.pgt_schema, st.pgt_name "
+        "FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) "
+        "JOIN pgtrickle.pgt_stream_tables up ON up.pgt_schema = d.source_schema "
+        "AND up.pgt_name = d.source_name"
+    ).fetchall()
+    upstream: dict[tuple[str, str], set[tuple[str, str]]] = {n: set() for n in names}
+    for src_schema, src_name, schema, name in edges:
+        upstream[(schema, name)].add((src_schema, src_name))
+    ordered: list[tuple[str, str]] = []
+    done: set[tuple[str, str]] = set()
+    while len(ordered) < len(names):
+        ready = [n for n in names if n not in done and upstream[n] <= done]
+        if not ready:  # a cycle cannot be created, but never loop forever
+            ready = [n for n in names if n not in done]
+        for n in ready:
+            ordered.append(n)
+            done.add(n)
+    return ordered
 
 
 def drop_stream_table(conn: Conn, name: str) -> None:
@@ -393,6 +417,17 @@ def drop_stream_table(conn: Conn, name: str) -> None:
     with session(conn) as c:
         _install.require_installed(c)
         rec = records.get(c, schema, rel)
+        readers = c.execute(
+            "SELECT st.pgt_schema || '.' || st.pgt_name FROM pgtrickle.pgt_dependencies d "
+            "JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) "
+            "WHERE d.source_schema = %s AND d.source_name = %s ORDER BY 1",
+            (schema, rel),
+        ).fetchall()
+        if readers:
+            raise PgTrickleError(
+                f"cannot drop {schema}.{rel}: stream table(s) {', '.join(r[0] for r in readers)} "
+                "read it; drop them first"
+            )
         with c.transaction():
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
             stables = [

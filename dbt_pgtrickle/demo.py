@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -60,7 +61,7 @@ class DemoStreamTable:
 STREAM_TABLES: tuple[DemoStreamTable, ...] = (
     DemoStreamTable(
         "order_stats",
-        "GROUP BY: count/sum/avg/min/max",
+        "aggregate",
         "SELECT region, status, count(*) AS orders, sum(amount) AS revenue, "
         "avg(amount) AS avg_amount, min(amount) AS min_amount, max(amount) AS max_amount "
         "FROM orders GROUP BY region, status",
@@ -76,7 +77,7 @@ STREAM_TABLES: tuple[DemoStreamTable, ...] = (
     ),
     DemoStreamTable(
         "open_orders",
-        "filter + projection, keyed",
+        "filter+project",
         "SELECT id, customer_id, region, status, amount FROM orders "
         "WHERE status IN ('pending', 'paid') AND amount >= 100",
         "DIFFERENTIAL",
@@ -84,7 +85,7 @@ STREAM_TABLES: tuple[DemoStreamTable, ...] = (
     ),
     DemoStreamTable(
         "revenue_by_segment",
-        "JOIN + GROUP BY (AUTO)",
+        "join+aggregate",
         "SELECT c.segment, count(*) AS orders, sum(o.amount) AS revenue "
         "FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY c.segment",
         "AUTO",
@@ -222,31 +223,42 @@ class DemoReport:
 
 
 class _Steps:
-    """Numbered progress lines: a spinner while a step runs, then ``✓ [n/N] label (time)``."""
+    """Numbered progress lines: a spinner while a step runs, then ``✓ [n/N] label (time)``
+    followed by the step's detail lines."""
 
     def __init__(self, console: Console, total: int, report: DemoReport) -> None:
         self.console = console
         self.total = total
         self.report = report
         self.number = 0
+        self._details: list[str] = []
 
     @contextmanager
     def step(self, label: str) -> Iterator[None]:
         self.number += 1
         head = f"[{self.number}/{self.total}] {label}"
+        self._details = []
         started = time.perf_counter()
         try:
             with self.console.status(escape(head) + " …"):
                 yield
         except BaseException:
             self.console.print(f"[red]✗[/red] {escape(head)}")
+            self._flush()
             raise
         seconds = time.perf_counter() - started
         self.report.step_seconds[label] = seconds
         self.console.print(f"[green]✓[/green] {escape(head)} [dim]({seconds:.2f} s)[/dim]")
+        self._flush()
 
     def detail(self, text: str) -> None:
-        self.console.print(f"    {text}", highlight=False)
+        """A line shown under the current step (printed when it ends)."""
+        self._details.append(text)
+
+    def _flush(self) -> None:
+        for text in self._details:
+            self.console.print(f"    {text}")
+        self._details = []
 
 
 def _count(conn: psycopg.Connection[Any], table: str) -> int:
@@ -312,9 +324,20 @@ def _ms(value: float) -> str:
     return f"{value:,.1f} ms"
 
 
+def _table(title: str) -> Table:
+    return Table(
+        box=box.SIMPLE_HEAD,
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        collapse_padding=True,
+        pad_edge=False,
+    )
+
+
 def _render(console: Console, report: DemoReport) -> None:
-    """The result tables."""
-    changes = Table(title="What changed in the sources (one transaction)", title_justify="left")
+    """The result tables (each fits in 80 columns)."""
+    changes = _table("What changed in the sources (one transaction)")
     for column in ("table", "rows before", "inserted", "updated", "deleted", "rows after"):
         changes.add_column(column, justify="left" if column == "table" else "right")
     for ch in report.changes:
@@ -328,30 +351,33 @@ def _render(console: Console, report: DemoReport) -> None:
         )
     console.print(changes)
 
-    refreshed = Table(title="What each refresh did", title_justify="left")
+    refreshed = _table("What each refresh did")
     refreshed.add_column("stream table")
-    refreshed.add_column("kind")
     refreshed.add_column("action")
-    for column in ("change rows read", "inserted", "updated", "deleted", "rows now"):
+    for column in ("change rows", "inserted", "updated", "deleted"):
         refreshed.add_column(column, justify="right")
     for t in report.tables:
         d = t.differential
         if d is None:
             continue
-        share = f"{d.rows_in / t.source_rows:.2%}" if t.source_rows else "-"
+        share = f" ({d.rows_in / t.source_rows:.1%})" if t.source_rows else ""
         refreshed.add_row(
             t.spec.name,
-            t.spec.kind,
             d.action,
-            f"{d.rows_in:,} ({share} of {t.source_rows:,})",
+            f"{d.rows_in:,}{share}",
             f"{d.rows_inserted:,}",
             f"{d.rows_updated:,}",
             f"{d.rows_deleted:,}",
-            f"{t.rows:,}",
         )
     console.print(refreshed)
+    console.print(
+        "[dim]change rows: change-buffer rows the refresh consumed, and their share of the "
+        "stream table's source rows (an update is a delete plus an insert). updated: rows whose "
+        "values or hidden state (group counts, DISTINCT multiplicities) changed.[/dim]"
+    )
 
-    timing = Table(title="Differential refresh vs full recompute", title_justify="left")
+    console.print()
+    timing = _table("Refresh vs full recompute of the same stream table")
     timing.add_column("stream table")
     timing.add_column("refresh", justify="right")
     timing.add_column("full recompute", justify="right")
@@ -362,7 +388,7 @@ def _render(console: Console, report: DemoReport) -> None:
         speedup = t.speedup
         timing.add_row(
             t.spec.name,
-            f"{_ms(t.differential.duration_ms)} ({t.differential.action})",
+            _ms(t.differential.duration_ms),
             _ms(t.full.duration_ms),
             f"{speedup:.1f}×" if speedup is not None else "-",
         )
@@ -370,14 +396,12 @@ def _render(console: Console, report: DemoReport) -> None:
     for t in report.tables:
         if t.fallback_reason:
             console.print(
-                f"[dim]{escape(t.spec.name)} is refreshed in full ({t.spec.mode} → "
+                f"[dim]{escape(t.spec.name)} runs FULL refreshes ({t.spec.mode} → "
                 f"{t.effective_mode}): {escape(t.fallback_reason)}[/dim]"
             )
 
-    check = Table(
-        title="Check: stream table = its query (symmetric EXCEPT ALL, visible columns)",
-        title_justify="left",
-    )
+    console.print()
+    check = _table("Check: each stream table equals its query")
     check.add_column("stream table")
     check.add_column("rows", justify="right")
     check.add_column("differing rows", justify="right")
@@ -391,6 +415,10 @@ def _render(console: Console, report: DemoReport) -> None:
             "[green]equal[/green]" if good else "[red]DIFFERENT[/red]",
         )
     console.print(check)
+    console.print(
+        "[dim]Compared as multisets over the visible columns (not __pgt_*): "
+        "(table EXCEPT ALL query) UNION ALL (query EXCEPT ALL table) is empty.[/dim]"
+    )
 
 
 def _prepare_database(server_dsn: str) -> str:
@@ -455,10 +483,10 @@ def run_demo(
                 _wipe(server)
             report.reused_data_dir = _looks_like_data_dir(server.data_dir)
             server_dsn = server.start()
-        steps.detail(
-            f"data directory {escape(str(server.data_dir))} "
-            f"({'reused' if report.reused_data_dir else 'new'})"
-        )
+            steps.detail(
+                f"data directory {escape(str(server.data_dir))} "
+                f"({'reused' if report.reused_data_dir else 'new'})"
+            )
         with steps.step(f"Create database {DEMO_DATABASE} and install pgtrickle"):
             conn = psycopg.connect(_prepare_database(server_dsn), autocommit=True)
             try:
@@ -466,7 +494,7 @@ def run_demo(
             except BaseException:
                 conn.close()
                 raise
-        steps.detail(f"pgtrickle catalog schema version {version}")
+            steps.detail(f"pgtrickle catalog schema version {version}")
         with conn:
             _run_in_database(conn, rows, steps, report)
     finally:
@@ -483,6 +511,7 @@ def run_demo(
         if report.ok
         else f"[red]stream tables differ from their queries: {', '.join(report.mismatched)}[/red]"
     )
+    console.print()
     console.print(f"{verdict} — demo finished in {report.total_seconds:.1f} s")
     return report
 
@@ -511,10 +540,7 @@ def _run_in_database(
                 if spec.mode == outcome.effective_mode
                 else f"{spec.mode} → {outcome.effective_mode}"
             )
-            steps.detail(
-                f"{spec.name:<20} {spec.kind:<32} {mode:<14} {outcome.rows:>9,} rows "
-                f"({outcome.create_seconds:.2f} s)"
-            )
+            steps.detail(f"{spec.name:<19} {spec.kind:<15} {mode:<19} {outcome.rows:>8,} rows")
 
     with steps.step("Change about 1% of the orders (insert, update, delete)"):
         report.changes = _change(conn, rows)
@@ -528,9 +554,8 @@ def _run_in_database(
             outcome.rows = _count(conn, outcome.spec.name)
             d = outcome.differential
             steps.detail(
-                f"{outcome.spec.name:<20} {d.action:<13} {d.rows_in:>7,} change rows read, "
-                f"+{d.rows_inserted:,} ~{d.rows_updated:,} -{d.rows_deleted:,} "
-                f"in {d.duration_ms:,.1f} ms"
+                f"{outcome.spec.name:<19} {d.action:<12} +{d.rows_inserted:,} "
+                f"~{d.rows_updated:,} -{d.rows_deleted:,} ({d.duration_ms:,.1f} ms)"
             )
 
     with steps.step("Check each stream table against its query"):

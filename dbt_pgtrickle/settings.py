@@ -61,7 +61,7 @@ REGISTRY: dict[str, Setting] = {
             "AUTO refresh mode: when the pending change rows of a stream table's sources exceed "
             "this fraction of the sources' estimated row count, the refresh recomputes the whole "
             "query (FULL) instead of applying a delta. The reason is recorded in the refresh "
-            "history. Default chosen from the crossover measured by "
+            "history. 1 turns the switch off. Default chosen from the crossover measured by "
             "`benchmarks/auto_threshold.py` (see docs/BENCHMARK.md).",
             minimum=0.0,
             maximum=1.0,

@@ -90,11 +90,10 @@ def compile_query(
             operators=[OperatorInfo("Query", "whole query", "full recompute", str(exc))],
             unsupported=str(exc),
         )
-    for col in shape.source.columns:
-        if col.name.startswith("__pgt_"):
-            raise UnsupportedConstruct(
-                f"source column {col.name} uses the reserved prefix __pgt_", "rename the column"
-            )
+    if shape.source.column("__pgt_w") is not None:
+        raise UnsupportedConstruct(
+            "source column __pgt_w collides with the change-window weight", "rename the column"
+        )
     changes = changes_relation_for(shape.source)
     ops = [
         OperatorInfo(

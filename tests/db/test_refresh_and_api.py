@@ -244,3 +244,26 @@ def test_failed_refresh_is_recorded_with_sqlstate(db: psycopg.Connection[Any]) -
     assert row is not None and row[:2] == ("FAILED", "22012") and "division" in row[2]
     st = pgt.status(db)[0]
     assert st["consecutive_failures"] == 1 and "division" in st["last_error"]
+
+
+def test_stream_table_on_stream_table(db: psycopg.Connection[Any]) -> None:
+    pgt.set_setting(db, "auto_full_threshold", 1)  # 1 disables AUTO's switch to FULL
+    pgt.create_stream_table(db, "st_up", "select g, count(*) as n, sum(v) as s from src group by g")
+    pgt.create_stream_table(db, "st_down", "select g, s from st_up where n > 50")
+    pgt.create_stream_table(db, "st_total", "select sum(n) as total, max(s) as top from st_up")
+    db.execute("INSERT INTO src SELECT i, 'g1', 1 FROM generate_series(201, 230) i")
+    db.execute("DELETE FROM src WHERE g = 'g2' AND id < 100")
+    results = pgt.refresh_all(db)
+    assert [r.name for r in results][0] == "public.st_up"  # upstream first, whatever the names
+    assert all(r.action == "DIFFERENTIAL" for r in results)
+    assert db.execute("SELECT g, s FROM st_down ORDER BY g").fetchall() == db.execute(
+        "SELECT g, s FROM st_up WHERE n > 50 ORDER BY g"
+    ).fetchall()
+    assert db.execute("SELECT g, n, s FROM st_up ORDER BY g").fetchall() == db.execute(
+        "SELECT g, count(*), sum(v) FROM src GROUP BY g ORDER BY g"
+    ).fetchall()
+    assert db.execute("SELECT total, top FROM st_total").fetchone() == db.execute(
+        "SELECT count(*), (SELECT max(s) FROM (SELECT sum(v) AS s FROM src GROUP BY g) x) FROM src"
+    ).fetchone()
+    with pytest.raises(PgTrickleError, match="st_down"):
+        pgt.drop_stream_table(db, "st_up")
