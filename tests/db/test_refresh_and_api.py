@@ -256,14 +256,19 @@ def test_stream_table_on_stream_table(db: psycopg.Connection[Any]) -> None:
     results = pgt.refresh_all(db)
     assert [r.name for r in results][0] == "public.st_up"  # upstream first, whatever the names
     assert all(r.action == "DIFFERENTIAL" for r in results)
-    assert db.execute("SELECT g, s FROM st_down ORDER BY g").fetchall() == db.execute(
-        "SELECT g, s FROM st_up WHERE n > 50 ORDER BY g"
-    ).fetchall()
-    assert db.execute("SELECT g, n, s FROM st_up ORDER BY g").fetchall() == db.execute(
-        "SELECT g, count(*), sum(v) FROM src GROUP BY g ORDER BY g"
-    ).fetchall()
-    assert db.execute("SELECT total, top FROM st_total").fetchone() == db.execute(
-        "SELECT count(*), (SELECT max(s) FROM (SELECT sum(v) AS s FROM src GROUP BY g) x) FROM src"
-    ).fetchone()
+    assert (
+        db.execute("SELECT g, s FROM st_down ORDER BY g").fetchall()
+        == db.execute("SELECT g, s FROM st_up WHERE n > 50 ORDER BY g").fetchall()
+    )
+    assert (
+        db.execute("SELECT g, n, s FROM st_up ORDER BY g").fetchall()
+        == db.execute("SELECT g, count(*), sum(v) FROM src GROUP BY g ORDER BY g").fetchall()
+    )
+    assert (
+        db.execute("SELECT total, top FROM st_total").fetchone()
+        == db.execute(
+            "SELECT count(*), (SELECT max(s) FROM (SELECT sum(v) AS s FROM src GROUP BY g) x) FROM src"
+        ).fetchone()
+    )
     with pytest.raises(PgTrickleError, match="st_down"):
         pgt.drop_stream_table(db, "st_up")
