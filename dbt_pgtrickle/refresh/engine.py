@@ -285,6 +285,9 @@ def _apply_differential(
             sql.SQL(plan.delta_sql),
         )
     )
+    # Statistics make the planner join the (small) delta to the stream table through its
+    # row-id index instead of scanning the whole stream table.
+    conn.execute(sql.SQL("ANALYZE {}").format(apply))
     target = _target(rec)
     if plan.strategy in compiler.MERGE_STRATEGIES:
         _merge(conn, plan, target, apply, result)
