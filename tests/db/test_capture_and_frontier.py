@@ -160,3 +160,19 @@ def test_source_gaining_a_column_keeps_capturing(db: psycopg.Connection[Any]) ->
     pgt.refresh_stream_table(db, "st2")
     assert db.execute("SELECT id, w FROM st2").fetchall() == [(10, 5)]
     assert db.execute("SELECT count(*) FROM st1").fetchone() == (3,)
+
+
+def test_stable_name_collision_is_a_clear_error(db: psycopg.Connection[Any]) -> None:
+    from dbt_pgtrickle.errors import NameCollision
+
+    # Pretend another table already owns src's stable name (a real 64-bit collision is not
+    # something a test can find), then create a stream table on src.
+    db.execute(
+        "INSERT INTO pgtrickle.pgt_change_tracking (source_stable_name, source_schema, "
+        "source_name, buffer_table, captured_columns) VALUES (%s, 'other', 'table', 'x', '[]')",
+        (stable_name("public", "src"),),
+    )
+    with pytest.raises(pgt.PgTrickleError, match="already used by other.table") as info:
+        pgt.create_stream_table(db, "st", "select id from src")
+    assert isinstance(info.value.__cause__, NameCollision) or isinstance(info.value, NameCollision)
+    assert db.execute("SELECT to_regclass('st')").fetchone() == (None,)
