@@ -158,7 +158,7 @@ def _read_query(value: str) -> str:
     text = click.get_text_stream("stdin").read() if value == "-" else value
     text = text.strip().rstrip(";").strip()
     if not text:
-        raise click.BadParameter("the query is empty")
+        raise click.UsageError("the query is empty")
     return text
 
 
@@ -233,7 +233,7 @@ def _created(verb: str, row: dict[str, Any]) -> None:
 # -- the commands --------------------------------------------------------------------------------
 
 
-@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
+@click.group(name="pgtrickle", cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--dsn",
     envvar=DSN_ENV,
@@ -428,7 +428,8 @@ def refresh(name: str | None, all_: bool, full: bool) -> None:
                 )
             except PgTrickleError as exc:
                 failed += 1
-                click.echo(f"error: {schema}.{rel}: {exc}", err=True)
+                message = str(exc) if f"{schema}.{rel}" in str(exc) else f"{schema}.{rel}: {exc}"
+                click.echo(f"error: {message}", err=True)
     if failed:
         raise PgTrickleError(f"{failed} of {len(names)} stream tables failed to refresh")
 
@@ -639,6 +640,7 @@ def scheduler_status() -> None:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     help="Data directory of the embedded server (kept between runs). Default: the per-user "
     "data dir, e.g. ~/.local/share/pgtrickle/demo-pg18 (/var/lib/pgtrickle/demo-pg18 as root).",
 )
@@ -648,6 +650,7 @@ def scheduler_status() -> None:
 @click.option(
     "--rows",
     type=click.IntRange(min=1000, max=50_000_000),
+    metavar="N",
     default=200_000,
     show_default=True,
     help="Number of orders to generate.",

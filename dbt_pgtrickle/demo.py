@@ -470,6 +470,7 @@ def run_demo(
     """
     console = console or Console(highlight=False)
     started = time.perf_counter()
+    embedded.embedded_bindir()  # fails early, with the install hint, without the wheel
     server = embedded.EmbeddedPostgres(data_dir)
     report = DemoReport(data_dir=server.data_dir, rows=rows)
     steps = _Steps(console, 9, report)
@@ -477,11 +478,13 @@ def run_demo(
         f"[bold]pgtrickle demo[/bold]: stream tables over {rows:,} orders on an embedded "
         "PostgreSQL 18"
     )
+    starting = False
     try:
         with steps.step("Start the embedded PostgreSQL server"):
             if fresh:
                 _wipe(server)
             report.reused_data_dir = _looks_like_data_dir(server.data_dir)
+            starting = True
             server_dsn = server.start()
             steps.detail(
                 f"data directory {escape(str(server.data_dir))} "
@@ -498,11 +501,13 @@ def run_demo(
         with conn:
             _run_in_database(conn, rows, steps, report)
     finally:
-        try:
-            with steps.step("Stop the embedded PostgreSQL server"):
-                server.stop()
-        except Exception as exc:  # never hide the error that got us here
-            console.print(f"[red]could not stop the embedded server: {escape(str(exc))}[/red]")
+        if starting:  # a server may run even if start() failed half-way
+            steps.number = steps.total - 1  # also after a failed step: the last one
+            try:
+                with steps.step("Stop the embedded PostgreSQL server"):
+                    server.stop()
+            except Exception as exc:  # never hide the error that got us here
+                console.print(f"[red]could not stop the embedded server: {escape(str(exc))}[/red]")
     report.total_seconds = time.perf_counter() - started
     console.print()
     _render(console, report)
