@@ -17,10 +17,12 @@ ConnectionLike = "psycopg.Connection[Any] | str"
 def connect(dsn: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(dsn, autocommit=True, application_name="pgtrickle")
-    except psycopg.OperationalError as exc:
+    except psycopg.ProgrammingError as exc:  # libpq could not parse the connection string
+        raise PgTrickleError(f"invalid connection string: {str(exc).strip()}") from None
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or ["unknown error"])[0]
         raise PgTrickleError(
-            f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}",
-            sqlstate=getattr(exc, "sqlstate", None),
+            f"cannot connect to PostgreSQL: {first}", sqlstate=getattr(exc, "sqlstate", None)
         ) from None
 
 

@@ -23,6 +23,7 @@ from .errors import (
     ConfigError,
     PgTrickleError,
     QueryError,
+    RefreshError,
     SourceError,
     StreamTableExists,
     UnsupportedConstruct,
@@ -102,6 +103,15 @@ def _describe(conn: psycopg.Connection[Any], query: str) -> list[str]:
             raise QueryError(f"output column {name!r} uses the reserved prefix __pgt_")
         seen.add(name)
     return names
+
+
+def _clean_query(query: str) -> str:
+    """The query without surrounding whitespace and trailing semicolons (dbt and editors add
+    them; PostgreSQL cannot nest a statement terminator in a subquery)."""
+    text = str(query).strip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    return text
 
 
 def _msg(exc: psycopg.Error) -> str:
@@ -202,6 +212,7 @@ def create_stream_table(
     cdc = _check_cdc(cdc_mode)
     if options:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(options))}")
+    query = _clean_query(query)
     schema, rel = records.split_name(name)
     with session(conn) as c:
         _install.require_installed(c)
@@ -297,7 +308,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
         rec = records.get(c, schema, rel)
         mode = _check_mode(changes.get("refresh_mode", rec.requested_mode))
         schedule = _check_schedule(changes["schedule"]) if "schedule" in changes else rec.schedule
-        query = changes.get("query", rec.original_query)
+        query = _clean_query(changes.get("query", rec.original_query))
         new_query = "query" in changes and _sqlglot.query_hash(query) != rec.query_hash
         plan = _plan(c, schema, rel, query)
         effective, reason = _modes(plan, mode)
@@ -378,13 +389,36 @@ def refresh_stream_table(
 def refresh_all(
     conn: Conn, *, full: bool = False, initiated_by: str = "api"
 ) -> list[RefreshResult]:
-    """Refresh every stream table, upstream stream tables before the ones reading them."""
+    """Refresh every stream table, upstream stream tables before the ones reading them.
+
+    A failure does not stop the others; afterwards a :class:`RefreshError` lists the failures
+    (its ``results`` attribute holds the successful refreshes).
+    """
+    results: list[RefreshResult] = []
+    failures: list[str] = []
     with session(conn) as c:
         _install.require_installed(c)
-        return [
-            engine.refresh(c, schema, name, full=full, initiated_by=initiated_by)
-            for schema, name in _topological_order(c)
-        ]
+        for schema, name in _topological_order(c):
+            try:
+                results.append(
+                    engine.refresh(c, schema, name, full=full, initiated_by=initiated_by)
+                )
+            except PgTrickleError as exc:
+                failures.append(str(exc))
+    if failures:
+        err = RefreshError(
+            f"{len(failures)} stream table(s) failed to refresh: " + "; ".join(failures)
+        )
+        err.results = results  # type: ignore[attr-defined]
+        raise err
+    return results
+
+
+def refresh_order(conn: Conn) -> list[tuple[str, str]]:
+    """``(schema, name)`` of every stream table, each after the stream tables it reads."""
+    with session(conn) as c:
+        _install.require_installed(c)
+        return _topological_order(c)
 
 
 def _topological_order(c: psycopg.Connection[Any]) -> list[tuple[str, str]]:
@@ -514,7 +548,7 @@ def _status_rows(
     with c.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             "SELECT pgt_schema AS schema, pgt_name AS name, requested_mode, effective_mode, "
-            "status, schedule, last_refresh_at, staleness, last_action, consecutive_failures, "
+            "status, schedule, last_refresh_at, staleness, last_action, last_refresh_status, consecutive_failures, "
             f"last_error, fallback_reason FROM pgtrickle.stream_tables {where} "
             "ORDER BY pgt_schema, pgt_name",
             params,
@@ -526,6 +560,13 @@ def status(conn: Conn) -> list[dict[str, Any]]:
     with session(conn) as c:
         _install.require_installed(c)
         return _status_rows(c)
+
+
+def list_settings(conn: Conn) -> dict[str, Any]:
+    """Every setting with its effective value in this database."""
+    with session(conn) as c:
+        _install.require_installed(c)
+        return _settings.all_settings(c)
 
 
 def get_setting(conn: Conn, name: str) -> Any:

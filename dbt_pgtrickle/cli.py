@@ -39,7 +39,6 @@ from . import api
 from . import settings as _settings
 from ._conn import connect
 from ._version import __version__
-from .catalog import install as _install
 from .catalog.records import split_name
 from .errors import PgTrickleError
 from .refresh.engine import RefreshResult
@@ -126,10 +125,7 @@ def dsn_option(func: F) -> F:
 def _connection() -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the database the options name; closed afterwards."""
     state = click.get_current_context().ensure_object(State)
-    try:
-        conn = connect(state.dsn)
-    except psycopg.ProgrammingError as exc:  # libpq could not parse the connection string
-        raise PgTrickleError(f"invalid connection string: {str(exc).strip()}") from None
+    conn = connect(state.dsn)
     try:
         yield conn
     finally:
@@ -413,7 +409,7 @@ def refresh(name: str | None, all_: bool, full: bool) -> None:
                 )
             )
             return
-        names = [(r["schema"], r["name"]) for r in api.status(conn)]
+        names = api.refresh_order(conn)  # upstream stream tables first
         if not names:
             click.echo("no stream tables to refresh")
             return
@@ -558,8 +554,7 @@ def settings_cmd(as_json: bool) -> None:
       pgtrickle settings
     """
     with _connection() as conn:
-        _install.require_installed(conn)
-        values = _settings.all_settings(conn)
+        values = api.list_settings(conn)
     if as_json:
         click.echo(_dumps(values))
         return

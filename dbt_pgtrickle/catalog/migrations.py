@@ -32,9 +32,12 @@ SELECT st.pgt_id,
        st.consecutive_failures,
        st.last_error,
        st.fallback_reason,
-       (SELECT h.action FROM pgtrickle.pgt_refresh_history h
-         WHERE h.pgt_id = st.pgt_id ORDER BY h.refresh_id DESC LIMIT 1) AS last_action
-  FROM pgtrickle.pgt_stream_tables st;
+       last.action AS last_action,
+       last.status AS last_refresh_status
+  FROM pgtrickle.pgt_stream_tables st
+  LEFT JOIN LATERAL (
+       SELECT h.action, h.status FROM pgtrickle.pgt_refresh_history h
+        WHERE h.pgt_id = st.pgt_id ORDER BY h.refresh_id DESC LIMIT 1) last ON true;
 """
 
 _HELPERS = """

@@ -57,8 +57,7 @@ def parse(query: str) -> exp.Query:
     try:
         statements = [s for s in sqlglot.parse(query, read=DIALECT) if s is not None]
     except ParseError as exc:
-        first = exc.errors[0]["description"] if exc.errors else str(exc)
-        raise QueryError(f"the query is not valid SQL: {first}") from None
+        raise QueryError(f"the query is not valid SQL: {_parse_error_text(exc)}") from None
     if len(statements) != 1:
         raise QueryError(
             f"the query must be exactly one SELECT statement, found {len(statements)} statements"
@@ -72,6 +71,23 @@ def parse(query: str) -> exp.Query:
     normalized = normalize_identifiers(tree, dialect=DIALECT)
     assert isinstance(normalized, exp.Query)
     return normalized
+
+
+def _parse_error_text(exc: ParseError) -> str:
+    """A one-line description without sqlglot's internal token dumps."""
+    if not exc.errors:
+        return str(exc).splitlines()[0]
+    err = exc.errors[0]
+    description = str(err.get("description") or "syntax error")
+    if "<Token" in description:
+        description = description.split("<Token", 1)[0].rstrip(" :") or "syntax error"
+        if description.endswith(" but got"):
+            description = description[: -len(" but got")]
+    if "<class" in description:  # "Required keyword: 'this' missing for <class ...>"
+        description = "incomplete clause"
+    near = str(err.get("highlight") or "").strip()
+    where = f" at line {err.get('line')}, column {err.get('col')}"
+    return description + where + (f", near {near!r}" if near else "")
 
 
 def render(node: exp.Expr) -> str:

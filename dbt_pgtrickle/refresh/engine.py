@@ -302,27 +302,35 @@ def _merge(
     apply: sql.Identifier,
     result: RefreshResult,
 ) -> None:
+    cols = [c for c in _columns(plan) if c != "__pgt_row_id"]
+    # A row whose stored values already equal the new ones is left alone (no dead tuple, no
+    # trigger row for downstream stream tables). Compared as text so every type works, even
+    # those without an equality operator.
+    changed = sql.SQL("ROW({})::text IS DISTINCT FROM ROW({})::text").format(
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols),
+        sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in cols),
+    )
     counts = conn.execute(
         sql.SQL(
             "SELECT count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NULL), "
-            "count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NOT NULL), "
+            "count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NOT NULL AND {changed}), "
             "count(*) FILTER (WHERE NOT d.__pgt_keep AND t.__pgt_row_id IS NOT NULL) "
-            "FROM {} AS d LEFT JOIN {} AS t ON t.__pgt_row_id = d.__pgt_row_id"
-        ).format(apply, target)
+            "FROM {d} AS d LEFT JOIN {t} AS t ON t.__pgt_row_id = d.__pgt_row_id"
+        ).format(d=apply, t=target, changed=changed)
     ).fetchone()
     assert counts is not None
     result.rows_inserted, result.rows_updated, result.rows_deleted = counts
-    cols = [c for c in _columns(plan) if c != "__pgt_row_id"]
     conn.execute(
         sql.SQL(
             "MERGE INTO {t} AS t USING {d} AS d ON t.__pgt_row_id = d.__pgt_row_id "
             "WHEN MATCHED AND NOT d.__pgt_keep THEN DELETE "
-            "WHEN MATCHED THEN UPDATE SET {sets} "
+            "WHEN MATCHED AND {changed} THEN UPDATE SET {sets} "
             "WHEN NOT MATCHED AND d.__pgt_keep THEN INSERT (__pgt_row_id, {cols}) "
             "VALUES (d.__pgt_row_id, {vals})"
         ).format(
             t=target,
             d=apply,
+            changed=changed,
             sets=sql.SQL(", ").join(
                 sql.SQL("{} = d.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols
             ),
@@ -440,8 +448,9 @@ def _record_failure(
                 str(exc),
             )
             conn.execute(
-                "UPDATE pgtrickle.pgt_stream_tables SET last_error = %s, last_error_sqlstate = %s, "
-                "consecutive_failures = consecutive_failures + 1, updated_at = now() "
+                "UPDATE pgtrickle.pgt_stream_tables SET status = 'ERROR', last_error = %s, "
+                "last_error_sqlstate = %s, consecutive_failures = consecutive_failures + 1, "
+                "updated_at = now() "
                 "WHERE pgt_id = %s",
                 (str(exc), exc.sqlstate, rec.pgt_id),
             )

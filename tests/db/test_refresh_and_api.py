@@ -272,3 +272,39 @@ def test_stream_table_on_stream_table(db: psycopg.Connection[Any]) -> None:
     )
     with pytest.raises(PgTrickleError, match="st_down"):
         pgt.drop_stream_table(db, "st_up")
+
+
+def test_trailing_semicolons_are_accepted(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select id from src where v < 3 ;\n")
+    assert db.execute("SELECT count(*) FROM st").fetchone() == (2,)
+
+
+def test_unchanged_rows_are_not_rewritten(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select id, v from src where v < 10")
+    db.execute("UPDATE src SET g = 'other' WHERE id IN (3, 6)")  # not a visible column
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "DIFFERENTIAL" and (r.rows_inserted, r.rows_updated, r.rows_deleted) == (
+        0,
+        0,
+        0,
+    )
+    xmin_before = db.execute("SELECT xmin::text FROM st WHERE id = 3").fetchone()
+    db.execute("UPDATE src SET g = 'again' WHERE id = 3")
+    pgt.refresh_stream_table(db, "st")
+    assert db.execute("SELECT xmin::text FROM st WHERE id = 3").fetchone() == xmin_before
+
+
+def test_failures_show_in_status_and_refresh_all_keeps_going(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st_bad", "select id, 10 / v as r from src where v >= 0")
+    pgt.create_stream_table(db, "st_good", "select count(*) as n from src")
+    db.execute("UPDATE src SET v = 0 WHERE id = 1")
+    with pytest.raises(pgt.RefreshError, match="1 stream table") as info:
+        pgt.refresh_all(db)
+    assert [r.name for r in info.value.results] == ["public.st_good"]  # type: ignore[attr-defined]
+    rows = {r["name"]: r for r in pgt.status(db)}
+    assert rows["st_bad"]["status"] == "ERROR"
+    assert rows["st_bad"]["last_refresh_status"] == "FAILED"
+    assert rows["st_good"]["status"] == "ACTIVE"
+    db.execute("UPDATE src SET v = 5 WHERE id = 1")
+    pgt.refresh_stream_table(db, "st_bad")
+    assert {r["name"]: r["status"] for r in pgt.status(db)}["st_bad"] == "ACTIVE"
