@@ -57,12 +57,14 @@ REGISTRY: dict[str, Setting] = {
         Setting(
             "auto_full_threshold",
             float,
-            0.10,
+            0.25,
             "AUTO refresh mode: when the pending change rows of a stream table's sources exceed "
-            "this fraction of the sources' estimated row count, the refresh recomputes the whole "
-            "query (FULL) instead of applying a delta. The reason is recorded in the refresh "
-            "history. 1 turns the switch off. Default chosen from the crossover measured by "
-            "`benchmarks/auto_threshold.py` (see docs/BENCHMARK.md).",
+            "this fraction of the sources' estimated row count (pg_class.reltuples), the refresh "
+            "recomputes the whole query (FULL) instead of applying a delta; the reason is recorded "
+            "in the refresh history. Change rows count images, so an UPDATE counts twice. A "
+            "source never analysed (no estimate) never triggers the switch. 1 turns it off. "
+            "Default: the crossovers measured by `benchmarks/auto_threshold.py` lie between 0.14 "
+            "and 0.39 (docs/BENCHMARK.md); 0.25 keeps the worst wrong choice within 1.31x.",
             minimum=0.0,
             maximum=1.0,
         ),
@@ -73,6 +75,16 @@ REGISTRY: dict[str, Setting] = {
             "How long a refresh waits for the stream table's lock (held by another refresh or an "
             "ALTER) before failing with a retryable lock error.",
             minimum=0,
+        ),
+        Setting(
+            "refresh_random_page_cost",
+            float,
+            1.1,
+            "random_page_cost set for the duration of a refresh transaction, so the planner "
+            "drives small change windows into the source and stream table through their indexes "
+            "(at PostgreSQL's default of 4 it switches to whole-table scans from about 1% "
+            "changes; see docs/BENCHMARK.md). 0 leaves the server's setting alone.",
+            minimum=0.0,
         ),
         Setting(
             "refresh_statement_timeout_ms",

@@ -122,12 +122,19 @@ def refresh(
     lock_ms = get_setting(conn, "refresh_lock_timeout_ms")
     timeout_ms = get_setting(conn, "refresh_statement_timeout_ms")
     threshold = get_setting(conn, "auto_full_threshold")
+    page_cost = get_setting(conn, "refresh_random_page_cost")
     rec = records.get(conn, schema, name)
     action = FULL if full else DIFFERENTIAL
     reason: str | None = None
     try:
         with repeatable_read(conn):
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
+            # Small statistics samples: the temporary tables analysed below are read once.
+            conn.execute("SET LOCAL default_statistics_target = 10")
+            if page_cost:
+                conn.execute(
+                    sql.SQL("SET LOCAL random_page_cost = {}").format(sql.Literal(str(page_cost)))
+                )
             if timeout_ms:
                 conn.execute(
                     sql.SQL("SET LOCAL statement_timeout = {}").format(
