@@ -32,12 +32,11 @@ class DatabaseLookup:
             self._tables[key] = describe_table(self.conn, schema, name)
         return self._tables[key]
 
-    def expression_types(self, source: SourceTable, alias: str, exprs: list[str]) -> list[str]:
-        query = sql.SQL("SELECT {} FROM {}.{} AS {} LIMIT 0").format(
-            sql.SQL(", ").join(sql.SQL(e) for e in exprs),  # rendered by sqlglot from the AST
-            sql.Identifier(source.schema),
-            sql.Identifier(source.name),
-            sql.Identifier(alias),
+    def expression_types(self, from_clause: str, exprs: list[str]) -> list[str]:
+        # Both texts were rendered by the compiler from the parsed query (identifiers quoted).
+        query = sql.SQL("SELECT {} FROM {} LIMIT 0").format(
+            sql.SQL(", ").join(sql.SQL(e) for e in exprs),
+            sql.SQL(from_clause),
         )
         cur = self.conn.execute(query)
         oids = [d.type_code for d in cur.description or []]

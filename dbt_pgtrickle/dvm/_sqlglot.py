@@ -16,6 +16,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from ..errors import QueryError, UnsupportedConstruct
 from . import ir
+from .operators._sql import from_clause_sql
 
 DIALECT = "postgres"
 
@@ -44,11 +45,6 @@ _TIME_VARYING_NAMES = {
     "pg_current_xact_id",
 }
 _FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
-
-
-def quote_ident(name: str) -> str:
-    """A PostgreSQL identifier, always quoted."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def parse(query: str) -> exp.Query:
@@ -117,11 +113,22 @@ def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:
 
 
 def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
-    """The first construct the single-source compiler does not handle, with a hint."""
+    """The first construct the compiler does not handle, with a hint."""
     if tree.args.get("with_") or tree.args.get("with"):
         return "WITH (common table expression)", "inline the CTE as a subquery-free query"
-    if tree.args.get("joins"):
-        return "JOIN", _FULL_ONLY_HINT
+    for join in tree.args.get("joins") or []:
+        side = str(join.args.get("side") or "").upper()
+        if side:
+            return f"{side} OUTER JOIN", _FULL_ONLY_HINT
+        if join.args.get("using"):
+            return "JOIN ... USING", "write the join condition with ON"
+        if join.args.get("method"):
+            return f"{str(join.args['method']).upper()} JOIN", "write the join condition with ON"
+        target = join.this
+        if not isinstance(target, exp.Table) or not isinstance(target.this, exp.Identifier):
+            return "subquery or function in FROM", _FULL_ONLY_HINT
+        if target.args.get("sample") or target.args.get("only"):
+            return "TABLESAMPLE or ONLY in FROM", "remove it"
     if tree.args.get("limit") or tree.args.get("offset"):
         return "LIMIT/OFFSET", "remove LIMIT/OFFSET, or " + _FULL_ONLY_HINT
     if tree.args.get("locks"):
@@ -185,15 +192,33 @@ class _Analyzer:
 
         from_ = tree.args.get("from_") or tree.args.get("from")
         assert from_ is not None  # _construct_of rejected queries without FROM
-        table: exp.Table = from_.this
-        source = self.lookup.table(table.db or None, table.name)
-        if source.kind not in ("table", "partitioned"):
-            raise UnsupportedConstruct(
-                f"source {source.qualified} is a {source.kind}, not a table",
-                "change capture needs a base table; " + _FULL_ONLY_HINT,
-            )
-        alias = table.alias or table.name
-        self.source, self.alias = source, alias
+        tables = [from_.this, *(j.this for j in tree.args.get("joins") or [])]
+        joins = [None, *(tree.args.get("joins") or [])]
+        self.froms: list[ir.FromItem] = []
+        for table, join in zip(tables, joins, strict=True):
+            source = self.lookup.table(table.db or None, table.name)
+            if source.kind not in ("table", "partitioned"):
+                raise UnsupportedConstruct(
+                    f"source {source.qualified} is a {source.kind}, not a table",
+                    "change capture needs a base table; " + _FULL_ONLY_HINT,
+                )
+            alias = table.alias or table.name
+            if join is None:
+                self.froms.append(ir.FromItem(alias, source))
+            else:
+                on = join.args.get("on")
+                self.froms.append(
+                    ir.FromItem(alias, source, "inner" if on is not None else "cross", None)
+                )
+        # ON conditions are qualified once every alias is known.
+        for i, join in enumerate(joins[1:], start=1):
+            on = join.args.get("on") if join is not None else None
+            if on is not None:
+                item = self.froms[i]
+                self.froms[i] = ir.FromItem(
+                    item.alias, item.source, item.join, render(self._qualify(on))
+                )
+        self.from_sql = from_clause_sql(self.froms)
 
         self._check_functions(tree)
         select_exprs = self._expand_stars(tree.expressions)
@@ -222,7 +247,7 @@ class _Analyzer:
                 for name, e in zip(self.output_names, select_exprs, strict=True)
             ]
             if not distinct:
-                return ir.QueryShape(source, alias, where_sql, outputs, notes=notes)
+                return ir.QueryShape(self.froms, where_sql, outputs, notes=notes)
             keys = [_unalias(e) for e in select_exprs]
             return self._grouped(keys, [], select_exprs, None, where_sql, notes, distinct=True)
 
@@ -253,31 +278,49 @@ class _Analyzer:
     def _expand_stars(self, exprs: list[exp.Expr]) -> list[exp.Expr]:
         out: list[exp.Expr] = []
         for e in exprs:
-            is_star = isinstance(e, exp.Star) or (
-                isinstance(e, exp.Column) and isinstance(e.this, exp.Star)
-            )
-            if is_star:
-                out.extend(
-                    exp.column(
-                        exp.to_identifier(c.name, quoted=True),
-                        table=exp.to_identifier(self.alias, quoted=True),
-                    )
-                    for c in self.source.columns
-                )
+            if isinstance(e, exp.Star):
+                items = self.froms
+            elif isinstance(e, exp.Column) and isinstance(e.this, exp.Star):
+                items = [f for f in self.froms if f.alias == e.table]
             else:
                 out.append(e)
+                continue
+            out.extend(
+                exp.column(
+                    exp.to_identifier(c.name, quoted=True),
+                    table=exp.to_identifier(f.alias, quoted=True),
+                )
+                for f in items
+                for c in f.source.columns
+            )
         return out
 
+    def _owner(self, column: str) -> str | None:
+        """The alias whose source has ``column``, when exactly one has it."""
+        owners = [f.alias for f in self.froms if f.source.column(column) is not None]
+        return owners[0] if len(owners) == 1 else None
+
     def _qualify(self, node: exp.Expr) -> exp.Expr:
-        """Every column reference qualified by the source alias alone (no schema/catalog)."""
+        """Every column reference qualified by its source alias alone (no schema/catalog)."""
         node = node.copy()
         for col in list(node.find_all(exp.Column)):
             if isinstance(col.this, exp.Star):
                 continue
+            table = col.table or self._owner(col.name)
             col.set("catalog", None)
             col.set("db", None)
-            col.set("table", exp.to_identifier(self.alias, quoted=True))
+            if table:
+                col.set("table", exp.to_identifier(table, quoted=True))
         return node
+
+    def _column_of(self, node: exp.Expr) -> ir.Column | None:
+        """The source column a qualified column reference names."""
+        if not isinstance(node, exp.Column):
+            return None
+        for f in self.froms:
+            if f.alias == node.table:
+                return f.source.column(node.name)
+        return None
 
     def _resolve_group_key(self, key: exp.Expr, select_exprs: list[exp.Expr]) -> exp.Expr:
         if isinstance(key, exp.Literal) and not key.is_string:
@@ -285,7 +328,7 @@ class _Analyzer:
             if not 1 <= pos <= len(select_exprs):
                 raise QueryError(f"GROUP BY position {pos} is not in the select list")
             return _unalias(select_exprs[pos - 1])
-        if isinstance(key, exp.Column) and not key.table and self.source.column(key.name) is None:
+        if isinstance(key, exp.Column) and not key.table and self._owner(key.name) is None:
             for e in select_exprs:
                 if isinstance(e, exp.Alias) and e.alias == key.name:
                     return _unalias(e)
@@ -334,7 +377,7 @@ class _Analyzer:
             return ir.AggCall(ir.RESCAN, sql, None)
         arg_sql = render(arg)
         if kind in (ir.SUM, ir.AVG):
-            (arg_type,) = self.lookup.expression_types(self.source, self.alias, [arg_sql])
+            (arg_type,) = self.lookup.expression_types(self.from_sql, [arg_sql])
             if arg_type not in _EXACT_NUMERIC_TYPES:
                 return ir.AggCall(ir.RESCAN, sql, arg_sql, arg_type)
             return ir.AggCall(kind, sql, arg_sql, arg_type)
@@ -379,11 +422,10 @@ class _Analyzer:
         having_sql = render(rewrite(self._qualify(having))) if having is not None else None
         not_null = []
         for k in keys:
-            col = self.source.column(k.name) if isinstance(k, exp.Column) else None
+            col = self._column_of(k)
             not_null.append(bool(col and col.not_null))
         return ir.QueryShape(
-            self.source,
-            self.alias,
+            self.froms,
             where_sql,
             outputs,
             aggregate=not distinct,

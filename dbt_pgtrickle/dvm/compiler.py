@@ -1,29 +1,31 @@
 """The DVM compiler: defining query in, :class:`DeltaPlan` out. Pure (no database access beyond
 the :class:`~dbt_pgtrickle.dvm.ir.SchemaLookup` it is given).
 
-Pipeline: parse (sqlglot) → analyze into a single-source :class:`QueryShape` → pick the operator
-rule for the shape → SQL for the full recomputation and for the delta. A query outside the
+Pipeline: parse (sqlglot) → analyze into a :class:`QueryShape` (a FROM/WHERE block of inner-joined
+base tables, then projection, DISTINCT or aggregation) → pick the operator rule for the shape →
+SQL for the full recomputation and, per set of changed sources, for the delta. A query outside the
 supported shapes compiles to a FULL-only plan carrying the reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedConstruct
+from ..naming import stable_name
 from . import _sqlglot, ir
-from .operators import aggregate, distinct, project
-from .operators._sql import row_hash
-from .operators.scan import changes_relation
+from .operators import aggregate, distinct, join, project
 
 # Strategies: how a delta is applied to the stream table.
-LINEAR_KEYED = "linear_keyed"  # MERGE rows recomputed for touched primary keys
+LINEAR_KEYED = "linear_keyed"  # MERGE consolidated rows by primary-key row id
 LINEAR_MULTISET = "linear_multiset"  # delete/insert copies by content hash
 AGGREGATE = "aggregate"  # MERGE recomputed groups
 FULL_ONLY = "full_only"  # no delta: every refresh recomputes
 
 MERGE_STRATEGIES = (LINEAR_KEYED, AGGREGATE)
+
+TooManyChangedInputs = join.TooManyChangedInputs
 
 
 @dataclass
@@ -43,11 +45,12 @@ class DeltaPlan:
     full_sql: str
     visible_columns: list[str]
     hidden_columns: list[str]
-    delta_sql: str | None = None
     sources: list[ir.SourceTable] = field(default_factory=list)
     operators: list[OperatorInfo] = field(default_factory=list)
     unsupported: str | None = None
     notes: list[str] = field(default_factory=list)
+    shape: ir.QueryShape | None = None
+    target: str = ""
 
     @property
     def differential(self) -> bool:
@@ -59,10 +62,49 @@ class DeltaPlan:
         cols = [*self.visible_columns, *self.hidden_columns]
         return cols if self.strategy == FULL_ONLY else ["__pgt_row_id", *cols]
 
+    @property
+    def source_stables(self) -> set[str]:
+        return {stable_name(s.schema, s.name) for s in self.sources}
+
+    def delta_for(self, changed: set[str]) -> str:
+        """Delta SQL when the sources with these stable names changed (their change windows are
+        the temporary relations named by :func:`~.operators.scan.changes_relation`).
+
+        Raises :class:`TooManyChangedInputs` when a join would need too many terms."""
+        shape = self.shape
+        if shape is None:
+            raise UnsupportedConstruct(self.unsupported or "no delta for this query")
+        if self.strategy == LINEAR_KEYED:
+            return project.keyed_delta(shape, changed)
+        if self.strategy == LINEAR_MULTISET:
+            return project.multiset_delta(shape, changed)
+        if shape.distinct:
+            return distinct.delta(shape, changed, self.target)
+        return aggregate.delta(shape, changed, self.target)
+
+    @property
+    def delta_sql(self) -> str | None:
+        """The delta when every source changed (what ``explain`` shows)."""
+        if not self.differential:
+            return None
+        try:
+            return self.delta_for(self.source_stables)
+        except TooManyChangedInputs as exc:
+            return f"-- {exc}"
+
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["sources"] = [s.qualified for s in self.sources]
-        return data
+        return {
+            "defining_query": self.defining_query,
+            "strategy": self.strategy,
+            "full_sql": self.full_sql,
+            "delta_sql": self.delta_sql,
+            "visible_columns": self.visible_columns,
+            "hidden_columns": self.hidden_columns,
+            "sources": [s.qualified for s in self.sources],
+            "operators": [vars(o) for o in self.operators],
+            "unsupported": self.unsupported,
+            "notes": self.notes,
+        }
 
 
 def referenced_sources(query: str) -> list[tuple[str | None, str]]:
@@ -78,6 +120,13 @@ def compile_query(
     normalized = _sqlglot.render(tree)
     try:
         shape = _sqlglot.analyze(tree, lookup, output_names)
+        for item in shape.froms:
+            if item.source.column("__pgt_w") is not None:
+                raise UnsupportedConstruct(
+                    f"source column {item.source.qualified}.__pgt_w collides with the "
+                    "change-window weight",
+                    "rename the column",
+                )
     except UnsupportedConstruct as exc:
         sources = [lookup.table(s, n) for s, n in _sqlglot.referenced_tables(tree)]
         return DeltaPlan(
@@ -90,79 +139,65 @@ def compile_query(
             operators=[OperatorInfo("Query", "whole query", "full recompute", str(exc))],
             unsupported=str(exc),
         )
-    if shape.source.column("__pgt_w") is not None:
-        raise UnsupportedConstruct(
-            "source column __pgt_w collides with the change-window weight", "rename the column"
-        )
-    changes = changes_relation_for(shape.source)
     ops = [
         OperatorInfo(
-            "Scan",
-            shape.source.qualified,
-            "O(Δ)",
-            "reads the change window of the source",
+            "Scan", f"{f.source.qualified} AS {f.alias}", "O(Δ)", "reads the source's change window"
         )
+        for f in shape.froms
     ]
+    if len(shape.froms) > 1:
+        conds = [f.on for f in shape.froms if f.on]
+        ops.append(
+            OperatorInfo(
+                "Join",
+                " AND ".join(conds) or "cross join",
+                "O(Δ) per term, through indexes on the join columns",
+                "inclusion–exclusion over the changed inputs: each term joins a change window "
+                "with the current other inputs; without an index on a join column that input "
+                "is scanned",
+            )
+        )
     if shape.where:
         ops.append(OperatorInfo("Filter", shape.where, "O(Δ)", "applied to each change image"))
     if shape.aggregate or shape.distinct:
-        plan = _grouped_plan(shape, changes, target, ops)
+        plan = _grouped_plan(shape, ops)
     else:
-        plan = _linear_plan(shape, changes, ops)
+        plan = _linear_plan(shape, ops)
     plan.defining_query = normalized
-    plan.sources = [shape.source]
+    unique: dict[str, ir.SourceTable] = {}
+    for f in shape.froms:
+        unique.setdefault(f.source.qualified, f.source)
+    plan.sources = list(unique.values())
     plan.notes = shape.notes
+    plan.shape = shape
+    plan.target = target
     return plan
 
 
-def changes_relation_for(source: ir.SourceTable) -> str:
-    from ..naming import stable_name
-
-    return changes_relation(stable_name(source.schema, source.name))
-
-
-def _linear_plan(shape: ir.QueryShape, changes: str, ops: list[OperatorInfo]) -> DeltaPlan:
+def _linear_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
     names = [o.name for o in shape.outputs]
-    if shape.source.primary_key:
+    if shape.keyed:
         ops.append(
             OperatorInfo(
                 "Project",
                 ", ".join(names),
                 "O(Δ)",
-                "row id = hash(primary key); touched keys are re-read through the primary key",
+                "row id = hash(primary keys); deltas consolidated per row id and content",
             )
         )
-        return DeltaPlan(
-            "",
-            LINEAR_KEYED,
-            project.keyed_full(shape),
-            names,
-            [],
-            project.keyed_delta(shape, changes),
-            operators=ops,
-        )
+        return DeltaPlan("", LINEAR_KEYED, project.keyed_full(shape), names, [], operators=ops)
     ops.append(
         OperatorInfo(
             "Project",
             ", ".join(names),
             "O(Δ)",
-            "no primary key: row id = hash(output values), duplicates kept as copies",
+            "a source has no primary key: row id = hash(output values), duplicates kept as copies",
         )
     )
-    return DeltaPlan(
-        "",
-        LINEAR_MULTISET,
-        project.multiset_full(shape),
-        names,
-        [],
-        project.multiset_delta(shape, changes),
-        operators=ops,
-    )
+    return DeltaPlan("", LINEAR_MULTISET, project.multiset_full(shape), names, [], operators=ops)
 
 
-def _grouped_plan(
-    shape: ir.QueryShape, changes: str, target: str, ops: list[OperatorInfo]
-) -> DeltaPlan:
+def _grouped_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
     names = [o.name for o in shape.outputs]
     if shape.distinct:
         ops.append(
@@ -170,7 +205,7 @@ def _grouped_plan(
                 "Distinct", ", ".join(names), "O(Δ)", "multiplicity per distinct row, hidden"
             )
         )
-        full_sql, delta_sql = distinct.full(shape), distinct.delta(shape, changes, target)
+        full_sql = distinct.full(shape)
     else:
         keys = ", ".join(shape.group_keys) or "(no GROUP BY: one row)"
         ops.append(OperatorInfo("Aggregate", f"GROUP BY {keys}", "O(Δ)", "row id = hash(keys)"))
@@ -186,20 +221,12 @@ def _grouped_plan(
                     "recomputed from its base rows",
                 )
             )
-        full_sql, delta_sql = aggregate.full(shape), aggregate.delta(shape, changes, target)
-    return DeltaPlan(
-        "",
-        AGGREGATE,
-        full_sql,
-        names,
-        aggregate.hidden_columns(shape),
-        delta_sql,
-        operators=ops,
-    )
+        full_sql = aggregate.full(shape)
+    return DeltaPlan("", AGGREGATE, full_sql, names, aggregate.hidden_columns(shape), operators=ops)
 
 
 def _agg_info(agg: ir.AggCall, shape: ir.QueryShape) -> OperatorInfo:
-    scope = "the group" if shape.group_keys else "the whole source (no GROUP BY)"
+    scope = "the group" if shape.group_keys else "the whole input (no GROUP BY)"
     if agg.kind in (ir.COUNT_STAR, ir.COUNT, ir.SUM, ir.AVG):
         return OperatorInfo("Aggregate call", agg.sql, "O(Δ)", "invertible: state += Δ")
     if agg.kind in (ir.MIN, ir.MAX):
@@ -221,7 +248,7 @@ __all__ = [
     "LINEAR_KEYED",
     "LINEAR_MULTISET",
     "DeltaPlan",
+    "TooManyChangedInputs",
     "compile_query",
     "referenced_sources",
-    "row_hash",
 ]

@@ -45,7 +45,7 @@ class SchemaLookup(Protocol):
 
     def table(self, schema: str | None, name: str) -> SourceTable: ...
 
-    def expression_types(self, source: SourceTable, alias: str, exprs: list[str]) -> list[str]: ...
+    def expression_types(self, from_clause: str, exprs: list[str]) -> list[str]: ...
 
     def is_volatile_function(self, name: str) -> bool: ...
 
@@ -80,12 +80,22 @@ class Output:
     sql: str  # over the source alias (linear shapes) or over __pgt_key_i / __pgt_agg_j
 
 
+@dataclass(frozen=True)
+class FromItem:
+    """One relation of the FROM clause under its alias, with how it joins the ones before it."""
+
+    alias: str
+    source: SourceTable
+    join: str = "from"  # from (the first) | inner | cross
+    on: str | None = None
+
+
 @dataclass
 class QueryShape:
-    """A single-source query: ``SELECT [DISTINCT] outputs FROM source [WHERE] [GROUP BY] [HAVING]``."""
+    """``SELECT [DISTINCT] outputs FROM t1 [JOIN t2 ON …]… [WHERE] [GROUP BY] [HAVING]`` over base
+    tables joined by inner (or cross) joins."""
 
-    source: SourceTable
-    alias: str
+    froms: list[FromItem]
     where: str | None
     outputs: list[Output]
     aggregate: bool = False
@@ -95,3 +105,17 @@ class QueryShape:
     aggs: list[AggCall] = field(default_factory=list)
     having: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> SourceTable:
+        """The first (for single-table queries: the only) source."""
+        return self.froms[0].source
+
+    @property
+    def alias(self) -> str:
+        return self.froms[0].alias
+
+    @property
+    def keyed(self) -> bool:
+        """Whether every joined source has a primary key (rows get key-based identities)."""
+        return all(f.source.primary_key for f in self.froms)

@@ -62,6 +62,7 @@ class _Source:
     stable: str
     captured: bool
     columns: list[str]
+    pending: int = 0
 
 
 def _target(rec: records.StreamTableRecord) -> sql.Identifier:
@@ -115,6 +116,7 @@ def refresh(
     *,
     full: bool = False,
     initiated_by: str = "api",
+    _reason: str | None = None,
 ) -> RefreshResult:
     """Refresh one stream table; raises :class:`RefreshError` (history records the failure)."""
     started = time.perf_counter()
@@ -153,11 +155,16 @@ def refresh(
             rec = records.get(conn, schema, name)  # re-read in our snapshot
             sources = _sources(conn, rec.pgt_id)
             action, reason, rows_in = _choose(conn, rec, sources, full, threshold)
+            reason = _reason or reason
             result = RefreshResult(rec.qualified, action, rows_in=rows_in, fallback_reason=reason)
             if action == FULL:
                 _apply_full(conn, rec, result)
             elif action == DIFFERENTIAL:
-                _apply_differential(conn, rec, sources, result)
+                try:
+                    _apply_differential(conn, rec, sources, result)
+                except compiler.TooManyChangedInputs as exc:  # raised before any write
+                    result.action, result.fallback_reason = FULL, str(exc)
+                    _apply_full(conn, rec, result)
             conn.execute(
                 "UPDATE pgtrickle.pgt_stream_tables SET frontier = %s::pg_snapshot, "
                 "status = 'ACTIVE', needs_full = false, last_refresh_at = now(), "
@@ -173,6 +180,19 @@ def refresh(
         _record_failure(conn, rec, started_at, started, action, reason, exc, initiated_by)
         raise
     except psycopg.Error as exc:
+        if action == DIFFERENTIAL and (exc.sqlstate or "").startswith("22"):
+            # A data exception (division by zero, bad cast, …) inside the delta: the delta
+            # evaluates expressions on old images and on old/new row combinations that the
+            # query itself never sees together. Recompute instead, saying why.
+            return refresh(
+                conn,
+                schema,
+                name,
+                full=True,
+                initiated_by=initiated_by,
+                _reason=f"differential refresh raised {exc.sqlstate} "
+                f"({exc.diag.message_primary or exc}); recomputed",
+            )
         err = RefreshError(
             f"refresh of {rec.qualified} failed: {exc.diag.message_primary or exc}",
             sqlstate=exc.sqlstate,
@@ -190,7 +210,8 @@ def _choose(
     full: bool,
     threshold: float,
 ) -> tuple[str, str | None, int]:
-    """The action for this refresh, why (when not the obvious one), and pending change rows."""
+    """The action for this refresh, why (when not the obvious one), and pending change rows
+    (also stored per source in ``src.pending``)."""
     pending, truncated = 0, []
     if rec.frontier is not None:
         for src in sources:
@@ -203,6 +224,7 @@ def _choose(
                 {"f": rec.frontier},
             ).fetchone()
             assert row is not None
+            src.pending = row[0]
             pending += row[0]
             if row[1]:
                 truncated.append(f"{src.schema}.{src.name}")
@@ -273,9 +295,11 @@ def _apply_differential(
     result: RefreshResult,
 ) -> None:
     plan = compile_for(conn, rec)
-    if not plan.differential or plan.delta_sql is None:
+    if not plan.differential:
         raise RefreshError(f"stream table {rec.qualified} cannot be refreshed differentially")
-    for src in sources:
+    changed = [src for src in sources if src.pending]
+    delta_sql = plan.delta_for({src.stable for src in changed})
+    for src in changed:
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in src.columns)
         conn.execute(
             sql.SQL(
@@ -289,7 +313,7 @@ def _apply_differential(
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
             apply,
-            sql.SQL(plan.delta_sql),
+            sql.SQL(delta_sql),
         )
     )
     # Statistics make the planner join the (small) delta to the stream table through its

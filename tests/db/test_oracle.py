@@ -57,6 +57,20 @@ QUERIES: dict[str, str] = {
     ),
     "scalar_having": "select count(*) as n, sum(x) as s from src having count(*) > 3",
     "bag_aggs": "select g, count(*) as n, sum(x) as s, min(x) as mn from bag group by g",
+    # Inner joins (ANSI, comma, cross, self, non-equi), with aggregates and DISTINCT on top.
+    "join_keyed": "select s.id, d.label, s.x from src s join dim d on d.k = s.g",
+    "join_agg": (
+        "select d.label, count(*) as n, sum(s.x) as sx, min(s.y) as my, avg(s.x) as ax "
+        "from src s join dim d on d.k = s.g group by d.label"
+    ),
+    "join_three_multiset": (
+        "select s.id, d.label, b.h from src s join dim d on d.k = s.g "
+        "join bag b on b.g = s.g where b.x > 0"
+    ),
+    "self_join": "select a.id, b.id as bid, a.x from src a join src b on a.g = b.g and a.id < b.id",
+    "comma_nonequi": "select d.label, s.id, s.x from src s, dim d where s.x > d.k and d.label <> 'd2'",
+    "join_distinct": "select distinct d.label, s.h from src s join dim d on s.g = d.k",
+    "cross_join_scalar": "select count(*) as n, sum(s.x * d.k) as t from src s cross join dim d",
 }
 
 GS = st.one_of(st.none(), st.integers(0, 3))
@@ -78,6 +92,11 @@ op = st.one_of(
     st.tuples(st.just("bag_update"), GS, XS),
     st.tuples(st.just("bag_delete"), GS),
     st.tuples(st.just("insert_then_delete"), IDS),
+    st.tuples(st.just("dim_label"), st.integers(0, 4), st.sampled_from(["d0", "d1", "d2", "x"])),
+    st.tuples(st.just("dim_move_key"), st.integers(0, 4), st.integers(0, 4)),
+    st.tuples(st.just("dim_delete"), st.integers(0, 4)),
+    st.tuples(st.just("dim_insert"), st.integers(0, 4), st.sampled_from(["d1", "d3"])),
+    st.tuples(st.just("key_change_and_delete"), IDS, st.integers(0, 3)),
 )
 batch = st.tuples(st.lists(op, min_size=1, max_size=6), st.booleans())
 cycles = st.lists(batch, min_size=1, max_size=5)
@@ -85,6 +104,8 @@ cycles = st.lists(batch, min_size=1, max_size=5)
 SETUP = """
 CREATE TABLE src (id int PRIMARY KEY, g int, h text, x int, y numeric, f float8);
 CREATE TABLE bag (g int, h text, x int);
+CREATE TABLE dim (k int PRIMARY KEY, label text);
+INSERT INTO dim VALUES (0, 'd0'), (1, 'd1'), (2, 'd2'), (3, 'd1');
 INSERT INTO src SELECT i, i % 3, (ARRAY['a','b',NULL])[i % 3 + 1], i - 5,
                        (i * 0.5)::numeric, i * 0.25 FROM generate_series(1, 12) i;
 INSERT INTO bag SELECT i % 2, 'a', i % 3 FROM generate_series(1, 8) i;
@@ -131,6 +152,26 @@ def apply_op(cur: psycopg.Cursor[Any], o: tuple[Any, ...]) -> None:
             "LIMIT 2)",
             (o[1],),
         )
+    elif kind == "dim_label":
+        cur.execute("UPDATE dim SET label = %s WHERE k = %s", (o[2], o[1]))
+    elif kind == "dim_move_key":
+        cur.execute(
+            "UPDATE dim SET k = %s WHERE k = %s AND NOT EXISTS (SELECT 1 FROM dim WHERE k = %s)",
+            (o[2], o[1], o[2]),
+        )
+    elif kind == "dim_delete":
+        cur.execute("DELETE FROM dim WHERE k = %s", (o[1],))
+    elif kind == "dim_insert":
+        cur.execute("INSERT INTO dim VALUES (%s, %s) ON CONFLICT (k) DO NOTHING", (o[1], o[2]))
+    elif kind == "key_change_and_delete":
+        # The classic hard case: a join key changes on one side while the row it now matches
+        # (and the one it matched before) is deleted on the other, in one cycle.
+        cur.execute("SELECT g FROM src WHERE id = %s", (o[1],))
+        before = cur.fetchone()
+        cur.execute("UPDATE src SET g = %s WHERE id = %s", (o[2], o[1]))
+        cur.execute("DELETE FROM dim WHERE k = %s", (o[2],))
+        if before and before[0] is not None:
+            cur.execute("DELETE FROM dim WHERE k = %s", (before[0],))
     elif kind == "insert_then_delete":
         cur.execute(
             "INSERT INTO src VALUES (%s, 1, 'a', 1, 1, 1) ON CONFLICT (id) DO NOTHING", (o[1],)
@@ -168,7 +209,7 @@ def oracle_db(conn: psycopg.Connection[Any], dsn: str) -> tuple[psycopg.Connecti
 def _run_cycles(
     conn: psycopg.Connection[Any], dsn: str, names: dict[str, str], plan: list[Any]
 ) -> None:
-    conn.execute("DROP TABLE IF EXISTS src, bag CASCADE")
+    conn.execute("DROP TABLE IF EXISTS src, bag, dim CASCADE")
     for name in names:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
     conn.execute(
@@ -229,6 +270,8 @@ GROUPS = {
         "scalar_having",
         "bag_aggs",
     ],
+    "joins": ["join_keyed", "join_three_multiset", "self_join", "comma_nonequi"],
+    "joins_grouped": ["join_agg", "join_distinct", "cross_join_scalar"],
 }
 
 

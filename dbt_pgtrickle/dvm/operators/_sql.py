@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from .._sqlglot import quote_ident as q
-from ..ir import QueryShape
+from ..ir import FromItem, QueryShape
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, always quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+q = quote_ident
 
 ROW_ID = q("__pgt_row_id")
 WEIGHT = q("__pgt_w")
@@ -11,14 +18,22 @@ KEEP = q("__pgt_keep")
 COUNT = q("__pgt_count")
 
 
-def source_ref(shape: QueryShape) -> str:
-    """The base table under the user's alias."""
-    return f"{q(shape.source.schema)}.{q(shape.source.name)} AS {q(shape.alias)}"
-
-
-def changes_ref(shape: QueryShape, changes: str) -> str:
-    """The change window of the source under the user's alias, so user expressions apply."""
-    return f"{q(changes)} AS {q(shape.alias)}"
+def from_clause_sql(froms: list[FromItem], relations: dict[str, str] | None = None) -> str:
+    """The FROM clause of ``froms``; ``relations`` replaces the relation read under an alias
+    (e.g. by its change window). Every identifier quoted."""
+    parts = []
+    for i, item in enumerate(froms):
+        rel = (relations or {}).get(item.alias) or (
+            f"{q(item.source.schema)}.{q(item.source.name)}"
+        )
+        ref = f"{rel} AS {q(item.alias)}"
+        if i == 0:
+            parts.append(ref)
+        elif item.join == "cross":
+            parts.append(f"CROSS JOIN {ref}")
+        else:
+            parts.append(f"JOIN {ref} ON ({item.on})")
+    return " ".join(parts)
 
 
 def where_clause(shape: QueryShape, extra: str | None = None) -> str:

@@ -23,10 +23,10 @@ rescanned groups.
 
 from __future__ import annotations
 
-from .._sqlglot import quote_ident as q
 from ..ir import AVG, COUNT, COUNT_STAR, MAX, MIN, RESCAN, SUM, AggCall, QueryShape
+from . import join
 from ._sql import COUNT as COUNT_COL
-from ._sql import KEEP, ROW_ID, WEIGHT, changes_ref, row_hash, source_ref
+from ._sql import KEEP, ROW_ID, WEIGHT, from_clause_sql, q, row_hash
 from .filter import predicate
 
 
@@ -93,12 +93,12 @@ def _finalizers(shape: QueryShape, rel: str) -> list[str]:
     return out
 
 
-def _grouped_base(shape: QueryShape, extra_where: str | None = None, join: str = "") -> str:
+def _grouped_base(shape: QueryShape, extra_where: str | None = None, extra_join: str = "") -> str:
     keys = [f"{k} AS {_key(i)}" for i, k in enumerate(shape.group_keys)]
     group_by = f" GROUP BY {', '.join(shape.group_keys)}" if shape.group_keys else ""
     return (
         f"SELECT {', '.join([*keys, *_state_aggregates(shape)])} "
-        f"FROM {source_ref(shape)}{join}{predicate(shape, extra_where)}{group_by}"
+        f"FROM {from_clause_sql(shape.froms)}{extra_join}{predicate(shape, extra_where)}{group_by}"
     )
 
 
@@ -134,24 +134,40 @@ def full(shape: QueryShape) -> str:
     )
 
 
+def _arg(j: int) -> str:
+    return q(f"__pgt_arg_{j}")
+
+
+def _input_exprs(shape: QueryShape) -> list[tuple[str, str]]:
+    """What the aggregate reads from each input row: group keys and aggregate arguments."""
+    exprs = [(k, f"__pgt_key_{i}") for i, k in enumerate(shape.group_keys)]
+    for j, agg in enumerate(shape.aggs):
+        if agg.kind in (COUNT, SUM, AVG, MIN, MAX):
+            assert agg.arg is not None
+            exprs.append((agg.arg, f"__pgt_arg_{j}"))
+    return exprs
+
+
 def _delta_states(shape: QueryShape) -> list[str]:
-    """Per-group sums over the window (weights ±1 per captured image)."""
-    w = f"{q(shape.alias)}.{WEIGHT}"
+    """Per-group sums over the input delta (every row has weight +1 or −1)."""
+    i = q("__pgt_i")
+    w = f"{i}.{WEIGHT}"
     out = [f"sum({w}) AS {q('__pgt_dcount')}"]
     for j, agg in enumerate(shape.aggs):
+        arg = f"{i}.{_arg(j)}"
         if agg.kind == COUNT:
             out.append(
-                f"sum(CASE WHEN ({agg.arg}) IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}"
+                f"sum(CASE WHEN {arg} IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}"
             )
         elif agg.kind in (SUM, AVG):
-            out.append(f"sum({agg.arg}) FILTER (WHERE {w} > 0) AS {q(f'__pgt_dp_{j}')}")
-            out.append(f"sum({agg.arg}) FILTER (WHERE {w} < 0) AS {q(f'__pgt_dm_{j}')}")
+            out.append(f"sum({arg}) FILTER (WHERE {w} > 0) AS {q(f'__pgt_dp_{j}')}")
+            out.append(f"sum({arg}) FILTER (WHERE {w} < 0) AS {q(f'__pgt_dm_{j}')}")
             out.append(
-                f"sum(CASE WHEN ({agg.arg}) IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}"
+                f"sum(CASE WHEN {arg} IS NOT NULL THEN {w} ELSE 0 END) AS {q(f'__pgt_d_{j}')}"
             )
         elif agg.kind in (MIN, MAX):
-            out.append(f"{agg.kind}({agg.arg}) FILTER (WHERE {w} > 0) AS {q(f'__pgt_dp_{j}')}")
-            out.append(f"{agg.kind}({agg.arg}) FILTER (WHERE {w} < 0) AS {q(f'__pgt_dm_{j}')}")
+            out.append(f"{agg.kind}({arg}) FILTER (WHERE {w} > 0) AS {q(f'__pgt_dp_{j}')}")
+            out.append(f"{agg.kind}({arg}) FILTER (WHERE {w} < 0) AS {q(f'__pgt_dm_{j}')}")
     return out
 
 
@@ -187,19 +203,21 @@ def _new_states(shape: QueryShape) -> tuple[list[str], list[str]]:
     return states, rescan
 
 
-def delta(shape: QueryShape, changes: str, target: str) -> str:
+def delta(shape: QueryShape, changed: set[str], target: str) -> str:
     """For every touched group: ``(row id, keep, visible columns, hidden state)``.
 
-    ``target`` is the quoted, qualified stream table (its stored state is the old state).
+    ``changed`` holds the stable names of the sources with changes in this refresh; ``target``
+    is the quoted, qualified stream table (its stored state is the old state).
     """
     g, t, n, r, s, f = (
         q(x) for x in ("__pgt_g", "__pgt_t", "__pgt_n", "__pgt_r", "__pgt_s", "__pgt_f")
     )
-    group_by = f" GROUP BY {', '.join(shape.group_keys)}" if shape.group_keys else ""
-    keys = [f"{k} AS {_key(i)}" for i, k in enumerate(shape.group_keys)]
+    i = q("__pgt_i")
+    key_cols = [f"{i}.{_key(k)}" for k in range(len(shape.group_keys))]
+    group_by = f" GROUP BY {', '.join(key_cols)}" if key_cols else ""
     window = (
-        f"SELECT {', '.join([*keys, *_delta_states(shape)])} "
-        f"FROM {changes_ref(shape, changes)}{predicate(shape)}{group_by}"
+        f"SELECT {', '.join([*key_cols, *_delta_states(shape)])} "
+        f"FROM ({join.delta(shape, _input_exprs(shape), changed)}) AS {i}{group_by}"
     )
     states, rescan_conds = _new_states(shape)
     rescan = " OR ".join(rescan_conds) if rescan_conds else "false"
@@ -241,10 +259,11 @@ def _rescanned(shape: QueryShape) -> str:
         for i, (k, not_null) in enumerate(pairs):
             eq = f"{k} = {n}.{_key(i)}"
             matches.append(eq if not_null else f"({eq} OR ({k} IS NULL AND {n}.{_key(i)} IS NULL))")
-        join = f" JOIN (SELECT * FROM {n} WHERE {n}.{q('__pgt_rescan')}) AS {n} ON " + " AND ".join(
-            matches
+        join_sql = (
+            f" JOIN (SELECT * FROM {n} WHERE {n}.{q('__pgt_rescan')}) AS {n} ON "
+            + " AND ".join(matches)
         )
-        base = _grouped_base(shape, join=join)
+        base = _grouped_base(shape, extra_join=join_sql)
     else:
         flagged = f"EXISTS (SELECT 1 FROM {n} WHERE {n}.{q('__pgt_rescan')})"
         base = _grouped_base(shape, extra_where=flagged)

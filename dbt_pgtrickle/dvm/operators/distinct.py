@@ -17,6 +17,6 @@ def full(shape: QueryShape) -> str:
     return aggregate.full(shape)
 
 
-def delta(shape: QueryShape, changes: str, target: str) -> str:
+def delta(shape: QueryShape, changed: set[str], target: str) -> str:
     assert shape.distinct and not shape.aggs
-    return aggregate.delta(shape, changes, target)
+    return aggregate.delta(shape, changed, target)

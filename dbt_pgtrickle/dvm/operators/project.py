@@ -1,58 +1,68 @@
 """Projection (SELECT list without grouping): linear.
 
-Rule: ``Δ(π_e S) = π_e(ΔS)`` with weights carried through. Two ways to give rows an identity:
+Rule: ``Δ(π_e X) = π_e(ΔX)`` with weights carried through, where X is the FROM/WHERE block
+(a scan, or a join: see :mod:`.join`). Two ways to give rows an identity:
 
-* **keyed** (the source has a primary key): row id = hash(primary key). For every key touched by
-  the window the stream-table row is recomputed from the current source row (or removed when the
-  key no longer exists or no longer passes WHERE). Work is proportional to the touched keys (index
-  lookups on the primary key).
-* **multiset** (no primary key): row id = hash(output values); identical output rows share an id
-  and their count is their multiplicity. The window is consolidated per row id (sum of weights) and
-  applied as "delete |w| copies" / "insert w copies". Work is proportional to the window.
+* **keyed** (every source has a primary key): row id = hash(the primary keys of the joined rows).
+  The delta rows are consolidated per (row id, content): an unchanged row cancels out, a changed
+  row leaves its old content with weight −1 and its new content with +1. Per row id the +1
+  content is upserted, a lone −1 deletes the row. The sources are not read at all for a single
+  table; for a join only through the inclusion–exclusion terms.
+* **multiset** (some source has no primary key): row id = hash(output values); identical output
+  rows share an id and their count is their multiplicity. The delta is consolidated per row id
+  (sum of weights) and applied as "delete |w| copies" / "insert w copies".
 """
 
 from __future__ import annotations
 
-from .._sqlglot import quote_ident as q
 from ..ir import QueryShape
-from ._sql import KEEP, ROW_ID, WEIGHT, changes_ref, row_hash, source_ref
-from .filter import predicate
+from . import join
+from ._sql import KEEP, ROW_ID, WEIGHT, from_clause_sql, q, row_hash, where_clause
 
 
-def _outputs(shape: QueryShape) -> str:
-    return ", ".join(f"{o.sql} AS {q(o.name)}" for o in shape.outputs)
+def _outputs(shape: QueryShape) -> list[tuple[str, str]]:
+    return [(o.sql, o.name) for o in shape.outputs]
 
 
-def _pk_refs(shape: QueryShape, alias: str) -> list[str]:
-    assert shape.source.primary_key
-    return [f"{q(alias)}.{q(c)}" for c in shape.source.primary_key]
+def _pks(shape: QueryShape) -> list[tuple[str, str]]:
+    """Primary-key columns of every joined source, as (expression, hidden name)."""
+    out: list[tuple[str, str]] = []
+    for f in shape.froms:
+        assert f.source.primary_key
+        for c in f.source.primary_key:
+            out.append((f"{q(f.alias)}.{q(c)}", f"__pgt_pk_{len(out)}"))
+    return out
 
 
 def keyed_full(shape: QueryShape) -> str:
+    cols = ", ".join(f"{e} AS {q(n)}" for e, n in _outputs(shape))
+    pk = row_hash([e for e, _ in _pks(shape)])
     return (
-        f"SELECT {row_hash(_pk_refs(shape, shape.alias))} AS {ROW_ID}, {_outputs(shape)} "
-        f"FROM {source_ref(shape)}{predicate(shape)}"
+        f"SELECT {pk} AS {ROW_ID}, {cols} FROM {from_clause_sql(shape.froms)}{where_clause(shape)}"
     )
 
 
-def keyed_delta(shape: QueryShape, changes: str) -> str:
-    """Rows ``(row id, keep, outputs)`` for every touched primary key."""
-    c, k, n = q("__pgt_c"), q("__pgt_k"), q("__pgt_n")
-    pk_src = ", ".join(_pk_refs(shape, shape.alias))
-    pk_chg = ", ".join(_pk_refs(shape, "__pgt_c"))
-    touched = (
-        f"SELECT DISTINCT {row_hash(_pk_refs(shape, '__pgt_c'))} AS {ROW_ID} "
-        f"FROM {q(changes)} AS {c}"
+def keyed_delta(shape: QueryShape, changed: set[str]) -> str:
+    """``(row id, keep, outputs)``: per touched row id, its new content or a deletion."""
+    pks = _pks(shape)
+    names = [n for _, n in _outputs(shape)]
+    d, c = q("__pgt_d"), q("__pgt_c")
+    values = ", ".join(f"{d}.{q(n)}" for n in names)
+    raw = (
+        f"SELECT {row_hash([f'{d}.{q(n)}' for _, n in pks])} AS {ROW_ID}, "
+        f"md5(ROW({values})::text) AS {q('__pgt_ch')}, {values}, {d}.{WEIGHT} "
+        f"FROM ({join.delta(shape, [*pks, *_outputs(shape)], changed)}) AS {d}"
     )
-    in_window = f"({pk_src}) IN (SELECT {pk_chg} FROM {q(changes)} AS {c})"
-    current = (
-        f"SELECT {row_hash(_pk_refs(shape, shape.alias))} AS {ROW_ID}, {_outputs(shape)} "
-        f"FROM {source_ref(shape)}{predicate(shape, in_window)}"
+    net = (
+        f"SELECT {c}.*, sum({c}.{WEIGHT}) OVER (PARTITION BY {c}.{ROW_ID}, {c}.{q('__pgt_ch')}) "
+        f"AS {q('__pgt_net')} FROM ({raw}) AS {c}"
     )
-    cols = ", ".join(f"{n}.{q(o.name)}" for o in shape.outputs)
+    n = q("__pgt_n")
+    cols = ", ".join(f"{n}.{q(x)}" for x in names)
     return (
-        f"SELECT {k}.{ROW_ID}, ({n}.{ROW_ID} IS NOT NULL) AS {KEEP}, {cols} "
-        f"FROM ({touched}) AS {k} LEFT JOIN ({current}) AS {n} ON {n}.{ROW_ID} = {k}.{ROW_ID}"
+        f"SELECT DISTINCT ON ({n}.{ROW_ID}) {n}.{ROW_ID}, ({n}.{q('__pgt_net')} > 0) AS {KEEP}, "
+        f"{cols} FROM ({net}) AS {n} WHERE {n}.{q('__pgt_net')} <> 0 "
+        f"ORDER BY {n}.{ROW_ID}, {n}.{q('__pgt_net')} DESC"
     )
 
 
@@ -61,28 +71,25 @@ def _value_refs(shape: QueryShape, alias: str) -> list[str]:
 
 
 def multiset_full(shape: QueryShape) -> str:
+    z = q("__pgt_z")
     return (
-        f"SELECT {row_hash(_value_refs(shape, '__pgt_z'))} AS {ROW_ID}, {q('__pgt_z')}.* "
-        f"FROM (SELECT {_outputs(shape)} FROM {source_ref(shape)}{predicate(shape)}) "
-        f"AS {q('__pgt_z')}"
+        f"SELECT {row_hash(_value_refs(shape, '__pgt_z'))} AS {ROW_ID}, {z}.* "
+        f"FROM ({join.current(shape, _outputs(shape))}) AS {z}"
     )
 
 
-def multiset_delta(shape: QueryShape, changes: str) -> str:
+def multiset_delta(shape: QueryShape, changed: set[str]) -> str:
     """Consolidated rows ``(row id, w, outputs)`` with ``w ≠ 0``: the net multiplicity change."""
-    z = q("__pgt_z")
+    z, r, net = q("__pgt_z"), q("__pgt_r"), q("__pgt_net")
     raw = (
         f"SELECT {row_hash(_value_refs(shape, '__pgt_z'))} AS {ROW_ID}, {z}.* "
-        f"FROM (SELECT {_outputs(shape)}, {q(shape.alias)}.{WEIGHT} AS {WEIGHT} "
-        f"FROM {changes_ref(shape, changes)}{predicate(shape)}) AS {z}"
+        f"FROM ({join.delta(shape, _outputs(shape), changed)}) AS {z}"
     )
-    cols = ", ".join(f"{q('__pgt_r')}.{q(o.name)}" for o in shape.outputs)
+    cols = ", ".join(f"{r}.{q(o.name)}" for o in shape.outputs)
     return (
         f"WITH {q('__pgt_raw')} AS ({raw}), "
-        f"{q('__pgt_net')} AS (SELECT {ROW_ID}, sum({WEIGHT})::bigint AS {WEIGHT} "
+        f"{net} AS (SELECT {ROW_ID}, sum({WEIGHT})::bigint AS {WEIGHT} "
         f"FROM {q('__pgt_raw')} GROUP BY {ROW_ID} HAVING sum({WEIGHT}) <> 0) "
-        f"SELECT DISTINCT ON ({q('__pgt_r')}.{ROW_ID}) {q('__pgt_r')}.{ROW_ID}, "
-        f"{q('__pgt_net')}.{WEIGHT}, {cols} "
-        f"FROM {q('__pgt_raw')} AS {q('__pgt_r')} JOIN {q('__pgt_net')} "
-        f"ON {q('__pgt_net')}.{ROW_ID} = {q('__pgt_r')}.{ROW_ID}"
+        f"SELECT DISTINCT ON ({r}.{ROW_ID}) {r}.{ROW_ID}, {net}.{WEIGHT}, {cols} "
+        f"FROM {q('__pgt_raw')} AS {r} JOIN {net} ON {net}.{ROW_ID} = {r}.{ROW_ID}"
     )
