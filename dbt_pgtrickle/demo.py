@@ -6,8 +6,8 @@ recreates the database ``pgtrickle_demo``, installs pgtrickle and generates a sa
 SQL (customers and orders with regions, statuses, amounts and some NULLs). It then
 
 1. creates stream tables: a GROUP BY aggregate (count, sum, avg, min, max), a DISTINCT, a filtered
-   projection keyed by the orders' primary key (all three DIFFERENTIAL) and a join (AUTO, which
-   falls back to FULL and says why);
+   projection keyed by the orders' primary key (all three DIFFERENTIAL) and a join with an
+   aggregate (AUTO: differential while the change is small, a recompute with the reason otherwise);
 2. changes about 1% of the orders in one transaction: inserts, updates that move rows between
    groups and in and out of the filter, deletes (and a few customers);
 3. refreshes every stream table (differentially where possible), checks that each equals its
