@@ -116,10 +116,16 @@ def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
     """The first construct the compiler does not handle, with a hint."""
     if tree.args.get("with_") or tree.args.get("with"):
         return "WITH (common table expression)", "inline the CTE as a subquery-free query"
-    for join in tree.args.get("joins") or []:
+    joins = tree.args.get("joins") or []
+    for join in joins:
         side = str(join.args.get("side") or "").upper()
-        if side:
-            return f"{side} OUTER JOIN", _FULL_ONLY_HINT
+        if side and len(joins) > 1:
+            return (
+                f"{side} OUTER JOIN together with other joins",
+                "outer joins are maintained between two tables; " + _FULL_ONLY_HINT,
+            )
+        if side and not join.args.get("on"):
+            return f"{side} OUTER JOIN without ON", "write the join condition with ON"
         if join.args.get("using"):
             return "JOIN ... USING", "write the join condition with ON"
         if join.args.get("method"):
@@ -207,9 +213,9 @@ class _Analyzer:
                 self.froms.append(ir.FromItem(alias, source))
             else:
                 on = join.args.get("on")
-                self.froms.append(
-                    ir.FromItem(alias, source, "inner" if on is not None else "cross", None)
-                )
+                side = str(join.args.get("side") or "").lower()
+                kind = side or ("inner" if on is not None else "cross")
+                self.froms.append(ir.FromItem(alias, source, kind, None))
         # ON conditions are qualified once every alias is known.
         for i, join in enumerate(joins[1:], start=1):
             on = join.args.get("on") if join is not None else None
@@ -219,6 +225,16 @@ class _Analyzer:
                     item.alias, item.source, item.join, render(self._qualify(on))
                 )
         self.from_sql = from_clause_sql(self.froms)
+        if len(self.froms) == 2 and self.froms[1].join in ("left", "right", "full"):
+            kind = self.froms[1].join
+            preserved = {"left": [0], "right": [1], "full": [0, 1]}[kind]
+            for i in preserved:
+                if not self.froms[i].source.primary_key:
+                    raise UnsupportedConstruct(
+                        f"{kind.upper()} OUTER JOIN preserving {self.froms[i].source.qualified}, "
+                        "which has no primary key",
+                        "add a primary key to it, or " + _FULL_ONLY_HINT,
+                    )
 
         self._check_functions(tree)
         select_exprs = self._expand_stars(tree.expressions)

@@ -86,7 +86,7 @@ class FromItem:
 
     alias: str
     source: SourceTable
-    join: str = "from"  # from (the first) | inner | cross
+    join: str = "from"  # from (the first) | inner | cross | left | right | full
     on: str | None = None
 
 

@@ -34,8 +34,12 @@ AGG_QUERY = (
     "select region, count(*) as orders, sum(amount) as revenue, min(amount) as smallest "
     "from orders group by region"
 )
-# An outer join: not maintained differentially yet, so AUTO recomputes it and DIFFERENTIAL refuses.
-JOIN_QUERY = "select o.id, c.name from orders o left join customers c on c.id = o.customer_id"
+# An outer join combined with another join: not maintained differentially yet, so AUTO recomputes
+# it and DIFFERENTIAL refuses.
+JOIN_QUERY = (
+    "select o.id, c.name from orders o left join customers c on c.id = o.customer_id "
+    "join customers d on d.id = o.customer_id"
+)
 
 
 def run(*args: str, env: dict[str, str | None] | None = None, input: str | None = None) -> Result:

@@ -71,6 +71,17 @@ QUERIES: dict[str, str] = {
     "comma_nonequi": "select d.label, s.id, s.x from src s, dim d where s.x > d.k and d.label <> 'd2'",
     "join_distinct": "select distinct d.label, s.h from src s join dim d on s.g = d.k",
     "cross_join_scalar": "select count(*) as n, sum(s.x * d.k) as t from src s cross join dim d",
+    # Outer joins between two tables: NULL-padded rows appear and disappear.
+    "left_join": "select s.id, s.x, d.label from src s left join dim d on d.k = s.g",
+    "left_join_agg": (
+        "select d.label, count(*) as n, count(s.id) as ns, sum(s.x) as sx "
+        "from dim d left join src s on s.g = d.k group by d.label"
+    ),
+    "right_join_filtered_on": (
+        "select s.id, d.k, d.label from src s right join dim d on d.k = s.g and s.x > 0"
+    ),
+    "full_join": "select s.id, s.g, d.k, d.label from src s full join dim d on d.k = s.g",
+    "anti_join": "select d.k, d.label from dim d left join src s on s.g = d.k where s.id is null",
 }
 
 GS = st.one_of(st.none(), st.integers(0, 3))
@@ -272,6 +283,13 @@ GROUPS = {
     ],
     "joins": ["join_keyed", "join_three_multiset", "self_join", "comma_nonequi"],
     "joins_grouped": ["join_agg", "join_distinct", "cross_join_scalar"],
+    "outer_joins": [
+        "left_join",
+        "left_join_agg",
+        "right_join_filtered_on",
+        "full_join",
+        "anti_join",
+    ],
 }
 
 

@@ -87,7 +87,9 @@ def test_auto_switches_to_full_above_threshold_and_records_why(db: psycopg.Conne
 
 def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[Any]) -> None:
     info = pgt.create_stream_table(
-        db, "st", "select a.g, b.v from src a left join src b on a.id = b.v"
+        db,
+        "st",
+        "select a.g, b.v from src a left join src b on a.id = b.v join src c on c.id = a.id",
     )
     assert info["effective_mode"] == "FULL" and "JOIN" in info["fallback_reason"]
     assert pgt.refresh_stream_table(db, "st").action == "NO_DATA"

@@ -127,8 +127,12 @@ def test_names_with_quotes_spaces_and_capitals_are_quoted() -> None:
 
 
 REJECTED = [
-    ("select o.id from orders o left join events e on true", "LEFT OUTER JOIN"),
-    ("select o.id from orders o full join events e on true", "FULL OUTER JOIN"),
+    ("select o.id from events e left join orders o on true", "LEFT OUTER JOIN preserving"),
+    ("select o.id from orders o full join events e on true", "FULL OUTER JOIN preserving"),
+    (
+        "select o.id from orders o left join orders p on true join orders r on true",
+        "together with other joins",
+    ),
     ("select o.id from orders o join events e using (id)", "USING"),
     ("select o.id from orders o natural join events e", "NATURAL JOIN"),
     ("select o.id from orders o join (select 1 as x) e on true", "subquery or function in FROM"),
@@ -211,3 +215,22 @@ def test_too_many_changed_inputs_is_reported() -> None:
     p = plan(query, ["id"])
     with pytest.raises(compiler.TooManyChangedInputs, match="7 joined inputs"):
         p.delta_for({stable_name("public", "orders")})
+
+
+def test_left_join_adds_padded_terms() -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    TABLES["customers"] = SourceTable(
+        "public", "customers", (Column("id", "integer", True), Column("name", "text")), ("id",)
+    )
+    try:
+        p = plan(
+            "select c.id, o.amount from customers c left join orders o on o.id = c.id",
+            ["id", "amount"],
+        )
+        assert p.strategy == compiler.LINEAR_KEYED
+        assert "LEFT JOIN" in p.full_sql
+        delta = p.delta_for({stable_name("public", "orders")})
+        assert "ON false" in delta and "NOT EXISTS" in delta  # padding appears / disappears
+    finally:
+        del TABLES["customers"]

@@ -18,9 +18,15 @@ KEEP = q("__pgt_keep")
 COUNT = q("__pgt_count")
 
 
-def from_clause_sql(froms: list[FromItem], relations: dict[str, str] | None = None) -> str:
+OUTER_JOINS = {"left": "LEFT JOIN", "right": "RIGHT JOIN", "full": "FULL JOIN"}
+
+
+def from_clause_sql(
+    froms: list[FromItem], relations: dict[str, str] | None = None, *, inner_only: bool = False
+) -> str:
     """The FROM clause of ``froms``; ``relations`` replaces the relation read under an alias
-    (e.g. by its change window). Every identifier quoted."""
+    (e.g. by its change window); ``inner_only`` renders outer joins as inner joins (their
+    matched part). Every identifier quoted."""
     parts = []
     for i, item in enumerate(froms):
         rel = (relations or {}).get(item.alias) or (
@@ -32,7 +38,8 @@ def from_clause_sql(froms: list[FromItem], relations: dict[str, str] | None = No
         elif item.join == "cross":
             parts.append(f"CROSS JOIN {ref}")
         else:
-            parts.append(f"JOIN {ref} ON ({item.on})")
+            keyword = "JOIN" if inner_only else OUTER_JOINS.get(item.join, "JOIN")
+            parts.append(f"{keyword} {ref} ON ({item.on})")
     return " ".join(parts)
 
 

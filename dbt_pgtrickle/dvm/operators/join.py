@@ -77,11 +77,86 @@ def delta(shape: QueryShape, exprs: list[tuple[str, str]], changed_stables: set[
         weight = " * ".join([str(sign), *(f"{q(a)}.{WEIGHT}" for a in subset)])
         parts.append(
             f"SELECT {cols}{', ' if cols else ''}({weight})::integer AS {WEIGHT} "
-            f"FROM {from_clause_sql(shape.froms, relations)}{where_clause(shape)}"
+            f"FROM {from_clause_sql(shape.froms, relations, inner_only=True)}{where_clause(shape)}"
         )
+    if len(shape.froms) == 2 and shape.froms[1].join in ("left", "right", "full"):
+        parts.extend(_padded_terms(shape, cols, changed_stables))
     if not parts:  # nothing this query reads changed: an empty, well-typed relation
         return (
             f"SELECT {cols}{', ' if cols else ''}0 AS {WEIGHT} "
             f"FROM {from_clause_sql(shape.froms)} WHERE false"
         )
     return " UNION ALL ".join(parts)
+
+
+def _padded_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> list[str]:
+    """Delta of the NULL-padded rows of ``P LEFT JOIN N ON c`` (and mirrored for RIGHT, both
+    ways for FULL).
+
+    Rule: padded(P, N) = {p ∈ P : no n ∈ N with c(p, n)}, with N's columns NULL. Only rows of P
+    whose padding can have changed are looked at: the candidates K = keys of ΔP ∪ keys of the
+    rows of P_new matching ΔN. For them
+
+        Δpadded = padded(P_new, N_new)|K − padded(P_old, N_old)|K
+
+    where P_old = P_new (+1) ∪ ΔP (−w) as a Z-set and "no match in N_old" is
+    ``count(matches in N_new) − Σ w(matches in ΔN) = 0``. Both preserved sides need a primary key
+    (K is a set of keys, looked up through the primary-key index).
+    """
+    from ...naming import stable_name
+
+    kind = shape.froms[1].join
+    on = shape.froms[1].on
+    pairs = {"left": [(0, 1)], "right": [(1, 0)], "full": [(0, 1), (1, 0)]}[kind]
+    out = []
+    for p_i, n_i in pairs:
+        p, n = shape.froms[p_i], shape.froms[n_i]
+        pa, na = q(p.alias), q(n.alias)
+        p_table = f"{q(p.source.schema)}.{q(p.source.name)}"
+        n_table = f"{q(n.source.schema)}.{q(n.source.name)}"
+        p_changes = q(changes_relation(stable_name(p.source.schema, p.source.name)))
+        n_changes = q(changes_relation(stable_name(n.source.schema, n.source.name)))
+        p_changed = stable_name(p.source.schema, p.source.name) in changed_stables
+        n_changed = stable_name(n.source.schema, n.source.name) in changed_stables
+        if not (p_changed or n_changed):
+            continue
+        assert p.source.primary_key
+        pk = ", ".join(f"{pa}.{q(c)}" for c in p.source.primary_key)
+        candidates = []
+        if p_changed:
+            candidates.append(f"SELECT {pk} FROM {p_changes} AS {pa}")
+        if n_changed:
+            candidates.append(
+                f"SELECT {pk} FROM {p_table} AS {pa} JOIN {n_changes} AS {na} ON ({on})"
+            )
+        in_k = f"({pk}) IN ({' UNION '.join(candidates)})"
+        no_match_new = f"NOT EXISTS (SELECT 1 FROM {n_table} AS {na} WHERE ({on}))"
+        if n_changed:
+            no_match_old = (
+                f"(SELECT count(*) FROM {n_table} AS {na} WHERE ({on})) - coalesce((SELECT "
+                f"sum({na}.{WEIGHT}) FROM {n_changes} AS {na} WHERE ({on})), 0) = 0"
+            )
+        else:
+            no_match_old = no_match_new
+        p_cols = ", ".join(q(c.name) for c in p.source.columns)
+        if p_changed:
+            p_old = (
+                f"(SELECT {p_cols}, 1 AS {WEIGHT} FROM {p_table} UNION ALL "
+                f"SELECT {p_cols}, -{WEIGHT} FROM {p_changes})"
+            )
+        else:
+            p_old = f"(SELECT {p_cols}, 1 AS {WEIGHT} FROM {p_table})"
+        # The NULL side joins on false: its columns are NULL with their own types, so the
+        # user's expressions over them evaluate exactly as in the padded rows of the query.
+        padded_new = f"{p_table} AS {pa} LEFT JOIN {n_table} AS {na} ON false"
+        padded_old = f"{p_old} AS {pa} LEFT JOIN {n_table} AS {na} ON false"
+        sep = ", " if cols else ""
+        out.append(
+            f"SELECT {cols}{sep}1 AS {WEIGHT} FROM {padded_new}"
+            f"{where_clause(shape, f'{in_k} AND {no_match_new}')}"
+        )
+        out.append(
+            f"SELECT {cols}{sep}(-{pa}.{WEIGHT})::integer AS {WEIGHT} FROM {padded_old}"
+            f"{where_clause(shape, f'{in_k} AND {no_match_old}')}"
+        )
+    return out
