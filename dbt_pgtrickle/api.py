@@ -65,6 +65,12 @@ def _check_schedule(schedule: str | None) -> str | None:
         or text == "calculated"
         or (len(fields) in (5, 6) and all(re.match(r"^[\d*/,\-A-Za-z?LW#]+$", f) for f in fields))
     ):
+        from .scheduler.schedule import parse  # pure; the daemon reads schedules with it
+
+        try:
+            parse(text)
+        except ConfigError as exc:
+            raise ConfigError(f"schedule {schedule!r} is not valid: {exc}") from None
         return text
     raise ConfigError(
         f"schedule {schedule!r} is not valid: use a duration like '30s', '5m' or '1h30m', "
@@ -311,6 +317,8 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
         query = _clean_query(changes.get("query", rec.original_query))
         new_query = "query" in changes and _sqlglot.query_hash(query) != rec.query_hash
         plan = _plan(c, schema, rel, query)
+        if new_query:
+            _reject_cycle(c, schema, rel, plan)
         effective, reason = _modes(plan, mode)
         with repeatable_read(c):
             c.execute(
@@ -374,6 +382,25 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                 (schedule, mode, effective, reason, rec.pgt_id),
             )
         return _status_row(c, schema, rel)
+
+
+def _reject_cycle(
+    c: psycopg.Connection[Any], schema: str, rel: str, plan: compiler.DeltaPlan
+) -> None:
+    """A new query must not read the stream table itself or any stream table reading it."""
+    row = c.execute(
+        "WITH RECURSIVE readers(s, n) AS (SELECT %s::text, %s::text UNION "
+        "SELECT st.pgt_schema, st.pgt_name FROM readers r JOIN pgtrickle.pgt_dependencies d "
+        "ON d.source_schema = r.s AND d.source_name = r.n JOIN pgtrickle.pgt_stream_tables st "
+        "USING (pgt_id)) SELECT s || '.' || n FROM readers "
+        "WHERE (s, n) IN (SELECT * FROM unnest(%s::text[], %s::text[])) LIMIT 1",
+        (schema, rel, [x.schema for x in plan.sources], [x.name for x in plan.sources]),
+    ).fetchone()
+    if row is not None:
+        raise ConfigError(
+            f"the new query of {schema}.{rel} reads {row[0]}, which depends on {schema}.{rel}: "
+            "stream tables cannot depend on each other in a cycle"
+        )
 
 
 def refresh_stream_table(
@@ -578,3 +605,73 @@ def set_setting(conn: Conn, name: str, value: Any) -> None:
     with session(conn) as c:
         _install.require_installed(c)
         _settings.set_setting(c, name, value)
+
+
+# -- subscriptions, SLA, scheduler -----------------------------------------------------------------
+
+
+def _sql_name(c: psycopg.Connection[Any], name: str) -> str:
+    schema, rel = records.split_name(name)
+    return sql.Identifier(schema, rel).as_string(c)
+
+
+def subscribe(conn: Conn, name: str, channel: str) -> bool:
+    """After every refresh of ``name`` that changes rows, ``NOTIFY channel`` with JSON
+    ``{name, refresh_id, inserted, updated, deleted, refreshes}`` (bursts coalesced per
+    ``notify_coalesce_ms``). Returns False when the subscription existed already."""
+    with session(conn) as c:
+        _install.require_installed(c)
+        return _call_bool(c, "SELECT pgtrickle.subscribe(%s, %s)", (_sql_name(c, name), channel))
+
+
+def unsubscribe(conn: Conn, name: str, channel: str) -> bool:
+    """Remove a subscription; returns False when there was none."""
+    with session(conn) as c:
+        _install.require_installed(c)
+        return _call_bool(c, "SELECT pgtrickle.unsubscribe(%s, %s)", (_sql_name(c, name), channel))
+
+
+def _call_bool(c: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> bool:
+    try:
+        row = c.execute(query, params).fetchone()
+    except psycopg.errors.UndefinedTable as exc:
+        from .errors import StreamTableNotFound
+
+        raise StreamTableNotFound(_msg(exc)) from None
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise ConfigError(_msg(exc)) from None
+    return bool(row and row[0])
+
+
+def list_subscriptions(conn: Conn) -> list[dict[str, Any]]:
+    """Every subscription: ``stream_table``, ``channel``, ``created_at``."""
+    from psycopg.rows import dict_row
+
+    with session(conn) as c:
+        _install.require_installed(c)
+        with c.cursor(row_factory=dict_row) as cur:
+            return cur.execute("SELECT * FROM pgtrickle.list_subscriptions()").fetchall()
+
+
+def sla_summary(conn: Conn, window_hours: int | None = None) -> list[dict[str, Any]]:
+    """Per stream table over the last ``window_hours`` (default: setting ``sla_window_hours``):
+    ``refreshes``, ``failures``, ``p50_ms``/``p99_ms`` refresh duration, ``freshness_lag``,
+    ``error_rate`` and ``error_budget_remaining`` (against setting ``sla_target``)."""
+    from psycopg.rows import dict_row
+
+    with session(conn) as c:
+        _install.require_installed(c)
+        with c.cursor(row_factory=dict_row) as cur:
+            return cur.execute(
+                "SELECT * FROM pgtrickle.sla_summary(%s)", (window_hours,)
+            ).fetchall()
+
+
+def scheduler_status(conn: Conn) -> list[dict[str, Any]]:
+    """The heartbeat rows of the schedulers serving this database (``alive`` when the heartbeat
+    is recent), each with the leases it holds."""
+    from .scheduler import leases
+
+    with session(conn) as c:
+        _install.require_installed(c)
+        return leases.schedulers(c)

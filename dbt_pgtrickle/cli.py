@@ -45,11 +45,11 @@ from .refresh.engine import RefreshResult
 
 DSN_ENV = "PGTRICKLE_DSN"
 PIPE_WIDTH = 160
-SCHEDULER_UNAVAILABLE = "the scheduler daemon is not available in this version"
 
 #: Exit statuses.
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3  # scheduler status: no live scheduler
 EXIT_INTERRUPTED = 130
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -585,47 +585,286 @@ def set_cmd(name: str, value: str) -> None:
     click.echo(f"{name} = {stored}")
 
 
-# -- scheduler (not shipped yet) -----------------------------------------------------------------
+# -- scheduler -----------------------------------------------------------------------------------
 
 
-@cli.group(short_help="Control the scheduler daemon (not available yet).")
+@cli.group(short_help="Run or control the scheduler daemon.")
 def scheduler() -> None:
-    """Run or control the scheduler daemon (not available in this version).
+    """Run or control the scheduler daemon, which keeps stream tables fresh.
 
-    The daemon will keep stream tables fresh according to their schedules. Until it ships,
-    every subcommand exits with status 2; refresh from cron or your orchestrator with
-    'pgtrickle refresh --all' instead.
+    One daemon serves one database (several may run for one database: they share the work
+    through leases). It wakes on changes (change capture notifies it), refreshes due stream
+    tables in dependency order and polls every scheduler_poll_interval_ms as a fallback. See
+    docs/scheduler.md.
+
+    \b
+    Examples:
+      pgtrickle scheduler start
+      pgtrickle scheduler status
+      pgtrickle scheduler stop
     """
 
 
-def _scheduler_unavailable() -> NoReturn:
-    click.echo(f"error: {SCHEDULER_UNAVAILABLE}", err=True)
-    click.get_current_context().exit(EXIT_USAGE)
-    raise AssertionError("unreachable")
+POLL_OPTION = click.option(
+    "--poll-interval-ms",
+    type=click.IntRange(min=50),
+    metavar="MS",
+    help="Override the scheduler_poll_interval_ms setting for this daemon.",
+)
+METRICS_OPTION = click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on this port (0: any free port; needs prometheus-client).",
+)
 
 
 @scheduler.command(name="run", short_help="Run the scheduler in the foreground.")
-def scheduler_run() -> None:
-    """Run the scheduler in the foreground (not available in this version)."""
-    _scheduler_unavailable()
+@POLL_OPTION
+@METRICS_OPTION
+@click.option(
+    "--metrics-addr", default="127.0.0.1", show_default=True, help="Address for the metrics."
+)
+@click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the process id here while running (scheduler start sets it).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision (debug level).")
+@dsn_option
+def scheduler_run(
+    poll_interval_ms: int | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+    pid_file: Path | None,
+    verbose: bool,
+) -> None:
+    """Run the scheduler in the foreground, logging to stderr, until SIGTERM or Ctrl-C.
+
+    On SIGTERM or SIGINT the refresh in flight finishes, the daemon releases its leases and
+    deletes its heartbeat row, and exits with status 0. A database restart does not stop it:
+    it reconnects.
+
+    \b
+    Example:
+      pgtrickle --dsn 'dbname=shop' scheduler run --metrics-port 9187
+    """
+    import logging
+    import signal
+
+    from .scheduler import process
+    from .scheduler.daemon import Scheduler
+    from .scheduler.metrics import Metrics, PrometheusMetrics
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s pgtrickle-scheduler[%(process)d] %(levelname)s %(message)s",
+    )
+    state = click.get_current_context().ensure_object(State)
+    with _connection() as conn:  # fail fast on a bad DSN or a missing install
+        api.status(conn)
+    metrics: Metrics = Metrics()
+    if metrics_port is not None:
+        metrics = PrometheusMetrics(metrics_port, metrics_addr)
+    daemon = Scheduler(
+        state.dsn, poll_interval_ms=poll_interval_ms, metrics=metrics, metrics_port=metrics_port
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: daemon.stop())
+    if pid_file is not None:
+        process.write_pid_file(pid_file)
+    try:
+        daemon.run()
+    finally:
+        if pid_file is not None:
+            process.remove_pid_file(pid_file)
+        if isinstance(metrics, PrometheusMetrics):
+            metrics.close()
 
 
 @scheduler.command(name="start", short_help="Start the scheduler in the background.")
-def scheduler_start() -> None:
-    """Start the scheduler in the background (not available in this version)."""
-    _scheduler_unavailable()
+@POLL_OPTION
+@METRICS_OPTION
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=30,
+    show_default=True,
+    help="Seconds to wait for the daemon to report healthy.",
+)
+@dsn_option
+def scheduler_start(poll_interval_ms: int | None, metrics_port: int | None, timeout: float) -> None:
+    """Start the scheduler in the background and return once it is healthy.
+
+    The pid and log files are in $PGTRICKLE_RUN_DIR (default ~/.local/state/pgtrickle),
+    named after the database's host, port and name.
+
+    \b
+    Example:
+      pgtrickle scheduler start --metrics-port 9187
+    """
+    from .scheduler import process
+
+    state = click.get_current_context().ensure_object(State)
+    pid, files = process.start(
+        state.dsn, poll_interval_ms=poll_interval_ms, metrics_port=metrics_port, timeout=timeout
+    )
+    click.echo(f"scheduler started (pid {pid}); log: {files.log_file}")
 
 
-@scheduler.command(name="stop", short_help="Stop a running scheduler.")
-def scheduler_stop() -> None:
-    """Stop a running scheduler (not available in this version)."""
-    _scheduler_unavailable()
+@scheduler.command(name="stop", short_help="Stop the background scheduler.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds to wait for the refresh in flight to finish.",
+)
+@click.option("--force", is_flag=True, help="SIGKILL the daemon if it has not stopped in time.")
+@dsn_option
+def scheduler_stop(timeout: float, force: bool) -> None:
+    """Stop the background scheduler of this database (SIGTERM; waits for it to exit).
+
+    \b
+    Example:
+      pgtrickle scheduler stop
+    """
+    from .scheduler import process
+
+    state = click.get_current_context().ensure_object(State)
+    pid = process.stop(state.dsn, timeout=timeout, force=force)
+    click.echo("no scheduler was running" if pid is None else f"scheduler stopped (pid {pid})")
 
 
-@scheduler.command(name="status", short_help="Show what the scheduler is doing.")
-def scheduler_status() -> None:
-    """Show whether a scheduler runs and what it does (not available in this version)."""
-    _scheduler_unavailable()
+@scheduler.command(name="status", short_help="Show the schedulers serving this database.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dsn_option
+def scheduler_status(as_json: bool) -> None:
+    """Show the schedulers serving this database: pid, host, version, start, last tick, leases.
+
+    Exits with status 3 when no live scheduler serves the database.
+
+    \b
+    Example:
+      pgtrickle scheduler status --json
+    """
+    from .scheduler import process
+
+    with _connection() as conn:
+        api.status(conn)  # checks the install
+        info = process.status(conn)
+    rows = info["schedulers"]
+    alive = [r for r in rows if r["alive"]]
+    if as_json:
+        click.echo(_dumps(info))
+    elif not rows:
+        click.echo("no scheduler serves this database (start one with: pgtrickle scheduler start)")
+    else:
+        for row in rows:
+            state = "running" if row["alive"] else "not responding"
+            leases = ", ".join(row["leases"]) or "none"
+            click.echo(
+                f"scheduler {row['holder']}: {state}, pid {row['pid']} on {row['host']}, "
+                f"version {row['version']}, started {row['started_at']:%Y-%m-%d %H:%M:%S}, "
+                f"last tick {row['last_tick_at']:%H:%M:%S}, leases: {leases}"
+            )
+    if not alive:
+        click.get_current_context().exit(EXIT_NOT_RUNNING)
+
+
+# -- subscriptions and SLA -------------------------------------------------------------------------
+
+
+@cli.command(short_help="NOTIFY a channel after each refresh of a stream table.")
+@click.argument("name")
+@click.argument("channel")
+@dsn_option
+def subscribe(name: str, channel: str) -> None:
+    """After each refresh of NAME that changes rows, NOTIFY CHANNEL with a JSON payload
+    {name, refresh_id, inserted, updated, deleted, refreshes} (bursts are coalesced per
+    notify_coalesce_ms). Listen with LISTEN "CHANNEL" in any client.
+
+    \b
+    Example:
+      pgtrickle subscribe sales_by_region sales_changed
+    """
+    with _connection() as conn:
+        new = api.subscribe(conn, name, channel)
+    click.echo(f"subscribed {channel} to {name}" if new else f"{channel} was already subscribed")
+
+
+@cli.command(short_help="Remove a subscription.")
+@click.argument("name")
+@click.argument("channel")
+@dsn_option
+def unsubscribe(name: str, channel: str) -> None:
+    """Stop notifying CHANNEL about refreshes of NAME."""
+    with _connection() as conn:
+        gone = api.unsubscribe(conn, name, channel)
+    click.echo(f"unsubscribed {channel} from {name}" if gone else "no such subscription")
+
+
+@cli.command(short_help="List the subscriptions.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dsn_option
+def subscriptions(as_json: bool) -> None:
+    """List every subscription (stream table, channel, since)."""
+    with _connection() as conn:
+        rows = api.list_subscriptions(conn)
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    if not rows:
+        click.echo("no subscriptions")
+    for row in rows:
+        click.echo(
+            f"{row['stream_table']} -> {row['channel']} (since {row['created_at']:%Y-%m-%d})"
+        )
+
+
+@cli.command(short_help="Refresh latency, freshness and error budget per stream table.")
+@click.option("--window-hours", type=click.IntRange(min=1), help="Default: sla_window_hours.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (durations in seconds).")
+@dsn_option
+def sla(window_hours: int | None, as_json: bool) -> None:
+    """Per stream table: refreshes, failures, p50/p99 refresh time, freshness lag, error rate
+    and the error budget left (against sla_target) over the window.
+
+    \b
+    Example:
+      pgtrickle sla --window-hours 1
+    """
+    with _connection() as conn:
+        rows = api.sla_summary(conn, window_hours)
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="SLA", title_justify="left")
+    for column in (
+        "stream table",
+        "refreshes",
+        "failures",
+        "p50",
+        "p99",
+        "lag",
+        "errors",
+        "budget",
+    ):
+        table.add_column(column, no_wrap=column != "stream table", overflow="fold")
+    for row in rows:
+        table.add_row(
+            escape(row["stream_table"]),
+            str(row["refreshes"]),
+            str(row["failures"]),
+            "-" if row["p50_ms"] is None else f"{row['p50_ms']:.1f} ms",
+            "-" if row["p99_ms"] is None else f"{row['p99_ms']:.1f} ms",
+            format_duration(row["freshness_lag"]),
+            f"{row['error_rate']:.1%}",
+            f"{row['error_budget_remaining']:.0%}",
+        )
+    _console().print(table)
 
 
 # -- demo ----------------------------------------------------------------------------------------

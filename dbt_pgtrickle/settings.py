@@ -101,6 +101,65 @@ REGISTRY: dict[str, Setting] = {
             minimum=1,
         ),
         Setting(
+            "history_prune_interval_ms",
+            int,
+            60000,
+            "How often the scheduler prunes refresh history older than history_retention_days.",
+            minimum=1000,
+        ),
+        Setting(
+            "history_prune_batch",
+            int,
+            5000,
+            "Rows deleted per pruning statement; the scheduler runs at most 20 such statements "
+            "per pruning round, so one round never holds locks or I/O for long.",
+            minimum=1,
+        ),
+        Setting(
+            "scheduler_poll_interval_ms",
+            int,
+            5000,
+            "The longest the scheduler sleeps between two looks at the catalog. Changes wake it "
+            "at once (change capture notifies it), so this only bounds how late it notices "
+            "changes whose wake-up was lost or skipped (`SET pgtrickle.wake = off`), schedule "
+            "edits and new stream tables.",
+            minimum=50,
+        ),
+        Setting(
+            "scheduler_lease_ms",
+            int,
+            30000,
+            "Lifetime of a scheduler's lease on a stream table (pgt_st_locks); extended every "
+            "third of it while the refresh runs. After a scheduler dies, another takes its "
+            "stream tables over when the lease expires.",
+            minimum=1000,
+        ),
+        Setting(
+            "scheduler_max_failures",
+            int,
+            5,
+            "Consecutive failures with a non-retryable error (syntax, undefined object, "
+            "permission, …) after which the scheduler suspends a stream table (status "
+            "SUSPENDED). Retryable errors (serialization failure, deadlock, lock timeout, lost "
+            "connection) are retried with backoff and never suspend.",
+            minimum=1,
+        ),
+        Setting(
+            "scheduler_retry_base_ms",
+            int,
+            1000,
+            "First retry delay after a failed refresh; doubled after each further failure "
+            "(with ±25% jitter), up to scheduler_retry_max_ms.",
+            minimum=10,
+        ),
+        Setting(
+            "scheduler_retry_max_ms",
+            int,
+            300000,
+            "Longest retry delay after failed refreshes.",
+            minimum=10,
+        ),
+        Setting(
             "notify_coalesce_ms",
             int,
             250,
@@ -113,6 +172,15 @@ REGISTRY: dict[str, Setting] = {
             24,
             "Window over which sla_summary() computes percentiles, error rate and error budget.",
             minimum=1,
+        ),
+        Setting(
+            "sla_target",
+            float,
+            0.99,
+            "Share of refreshes that should succeed; sla_summary() reports how much of the "
+            "error budget (1 - sla_target) is left in the window.",
+            minimum=0.0,
+            maximum=1.0,
         ),
         Setting(
             "citus_worker_retry_ticks",

@@ -193,9 +193,260 @@ ALTER TABLE pgtrickle.pgt_stream_tables
     + _HELPERS
 )
 
+# Scheduler (docs/scheduler.md): heartbeat rows, subscription notifications, pending-change
+# probe, SLA summary. Objects here must also be in CURRENT_SCHEMA (through _SCHEDULER).
+_SCHEDULER_TABLES = """
+CREATE TABLE pgtrickle.pgt_scheduler (
+    holder text PRIMARY KEY,
+    pid integer NOT NULL,
+    host text NOT NULL,
+    version text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_tick_at timestamptz NOT NULL DEFAULT now(),
+    last_beat_at timestamptz NOT NULL DEFAULT now(),
+    state text NOT NULL DEFAULT 'running',
+    poll_interval_ms integer NOT NULL,
+    metrics_port integer
+);
+
+CREATE TABLE pgtrickle.pgt_notify_state (
+    pgt_id bigint PRIMARY KEY REFERENCES pgtrickle.pgt_stream_tables (pgt_id) ON DELETE CASCADE,
+    last_notified_at timestamptz NOT NULL
+);
+
+CREATE TABLE pgtrickle.pgt_notify_queue (
+    refresh_id bigint PRIMARY KEY,
+    pgt_id bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables (pgt_id) ON DELETE CASCADE,
+    rows_inserted bigint NOT NULL,
+    rows_updated bigint NOT NULL,
+    rows_deleted bigint NOT NULL,
+    queued_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX pgt_notify_queue_pgt_id_idx ON pgtrickle.pgt_notify_queue (pgt_id);
+
+CREATE INDEX pgt_refresh_history_running_idx
+    ON pgtrickle.pgt_refresh_history (pgt_id) WHERE status = 'RUNNING';
+"""
+
+_SCHEDULER_FUNCTIONS = """
+CREATE FUNCTION pgtrickle.has_pending_changes(p_pgt_id bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $fn$
+-- Whether the stream table has change rows it has not applied (always true before its first
+-- population and when a source's changes are not captured). One index probe per source buffer.
+DECLARE
+    f pg_snapshot;
+    src record;
+    found boolean;
+BEGIN
+    SELECT frontier INTO f FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF f IS NULL THEN
+        RETURN true;
+    END IF;
+    FOR src IN
+        SELECT d.source_stable_name AS stable, t.cdc_mode
+          FROM pgtrickle.pgt_dependencies d
+          JOIN pgtrickle.pgt_change_tracking t USING (source_stable_name)
+         WHERE d.pgt_id = p_pgt_id
+    LOOP
+        IF src.cdc_mode = 'none' THEN
+            RETURN true;
+        END IF;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I b WHERE b.__pgt_xid >= '
+                       'pg_snapshot_xmin($1) AND NOT pg_visible_in_snapshot(b.__pgt_xid, $1))',
+                       'pgtrickle_changes', 'changes_' || src.stable)
+           INTO found USING f;
+        IF found THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END
+$fn$;
+
+CREATE FUNCTION pgtrickle.stream_table_id(p_name text) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $fn$
+-- pgt_id of NAME or SCHEMA.NAME (SQL identifier rules: unquoted parts fold to lower case).
+DECLARE
+    parts text[] := parse_ident(p_name);
+    id bigint;
+BEGIN
+    IF array_length(parts, 1) = 1 THEN
+        parts := ARRAY['public', parts[1]];
+    ELSIF array_length(parts, 1) <> 2 THEN
+        RAISE EXCEPTION 'invalid stream table name %: use NAME or SCHEMA.NAME', p_name
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT pgt_id INTO id FROM pgtrickle.pgt_stream_tables
+     WHERE pgt_schema = parts[1] AND pgt_name = parts[2];
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'no stream table named %.%', parts[1], parts[2] USING ERRCODE = '42P01';
+    END IF;
+    RETURN id;
+END
+$fn$;
+
+CREATE FUNCTION pgtrickle.subscribe(p_name text, p_channel text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+-- After each refresh of the stream table that changes rows, NOTIFY p_channel with a JSON payload.
+-- Returns false when the subscription already existed.
+BEGIN
+    IF p_channel IS NULL OR p_channel = '' OR octet_length(p_channel) > 63 THEN
+        RAISE EXCEPTION 'channel must be 1 to 63 bytes long' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO pgtrickle.pgt_subscriptions (pgt_id, channel)
+    VALUES (pgtrickle.stream_table_id(p_name), p_channel) ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END
+$fn$;
+
+CREATE FUNCTION pgtrickle.unsubscribe(p_name text, p_channel text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+-- Returns false when there was no such subscription.
+BEGIN
+    DELETE FROM pgtrickle.pgt_subscriptions
+     WHERE pgt_id = pgtrickle.stream_table_id(p_name) AND channel = p_channel;
+    RETURN FOUND;
+END
+$fn$;
+
+CREATE FUNCTION pgtrickle.list_subscriptions()
+RETURNS TABLE (stream_table text, channel text, created_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+SELECT st.pgt_schema || '.' || st.pgt_name, s.channel, s.created_at
+  FROM pgtrickle.pgt_subscriptions s JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
+ ORDER BY 1, 2
+$fn$;
+
+CREATE FUNCTION pgtrickle.flush_notifications(p_coalesce_ms integer, p_pgt_id bigint DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $fn$
+-- Send the queued refresh notifications of each stream table last notified at least
+-- p_coalesce_ms ago: one NOTIFY per channel with the sums since the previous one. Returns the
+-- number of stream tables notified. Concurrent callers skip each other's rows.
+DECLARE
+    st record;
+    agg record;
+    sub record;
+    payload text;
+    sent integer := 0;
+BEGIN
+    FOR st IN
+        SELECT s.pgt_id, s.pgt_schema, s.pgt_name
+          FROM pgtrickle.pgt_stream_tables s
+         WHERE (p_pgt_id IS NULL OR s.pgt_id = p_pgt_id)
+           AND EXISTS (SELECT 1 FROM pgtrickle.pgt_notify_queue q WHERE q.pgt_id = s.pgt_id)
+           AND NOT EXISTS (
+               SELECT 1 FROM pgtrickle.pgt_notify_state n
+                WHERE n.pgt_id = s.pgt_id
+                  AND n.last_notified_at > clock_timestamp()
+                      - make_interval(secs => p_coalesce_ms / 1000.0))
+         ORDER BY s.pgt_id
+           FOR UPDATE OF s SKIP LOCKED
+    LOOP
+        WITH gone AS (
+            DELETE FROM pgtrickle.pgt_notify_queue WHERE pgt_id = st.pgt_id RETURNING *)
+        SELECT max(refresh_id) AS refresh_id, count(*) AS refreshes,
+               sum(rows_inserted) AS inserted, sum(rows_updated) AS updated,
+               sum(rows_deleted) AS deleted
+          INTO agg FROM gone;
+        CONTINUE WHEN agg.refreshes = 0;
+        payload := json_build_object(
+            'name', st.pgt_schema || '.' || st.pgt_name, 'refresh_id', agg.refresh_id,
+            'inserted', agg.inserted, 'updated', agg.updated, 'deleted', agg.deleted,
+            'refreshes', agg.refreshes)::text;
+        FOR sub IN SELECT channel FROM pgtrickle.pgt_subscriptions WHERE pgt_id = st.pgt_id LOOP
+            PERFORM pg_notify(sub.channel, payload);
+        END LOOP;
+        INSERT INTO pgtrickle.pgt_notify_state (pgt_id, last_notified_at)
+        VALUES (st.pgt_id, clock_timestamp())
+        ON CONFLICT (pgt_id) DO UPDATE SET last_notified_at = EXCLUDED.last_notified_at;
+        sent := sent + 1;
+    END LOOP;
+    RETURN sent;
+END
+$fn$;
+
+CREATE FUNCTION pgtrickle.sla_summary(p_window_hours integer DEFAULT NULL)
+RETURNS TABLE (stream_table text, refreshes bigint, failures bigint, p50_ms double precision,
+               p99_ms double precision, freshness_lag interval, error_rate double precision,
+               error_budget_remaining double precision)
+LANGUAGE sql STABLE AS $fn$
+-- Per stream table over the last p_window_hours (default: setting sla_window_hours): refreshes
+-- finished, failures, p50/p99 duration of completed refreshes, freshness lag (time since the last
+-- refresh while changes are pending, else 0), error rate, and the share of the error budget left
+-- (1 - error_rate / (1 - sla_target)). The defaults here match dbt_pgtrickle/settings.py.
+WITH cfg AS (
+    SELECT coalesce(p_window_hours,
+                    (SELECT value::integer FROM pgtrickle.pgt_settings
+                      WHERE name = 'sla_window_hours'), 24) AS hours,
+           coalesce((SELECT value::double precision FROM pgtrickle.pgt_settings
+                      WHERE name = 'sla_target'), 0.99) AS target
+), h AS (
+    SELECT h.pgt_id,
+           count(*) FILTER (WHERE h.status <> 'RUNNING') AS refreshes,
+           count(*) FILTER (WHERE h.status = 'FAILED') AS failures,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY h.duration_ms)
+               FILTER (WHERE h.status = 'COMPLETED') AS p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY h.duration_ms)
+               FILTER (WHERE h.status = 'COMPLETED') AS p99
+      FROM pgtrickle.pgt_refresh_history h CROSS JOIN cfg
+     WHERE h.started_at >= now() - make_interval(hours => cfg.hours)
+     GROUP BY h.pgt_id
+)
+SELECT st.pgt_schema || '.' || st.pgt_name,
+       coalesce(h.refreshes, 0),
+       coalesce(h.failures, 0),
+       h.p50,
+       h.p99,
+       CASE WHEN st.last_refresh_at IS NULL THEN NULL
+            WHEN pgtrickle.has_pending_changes(st.pgt_id) THEN now() - st.last_refresh_at
+            ELSE interval '0' END,
+       CASE WHEN coalesce(h.refreshes, 0) = 0 THEN 0::double precision
+            ELSE h.failures::double precision / h.refreshes END,
+       CASE WHEN coalesce(h.refreshes, 0) = 0 THEN 1::double precision
+            WHEN cfg.target >= 1 THEN (h.failures = 0)::integer::double precision
+            ELSE greatest(0, 1 - (h.failures::double precision / h.refreshes)
+                                 / (1 - cfg.target)) END
+  FROM pgtrickle.pgt_stream_tables st CROSS JOIN cfg LEFT JOIN h USING (pgt_id)
+ ORDER BY 1
+$fn$;
+"""
+
+# Capture functions created before version 3 learn to wake the scheduler (the same statement
+# cdc/triggers.py now generates); fresh installs have none yet.
+_WAKE_EXISTING_CAPTURE = """
+DO $do$
+DECLARE
+    f record;
+    stable text;
+BEGIN
+    FOR f IN
+        SELECT p.oid, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'pgtrickle_changes' AND p.proname ~ '^capture_[0-9a-f]{16}_'
+           AND p.prosrc NOT LIKE '%pgtrickle_wake%'
+    LOOP
+        stable := substring(f.proname FROM '^capture_([0-9a-f]{16})_');
+        EXECUTE replace(pg_get_functiondef(f.oid), 'RETURN NULL; END',
+            format('IF current_setting(''pgtrickle.wake'', true) IS DISTINCT FROM ''off'' THEN '
+                   'PERFORM pg_notify(''pgtrickle_wake'', %L); END IF; RETURN NULL; END', stable));
+    END LOOP;
+END
+$do$;
+"""
+
+_SCHEDULER = _SCHEDULER_TABLES + _SCHEDULER_FUNCTIONS
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog tables", _V1),
     Migration(2, "settings, history columns and indexes, status view", _V2),
+    Migration(
+        3,
+        "scheduler: heartbeat, notifications, pending probe, SLA summary, wake",
+        _SCHEDULER + _WAKE_EXISTING_CAPTURE,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -320,4 +571,5 @@ CREATE TABLE pgtrickle.pgt_subscriptions (
 """
     + _STATUS_VIEW
     + _HELPERS
+    + _SCHEDULER
 )

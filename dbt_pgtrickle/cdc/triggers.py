@@ -9,8 +9,9 @@ For a source ``schema.table`` with stable name ``S`` we create
   calling SECURITY DEFINER functions that write one set-based INSERT per statement.
 
 An UPDATE writes its old images (−1) and new images (+1); a TRUNCATE writes one marker row that
-makes every consumer's next refresh a FULL one. One buffer serves every stream table reading the
-source; it is removed with its last consumer.
+makes every consumer's next refresh a FULL one. Every capture function also notifies
+:data:`WAKE_CHANNEL` (see :func:`wake_statement`) so the scheduler wakes on changes. One buffer
+serves every stream table reading the source; it is removed with its last consumer.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from psycopg import sql
 from ..dvm.ir import SourceTable
 from ..errors import NameCollision
 from ..naming import CHANGES_SCHEMA, buffer_table, stable_name, trigger_function, trigger_name
+
+#: The channel change capture notifies (payload: the source's stable name) to wake the scheduler.
+WAKE_CHANNEL = "pgtrickle_wake"
 
 _EVENTS = (
     ("ins", "INSERT", "REFERENCING NEW TABLE AS __pgt_new"),
@@ -48,7 +52,7 @@ class ChangeBuffer:
         return sql.Identifier(CHANGES_SCHEMA, buffer_table(self.stable_name))
 
 
-def _function_body(buf: sql.Composable, cols: list[str], event: str) -> sql.Composed:
+def _function_body(buf: sql.Composable, cols: list[str], event: str, stable: str) -> sql.Composed:
     col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
     target = sql.SQL("INSERT INTO {} (__pgt_action, __pgt_w, {})").format(buf, col_list)
 
@@ -67,7 +71,22 @@ def _function_body(buf: sql.Composable, cols: list[str], event: str) -> sql.Comp
         )
     else:
         stmt = sql.SQL("INSERT INTO {} (__pgt_action, __pgt_w) VALUES ('T', 0)").format(buf)
-    return sql.SQL("BEGIN {}; RETURN NULL; END").format(stmt)
+    return sql.SQL("BEGIN {}; {} RETURN NULL; END").format(stmt, wake_statement(stable))
+
+
+def wake_statement(stable: str) -> sql.Composed:
+    """The scheduler's wake-up: ``NOTIFY pgtrickle_wake, '<stable name>'``.
+
+    PostgreSQL delivers identical (channel, payload) notifications of one transaction once, so a
+    transaction writing a source in many statements wakes the scheduler once, at commit. A
+    session can skip it with ``SET pgtrickle.wake = off`` (the scheduler's poll still finds the
+    changes): a notifying commit takes PostgreSQL's global notify-queue lock, which serialises
+    the commits of all notifying transactions (docs/scheduler.md has the measurement).
+    """
+    return sql.SQL(
+        "IF current_setting('pgtrickle.wake', true) IS DISTINCT FROM 'off' THEN "
+        "PERFORM pg_notify({}, {}); END IF;"
+    ).format(sql.Literal(WAKE_CHANNEL), sql.Literal(stable))
 
 
 def ensure_capture(conn: psycopg.Connection[Any], source: SourceTable) -> ChangeBuffer:
@@ -133,7 +152,7 @@ def _install_triggers(conn: psycopg.Connection[Any], source: SourceTable, stable
     table = sql.Identifier(source.schema, source.name)
     for short, event, referencing in _EVENTS:
         fn = sql.Identifier(CHANGES_SCHEMA, f"{trigger_function(stable)}_{short}")
-        body = _function_body(buf, cols, short).as_string(conn)
+        body = _function_body(buf, cols, short, stable).as_string(conn)
         conn.execute(
             sql.SQL(
                 "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql "

@@ -116,9 +116,15 @@ def refresh(
     *,
     full: bool = False,
     initiated_by: str = "api",
+    running_id: int | None = None,
     _reason: str | None = None,
 ) -> RefreshResult:
-    """Refresh one stream table; raises :class:`RefreshError` (history records the failure)."""
+    """Refresh one stream table; raises :class:`RefreshError` (history records the failure).
+
+    ``running_id``: a ``RUNNING`` history row the caller (the scheduler) wrote beforehand; it is
+    completed in place, in the refresh transaction, instead of a new row being added. After a
+    refresh that changed rows, subscribers are notified (see :func:`_queue_notification`).
+    """
     started = time.perf_counter()
     started_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
     lock_ms = get_setting(conn, "refresh_lock_timeout_ms")
@@ -174,10 +180,21 @@ def refresh(
             )
             result.duration_ms = (time.perf_counter() - started) * 1000
             result.refresh_id = _history(
-                conn, rec, started_at, result, "COMPLETED", initiated_by, rec.frontier, frontier
+                conn,
+                rec,
+                started_at,
+                result,
+                "COMPLETED",
+                initiated_by,
+                rec.frontier,
+                frontier,
+                running_id=running_id,
             )
+            queued = _queue_notification(conn, rec, result)
     except PgTrickleError as exc:
-        _record_failure(conn, rec, started_at, started, action, reason, exc, initiated_by)
+        _record_failure(
+            conn, rec, started_at, started, action, reason, exc, initiated_by, running_id
+        )
         raise
     except psycopg.Error as exc:
         if action == DIFFERENTIAL and (exc.sqlstate or "").startswith("22"):
@@ -190,6 +207,7 @@ def refresh(
                 name,
                 full=True,
                 initiated_by=initiated_by,
+                running_id=running_id,
                 _reason=f"differential refresh raised {exc.sqlstate} "
                 f"({exc.diag.message_primary or exc}); recomputed",
             )
@@ -197,10 +215,44 @@ def refresh(
             f"refresh of {rec.qualified} failed: {exc.diag.message_primary or exc}",
             sqlstate=exc.sqlstate,
         )
-        _record_failure(conn, rec, started_at, started, action, reason, err, initiated_by)
+        _record_failure(
+            conn, rec, started_at, started, action, reason, err, initiated_by, running_id
+        )
         raise err from exc
+    if queued:
+        conn.execute(
+            "SELECT pgtrickle.flush_notifications(%s, %s)",
+            (get_setting(conn, "notify_coalesce_ms"), rec.pgt_id),
+        )
     cleanup_buffers(conn, [s.stable for s in sources if s.captured])
     return result
+
+
+def _queue_notification(
+    conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
+) -> bool:
+    """Queue a subscription notification for a refresh that changed rows (in its transaction).
+
+    The NOTIFY itself is sent right after the commit by ``pgtrickle.flush_notifications``, at
+    most once per ``notify_coalesce_ms`` per stream table with the sums of the refreshes since
+    the previous one; the scheduler sends the trailing one of a burst. Returns whether queued.
+    """
+    if not (result.rows_inserted or result.rows_updated or result.rows_deleted):
+        return False
+    cur = conn.execute(
+        "INSERT INTO pgtrickle.pgt_notify_queue (refresh_id, pgt_id, rows_inserted, "
+        "rows_updated, rows_deleted) SELECT %s, %s, %s, %s, %s WHERE EXISTS "
+        "(SELECT 1 FROM pgtrickle.pgt_subscriptions WHERE pgt_id = %s)",
+        (
+            result.refresh_id,
+            rec.pgt_id,
+            result.rows_inserted,
+            result.rows_updated,
+            result.rows_deleted,
+            rec.pgt_id,
+        ),
+    )
+    return cur.rowcount > 0
 
 
 def _choose(
@@ -416,32 +468,40 @@ def _history(
     frontier_after: str | None,
     sqlstate: str | None = None,
     message: str | None = None,
+    running_id: int | None = None,
 ) -> int:
+    values = (
+        result.action,
+        status,
+        result.rows_in,
+        result.rows_inserted,
+        result.rows_updated,
+        result.rows_deleted,
+        result.duration_ms,
+        result.fallback_reason,
+        sqlstate,
+        message,
+        frontier_before,
+        frontier_after,
+    )
+    if running_id is not None:
+        row = conn.execute(
+            "UPDATE pgtrickle.pgt_refresh_history SET ended_at = clock_timestamp(), action = %s, "
+            "status = %s, rows_in = %s, rows_inserted = %s, rows_updated = %s, "
+            "rows_deleted = %s, duration_ms = %s, fallback_reason = %s, sqlstate = %s, "
+            "error_message = %s, frontier_before = %s, frontier_after = %s "
+            "WHERE refresh_id = %s RETURNING refresh_id",
+            (*values, running_id),
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
     row = conn.execute(
         "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, pgt_schema, pgt_name, started_at, "
-        "ended_at, action, status, rows_in, rows_inserted, rows_updated, rows_deleted, "
-        "duration_ms, fallback_reason, sqlstate, error_message, initiated_by, frontier_before, "
-        "frontier_after) VALUES (%s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, "
+        "initiated_by, ended_at, action, status, rows_in, rows_inserted, rows_updated, "
+        "rows_deleted, duration_ms, fallback_reason, sqlstate, error_message, frontier_before, "
+        "frontier_after) VALUES (%s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, "
         "%s, %s, %s, %s, %s, %s) RETURNING refresh_id",
-        (
-            rec.pgt_id,
-            rec.pgt_schema,
-            rec.pgt_name,
-            started_at,
-            result.action,
-            status,
-            result.rows_in,
-            result.rows_inserted,
-            result.rows_updated,
-            result.rows_deleted,
-            result.duration_ms,
-            result.fallback_reason,
-            sqlstate,
-            message,
-            initiated_by,
-            frontier_before,
-            frontier_after,
-        ),
+        (rec.pgt_id, rec.pgt_schema, rec.pgt_name, started_at, initiated_by, *values),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -456,6 +516,7 @@ def _record_failure(
     reason: str | None,
     exc: PgTrickleError,
     initiated_by: str,
+    running_id: int | None = None,
 ) -> None:
     """Write the failed refresh to history and the stream table's row (own transaction)."""
     result = RefreshResult(
@@ -477,6 +538,7 @@ def _record_failure(
                 None,
                 exc.sqlstate,
                 str(exc),
+                running_id=running_id,
             )
             conn.execute(
                 "UPDATE pgtrickle.pgt_stream_tables SET status = 'ERROR', last_error = %s, "

@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 from psycopg.conninfo import conninfo_to_dict
 
 from dbt_pgtrickle import __version__, embedded
-from dbt_pgtrickle.cli import SCHEDULER_UNAVAILABLE, cli
+from dbt_pgtrickle.cli import EXIT_NOT_RUNNING, cli
 from dbt_pgtrickle.errors import PgTrickleError
 from dbt_pgtrickle.settings import REGISTRY
 
@@ -144,10 +144,15 @@ def test_demo_help() -> None:
 
 
 @pytest.mark.parametrize("action", ["run", "start", "stop", "status"])
-def test_scheduler_is_not_available(action: str) -> None:
-    result = run("scheduler", action)
-    assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {SCHEDULER_UNAVAILABLE}"
+def test_scheduler_subcommands_have_help(action: str) -> None:
+    result = ok("scheduler", action, "--help")
+    assert f"Usage: pgtrickle scheduler {action}" in result.stdout
+
+
+def test_scheduler_status_without_a_scheduler(shop: str) -> None:
+    result = run("--dsn", shop, "scheduler", "status")
+    assert result.exit_code == EXIT_NOT_RUNNING
+    assert "no scheduler serves this database" in result.stdout
 
 
 def test_unreachable_server_is_a_one_line_error() -> None:
