@@ -473,8 +473,66 @@ def _ancestors(node: exp.Expr, root: exp.Expr) -> list[exp.Expr]:
 
 
 def analyze(tree: exp.Query, lookup: ir.SchemaLookup, output_names: list[str]) -> ir.QueryShape:
-    """Describe a parsed query as a single-source :class:`~ir.QueryShape`.
+    """Describe a parsed query as a :class:`~ir.QueryShape`.
 
-    Raises :class:`UnsupportedConstruct` naming the first construct outside that shape.
+    CTEs and derived tables are first inlined and merged into the outer query where that keeps
+    its meaning (:func:`flatten_subqueries`). Raises :class:`UnsupportedConstruct` naming the
+    first construct outside the supported shapes.
     """
-    return _Analyzer(tree, lookup, output_names).run()
+    return _Analyzer(flatten_subqueries(tree, lookup), lookup, output_names).run()
+
+
+def _has_subqueries_to_flatten(tree: exp.Query) -> bool:
+    with_ = tree.args.get("with_") or tree.args.get("with")
+    if with_ is not None and not with_.args.get("recursive"):
+        return True
+    from_ = tree.args.get("from_") or tree.args.get("from")
+    items = [from_.this] if from_ is not None else []
+    items += [j.this for j in tree.args.get("joins") or []]
+    return any(isinstance(i, exp.Subquery) for i in items)
+
+
+def flatten_subqueries(tree: exp.Query, lookup: ir.SchemaLookup) -> exp.Query:
+    """Inline non-recursive CTEs (a copy per reference) and merge derived tables into the outer
+    query with sqlglot's ``merge_subqueries``, which only merges when the result is equivalent
+    (no aggregation, DISTINCT, LIMIT, window … in the way). Queries without CTEs or derived
+    tables are returned unchanged; anything the rewrite cannot handle is left for the analyser to
+    reject."""
+    if not isinstance(tree, exp.Select) or not _has_subqueries_to_flatten(tree):
+        return tree
+    from sqlglot.errors import OptimizeError
+    from sqlglot.optimizer.merge_subqueries import merge_subqueries
+    from sqlglot.optimizer.qualify import qualify
+
+    tree = tree.copy()
+    with_ = tree.args.get("with_")
+    if with_ is not None:
+        ctes = {cte.alias_or_name: cte.this for cte in with_.expressions}
+        tree.set("with_", None)
+
+        def inline(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Table) and not node.db and node.name in ctes:
+                alias = exp.TableAlias(this=exp.to_identifier(node.alias_or_name, quoted=True))
+                return exp.Subquery(this=ctes[node.name].copy(), alias=alias)
+            return node
+
+        inlined = tree.transform(inline)
+        assert isinstance(inlined, exp.Query)
+        tree = inlined
+    tables_by_schema: dict[str, dict[str, dict[str, str]]] = {}
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            continue
+        source = lookup.table(table.db or None, table.name)
+        table.set("db", exp.to_identifier(source.schema, quoted=True))
+        tables_by_schema.setdefault(source.schema, {})[source.name] = {
+            c.name: c.type for c in source.columns
+        }
+    schema: dict[str, object] = dict(tables_by_schema)
+    try:
+        qualified = qualify(tree, schema=schema, dialect=DIALECT, quote_identifiers=True)
+        merged = merge_subqueries(qualified)
+    except OptimizeError:
+        return tree
+    assert isinstance(merged, exp.Query)
+    return merged

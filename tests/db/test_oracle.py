@@ -82,6 +82,19 @@ QUERIES: dict[str, str] = {
     ),
     "full_join": "select s.id, s.g, d.k, d.label from src s full join dim d on d.k = s.g",
     "anti_join": "select d.k, d.label from dim d left join src s on s.g = d.k where s.id is null",
+    # CTEs (one referenced twice) and derived tables, merged into the query before compiling.
+    "cte_twice": (
+        "with f as (select id, g, x from src where x > -2) "
+        "select a.id, b.id as bid, a.x from f a join f b on a.g = b.g and a.id < b.id"
+    ),
+    "derived_join_agg": (
+        "select s.label, count(*) as n, sum(s.x) as sx "
+        "from (select d.label, t.x from src t join dim d on d.k = t.g) s group by s.label"
+    ),
+    "cte_filter_agg": (
+        "with pos as (select * from src where x > 0) "
+        "select g, count(*) as n, max(h) as mh from pos group by g"
+    ),
 }
 
 GS = st.one_of(st.none(), st.integers(0, 3))
@@ -290,6 +303,7 @@ GROUPS = {
         "full_join",
         "anti_join",
     ],
+    "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
 }
 
 

@@ -142,8 +142,8 @@ REJECTED = [
     ("select distinct on (region) region from orders", "DISTINCT ON"),
     ("select id, rank() over (order by id) as r from orders", "window function"),
     ("select id from orders where id in (select n from events)", "subquery"),
-    ("select id from (select id from orders) s", "subquery or function in FROM"),
-    ("with q as (select id from orders) select id from q", "WITH"),
+    ("select n from (select count(*) as n from orders) s", "subquery or function in FROM"),
+    ("with recursive q as (select id from orders) select id from q", "WITH"),
     ("select region from orders group by rollup(region)", "GROUPING SETS"),
     ("select id, now() as t from orders", "time-varying"),
     ("select id, random() as r from orders", "time-varying"),
@@ -234,3 +234,20 @@ def test_left_join_adds_padded_terms() -> None:
         assert "ON false" in delta and "NOT EXISTS" in delta  # padding appears / disappears
     finally:
         del TABLES["customers"]
+
+
+def test_ctes_and_derived_tables_are_merged_into_the_query() -> None:
+    cte = plan(
+        "with big as (select id, qty from orders where amount > 10) "
+        "select a.id, b.qty from big a join big b on a.qty = b.id",
+        ["id", "qty"],
+    )
+    assert cte.strategy == compiler.LINEAR_KEYED
+    assert cte.shape is not None and len(cte.shape.froms) == 2  # the CTE inlined twice
+    derived = plan(
+        "select s.region, count(*) as n from (select * from orders where qty > 1) s "
+        "group by s.region",
+        ["region", "n"],
+    )
+    assert derived.strategy == compiler.AGGREGATE
+    assert '"qty" > 1' in derived.full_sql
