@@ -171,6 +171,58 @@ def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
     return None
 
 
+def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return [*_conjuncts(node.this), *_conjuncts(node.expression)]
+    return [node]
+
+
+def _semijoin_form(node: exp.Expr) -> tuple[bool, exp.Expr | None, exp.Select, bool] | None:
+    """``(negated, IN's left side, subquery, is IN)`` for ``[NOT] EXISTS (…)`` and
+    ``x [NOT] IN (SELECT …)``; None for anything else."""
+    negated = False
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Not):
+        negated, node = True, node.this
+        while isinstance(node, exp.Paren):
+            node = node.this
+    if isinstance(node, exp.Exists) and isinstance(node.this, exp.Select):
+        return negated, None, node.this, False
+    if isinstance(node, exp.In):
+        query = node.args.get("query")
+        inner = query.this if isinstance(query, exp.Subquery) else query
+        if isinstance(inner, exp.Select):
+            return negated, node.this, inner, True
+    return None
+
+
+def _split_semijoins(
+    tree: exp.Select,
+) -> tuple[exp.Select, list[tuple[bool, exp.Expr | None, exp.Select, bool]]]:
+    """The query without its top-level EXISTS/IN-subquery conjuncts, and those conjuncts."""
+    where = tree.args.get("where")
+    if where is None:
+        return tree, []
+    semis, rest = [], []
+    for conjunct in _conjuncts(where.this):
+        form = _semijoin_form(conjunct)
+        if form is None:
+            rest.append(conjunct)
+        else:
+            semis.append(form)
+    if not semis:
+        return tree, []
+    tree = tree.copy()
+    if rest:
+        tree.set("where", exp.Where(this=exp.and_(*[c.copy() for c in rest])))
+    else:
+        tree.set("where", None)
+    return tree, semis
+
+
 def _function_name(node: exp.Expr) -> str | None:
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower()
@@ -192,6 +244,8 @@ class _Analyzer:
             if isinstance(tree, exp.SetOperation) and not tree.args.get("distinct"):
                 op += " ALL"
             raise UnsupportedConstruct(f"set operation {op}", _FULL_ONLY_HINT)
+        self._check_functions(tree)
+        tree, raw_semijoins = _split_semijoins(tree)
         problem = _construct_of(tree)
         if problem:
             raise UnsupportedConstruct(*problem)
@@ -236,7 +290,11 @@ class _Analyzer:
                         "add a primary key to it, or " + _FULL_ONLY_HINT,
                     )
 
-        self._check_functions(tree)
+        semijoins = [self._semijoin(*raw) for raw in raw_semijoins]
+        if semijoins and any(f.join in ("left", "right", "full") for f in self.froms):
+            raise UnsupportedConstruct(
+                "EXISTS/IN subquery together with an outer join", _FULL_ONLY_HINT
+            )
         select_exprs = self._expand_stars(tree.expressions)
         if len(select_exprs) != len(self.output_names):
             raise QueryError(
@@ -263,9 +321,13 @@ class _Analyzer:
                 for name, e in zip(self.output_names, select_exprs, strict=True)
             ]
             if not distinct:
-                return ir.QueryShape(self.froms, where_sql, outputs, notes=notes)
+                return ir.QueryShape(
+                    self.froms, where_sql, outputs, notes=notes, semijoins=semijoins
+                )
             keys = [_unalias(e) for e in select_exprs]
-            return self._grouped(keys, [], select_exprs, None, where_sql, notes, distinct=True)
+            shape = self._grouped(keys, [], select_exprs, None, where_sql, notes, distinct=True)
+            shape.semijoins = semijoins
+            return shape
 
         if distinct:
             raise UnsupportedConstruct(
@@ -273,11 +335,72 @@ class _Analyzer:
                 "remove DISTINCT (grouped rows are already distinct) or " + _FULL_ONLY_HINT,
             )
         keys = [self._resolve_group_key(g, select_exprs) for g in group_exprs]
-        return self._grouped(
+        shape = self._grouped(
             keys, aggs, select_exprs, having.this if having else None, where_sql, notes
         )
+        shape.semijoins = semijoins
+        return shape
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _semijoin(
+        self, negated: bool, lhs: exp.Expr | None, select: exp.Select, is_in: bool
+    ) -> ir.SemiJoin:
+        """Validate one EXISTS/IN subquery and express it as ``[NOT] EXISTS (… WHERE cond)``."""
+        problem = _construct_of(select)
+        if problem is None and (
+            select.args.get("joins")
+            or select.args.get("group")
+            or select.args.get("having")
+            or any(isinstance(n, exp.AggFunc) for n in select.walk())
+        ):
+            problem = ("subquery with joins, grouping or aggregates", _FULL_ONLY_HINT)
+        if problem:
+            construct, hint = problem
+            raise UnsupportedConstruct(f"{construct} inside an EXISTS/IN subquery", hint)
+        from_ = select.args.get("from_") or select.args.get("from")
+        assert from_ is not None
+        table: exp.Table = from_.this
+        source = self.lookup.table(table.db or None, table.name)
+        if source.kind not in ("table", "partitioned"):
+            raise UnsupportedConstruct(
+                f"subquery source {source.qualified} is a {source.kind}, not a table",
+                _FULL_ONLY_HINT,
+            )
+        alias = table.alias or table.name
+        if any(f.alias == alias for f in self.froms):
+            raise UnsupportedConstruct(
+                f"subquery alias {alias} repeats an alias of the outer query",
+                "give the subquery's table another alias",
+            )
+
+        def scoped(node: exp.Expr) -> str:
+            node = node.copy()
+            for col in list(node.find_all(exp.Column)):
+                if isinstance(col.this, exp.Star):
+                    continue
+                owner = col.table or (
+                    alias if source.column(col.name) is not None else self._owner(col.name)
+                )
+                col.set("catalog", None)
+                col.set("db", None)
+                if owner:
+                    col.set("table", exp.to_identifier(owner, quoted=True))
+            return render(node)
+
+        where = select.args.get("where")
+        conds = [f"({scoped(where.this)})"] if where is not None else []
+        if is_in:
+            assert lhs is not None
+            if len(select.expressions) != 1:
+                raise QueryError("an IN subquery must select exactly one column")
+            rhs = scoped(_unalias(select.expressions[0]))
+            left = render(self._qualify(lhs))
+            if negated:  # NOT IN: false as soon as the subquery yields a NULL or lhs is NULL
+                conds.append(f"({rhs} = {left} OR {rhs} IS NULL OR {left} IS NULL)")
+            else:
+                conds.append(f"{rhs} = {left}")
+        return ir.SemiJoin(negated, source, alias, " AND ".join(conds) or "true")
 
     def _check_functions(self, tree: exp.Expr) -> None:
         for node in tree.walk():

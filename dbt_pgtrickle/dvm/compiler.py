@@ -159,14 +159,25 @@ def compile_query(
         )
     if shape.where:
         ops.append(OperatorInfo("Filter", shape.where, "O(Δ)", "applied to each change image"))
+    for sj in shape.semijoins:
+        ops.append(
+            OperatorInfo(
+                "Anti-join" if sj.negated else "Semi-join",
+                f"{'NOT ' if sj.negated else ''}EXISTS ({sj.source.qualified} AS {sj.alias} "
+                f"WHERE {sj.condition})",
+                "O(Δ) through an index on the correlated columns",
+                "rows correlated with a changed subquery row are re-tested against the old and "
+                "the new subquery source",
+            )
+        )
     if shape.aggregate or shape.distinct:
         plan = _grouped_plan(shape, ops)
     else:
         plan = _linear_plan(shape, ops)
     plan.defining_query = normalized
     unique: dict[str, ir.SourceTable] = {}
-    for f in shape.froms:
-        unique.setdefault(f.source.qualified, f.source)
+    for src in [*(f.source for f in shape.froms), *(sj.source for sj in shape.semijoins)]:
+        unique.setdefault(src.qualified, src)
     plan.sources = list(unique.values())
     plan.notes = shape.notes
     plan.shape = shape

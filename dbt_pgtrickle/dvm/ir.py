@@ -90,6 +90,17 @@ class FromItem:
     on: str | None = None
 
 
+@dataclass(frozen=True)
+class SemiJoin:
+    """A WHERE conjunct ``[NOT] EXISTS (SELECT … FROM source AS alias WHERE condition)`` (IN and
+    NOT IN subqueries are rewritten into this form). ``condition`` may refer to outer aliases."""
+
+    negated: bool
+    source: SourceTable
+    alias: str
+    condition: str
+
+
 @dataclass
 class QueryShape:
     """``SELECT [DISTINCT] outputs FROM t1 [JOIN t2 ON …]… [WHERE] [GROUP BY] [HAVING]`` over base
@@ -105,6 +116,7 @@ class QueryShape:
     aggs: list[AggCall] = field(default_factory=list)
     having: str | None = None
     notes: list[str] = field(default_factory=list)
+    semijoins: list[SemiJoin] = field(default_factory=list)
 
     @property
     def source(self) -> SourceTable:

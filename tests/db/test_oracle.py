@@ -91,6 +91,21 @@ QUERIES: dict[str, str] = {
         "select s.label, count(*) as n, sum(s.x) as sx "
         "from (select d.label, t.x from src t join dim d on d.k = t.g) s group by s.label"
     ),
+    # EXISTS / NOT EXISTS / IN / NOT IN subqueries (semi- and anti-joins).
+    "exists": (
+        "select s.id, s.x from src s "
+        "where exists (select 1 from dim d where d.k = s.g and d.label <> 'x')"
+    ),
+    "not_exists_agg": (
+        "select s.h, count(*) as n from src s "
+        "where not exists (select 1 from dim d where d.k = s.g) group by s.h"
+    ),
+    "in_subquery": "select d.k, d.label from dim d where d.k in (select s.g from src s where s.x > 0)",
+    "not_in_nulls": "select d.k from dim d where d.k not in (select s.g from src s where s.x > 2)",
+    "exists_with_join": (
+        "select s.id, d.label from src s join dim d on d.k = s.g "
+        "where exists (select 1 from bag b where b.g = s.g and b.x > 0) and s.x is not null"
+    ),
     "cte_filter_agg": (
         "with pos as (select * from src where x > 0) "
         "select g, count(*) as n, max(h) as mh from pos group by g"
@@ -304,6 +319,7 @@ GROUPS = {
         "anti_join",
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
+    "subqueries": ["exists", "not_exists_agg", "in_subquery", "not_in_nulls", "exists_with_join"],
 }
 
 

@@ -141,7 +141,12 @@ REJECTED = [
     ("select id from orders limit 5", "LIMIT"),
     ("select distinct on (region) region from orders", "DISTINCT ON"),
     ("select id, rank() over (order by id) as r from orders", "window function"),
-    ("select id from orders where id in (select n from events)", "subquery"),
+    ("select id from orders where qty > (select max(n) from events)", "subquery"),
+    (
+        "select id from orders o where exists (select 1 from events e group by e.kind)",
+        "inside an EXISTS/IN subquery",
+    ),
+    ("select id from orders o where exists (select 1 from orders o)", "repeats an alias"),
     ("select n from (select count(*) as n from orders) s", "subquery or function in FROM"),
     ("with recursive q as (select id from orders) select id from q", "WITH"),
     ("select region from orders group by rollup(region)", "GROUPING SETS"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..ir import FromItem, QueryShape
+from ..ir import FromItem, QueryShape, SemiJoin
 
 
 def quote_ident(name: str) -> str:
@@ -43,8 +43,19 @@ def from_clause_sql(
     return " ".join(parts)
 
 
-def where_clause(shape: QueryShape, extra: str | None = None) -> str:
+def semijoin_condition(sj: SemiJoin, relation: str | None = None) -> str:
+    """``[NOT] EXISTS (…)`` of a semi-join against the source (or ``relation``)."""
+    rel = relation or f"{q(sj.source.schema)}.{q(sj.source.name)}"
+    test = f"EXISTS (SELECT 1 FROM {rel} AS {q(sj.alias)} WHERE ({sj.condition}))"
+    return f"NOT {test}" if sj.negated else test
+
+
+def where_clause(shape: QueryShape, extra: str | None = None, *, semijoins: bool = True) -> str:
+    """The WHERE clause of ``shape`` (with its semi-joins against the current sources unless
+    ``semijoins`` is false), plus an extra conjunct."""
     parts = [f"({shape.where})"] if shape.where else []
+    if semijoins:
+        parts.extend(semijoin_condition(sj) for sj in shape.semijoins)
     if extra:
         parts.append(extra)
     return (" WHERE " + " AND ".join(parts)) if parts else ""

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from ..ir import QueryShape
-from ._sql import WEIGHT, from_clause_sql, q, where_clause
+from ..ir import QueryShape, SemiJoin
+from ._sql import WEIGHT, from_clause_sql, q, semijoin_condition, where_clause
 from .scan import changes_relation
 
 MAX_CHANGED_INPUTS = 5
@@ -81,6 +81,8 @@ def delta(shape: QueryShape, exprs: list[tuple[str, str]], changed_stables: set[
         )
     if len(shape.froms) == 2 and shape.froms[1].join in ("left", "right", "full"):
         parts.extend(_padded_terms(shape, cols, changed_stables))
+    if shape.semijoins:
+        parts.extend(_semijoin_terms(shape, cols, changed_stables))
     if not parts:  # nothing this query reads changed: an empty, well-typed relation
         return (
             f"SELECT {cols}{', ' if cols else ''}0 AS {WEIGHT} "
@@ -158,5 +160,70 @@ def _padded_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> li
         out.append(
             f"SELECT {cols}{sep}(-{pa}.{WEIGHT})::integer AS {WEIGHT} FROM {padded_old}"
             f"{where_clause(shape, f'{in_k} AND {no_match_old}')}"
+        )
+    return out
+
+
+def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> list[str]:
+    """The part of the delta caused by changes of EXISTS/IN subquery sources.
+
+    Rule: with X the FROM/WHERE block and E the conjunction of the semi-join tests,
+    ``Δσ_E(X) = σ_E_new(ΔX) + (σ_E_new − σ_E_old)(X_new) − (σ_E_new − σ_E_old)(ΔX)``.
+    The first part is the inclusion–exclusion terms with E tested against the current subquery
+    sources (what :func:`where_clause` adds). The other two only involve rows correlated with a
+    changed subquery row, weighted +1 / −1 where E flips from false to true / true to false.
+    E_old for a changed source B: ``count(matches in B_new) − Σ w(matches in ΔB) > 0`` (= 0 for
+    NOT EXISTS).
+    """
+    from ...naming import stable_name
+
+    def changes_of(sj: SemiJoin) -> str:
+        return q(changes_relation(stable_name(sj.source.schema, sj.source.name)))
+
+    changed = [
+        sj
+        for sj in shape.semijoins
+        if stable_name(sj.source.schema, sj.source.name) in changed_stables
+    ]
+    if not changed:
+        return []
+    # Rows correlated with a changed subquery row: only their test can have flipped.
+    touched = " OR ".join(
+        f"EXISTS (SELECT 1 FROM {changes_of(sj)} AS {q(sj.alias)} WHERE ({sj.condition}))"
+        for sj in changed
+    )
+    new_tests, old_tests = [], []
+    for sj in shape.semijoins:
+        new_tests.append(semijoin_condition(sj))
+        if sj in changed:
+            table = f"{q(sj.source.schema)}.{q(sj.source.name)}"
+            a = q(sj.alias)
+            matches = (
+                f"((SELECT count(*) FROM {table} AS {a} WHERE ({sj.condition})) - coalesce("
+                f"(SELECT sum({a}.{WEIGHT}) FROM {changes_of(sj)} AS {a} WHERE ({sj.condition})),"
+                " 0))"
+            )
+            old_tests.append(f"{matches} = 0" if sj.negated else f"{matches} > 0")
+        else:
+            old_tests.append(semijoin_condition(sj))
+    e_new, e_old = " AND ".join(new_tests), " AND ".join(old_tests)
+    flips = f"({touched}) AND (({e_new}) <> ({e_old}))"
+    flip = f"(CASE WHEN {e_new} THEN 1 ELSE -1 END)"
+    sep = ", " if cols else ""
+    out = [
+        f"SELECT {cols}{sep}{flip} AS {WEIGHT} FROM {from_clause_sql(shape.froms)}"
+        f"{where_clause(shape, flips, semijoins=False)}"
+    ]
+    for subset, sign in terms(changed_aliases(shape, changed_stables)):
+        relations = {
+            f.alias: q(changes_relation(stable_name(f.source.schema, f.source.name)))
+            for f in shape.froms
+            if f.alias in subset
+        }
+        weight = " * ".join([str(-sign), flip, *(f"{q(a)}.{WEIGHT}" for a in subset)])
+        out.append(
+            f"SELECT {cols}{sep}({weight})::integer AS {WEIGHT} "
+            f"FROM {from_clause_sql(shape.froms, relations, inner_only=True)}"
+            f"{where_clause(shape, flips, semijoins=False)}"
         )
     return out
