@@ -605,6 +605,30 @@ def analyze(tree: exp.Query, lookup: ir.SchemaLookup, output_names: list[str]) -
     return _Analyzer(flatten_subqueries(tree, lookup), lookup, output_names).run()
 
 
+def union_all_branches(tree: exp.Query) -> list[exp.Query] | None:
+    """The branches of a top-level ``UNION ALL`` chain (None for anything else). Raises
+    :class:`UnsupportedConstruct` for ORDER BY/LIMIT on the union or a branch that is itself
+    another set operation."""
+    if not isinstance(tree, exp.Union) or tree.args.get("distinct"):
+        return None
+    if tree.args.get("order") or tree.args.get("limit") or tree.args.get("offset"):
+        raise UnsupportedConstruct("ORDER BY/LIMIT on a UNION ALL", _FULL_ONLY_HINT)
+    branches: list[exp.Query] = []
+    for side in (tree.this, tree.expression):
+        while isinstance(side, exp.Subquery):
+            side = side.this
+        nested = union_all_branches(side) if isinstance(side, exp.Union) else None
+        if nested is not None:
+            branches.extend(nested)
+        elif isinstance(side, exp.Select):
+            branches.append(side)
+        else:
+            raise UnsupportedConstruct(
+                f"set operation {side.key.upper()} inside a UNION ALL", _FULL_ONLY_HINT
+            )
+    return branches
+
+
 def _has_subqueries_to_flatten(tree: exp.Query) -> bool:
     with_ = tree.args.get("with_") or tree.args.get("with")
     if with_ is not None and not with_.args.get("recursive"):

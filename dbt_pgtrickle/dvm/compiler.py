@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import UnsupportedConstruct
 from ..naming import stable_name
 from . import _sqlglot, ir
-from .operators import aggregate, distinct, join, project
+from .operators import aggregate, distinct, join, project, union
 
 # Strategies: how a delta is applied to the stream table.
 LINEAR_KEYED = "linear_keyed"  # MERGE consolidated rows by primary-key row id
@@ -51,6 +51,7 @@ class DeltaPlan:
     notes: list[str] = field(default_factory=list)
     shape: ir.QueryShape | None = None
     target: str = ""
+    branches: list[ir.QueryShape] | None = None  # UNION ALL
 
     @property
     def differential(self) -> bool:
@@ -71,6 +72,8 @@ class DeltaPlan:
         the temporary relations named by :func:`~.operators.scan.changes_relation`).
 
         Raises :class:`TooManyChangedInputs` when a join would need too many terms."""
+        if self.branches:
+            return union.delta(self.branches, changed)
         shape = self.shape
         if shape is None:
             raise UnsupportedConstruct(self.unsupported or "no delta for this query")
@@ -119,6 +122,13 @@ def compile_query(
     tree = _sqlglot.parse(query)
     normalized = _sqlglot.render(tree)
     try:
+        branches = _sqlglot.union_all_branches(tree)
+        if branches is not None:
+            return _union_plan(
+                [_sqlglot.analyze(b, lookup, output_names) for b in branches],
+                normalized,
+                target,
+            )
         shape = _sqlglot.analyze(tree, lookup, output_names)
         for item in shape.froms:
             if item.source.column("__pgt_w") is not None:
@@ -183,6 +193,44 @@ def compile_query(
     plan.shape = shape
     plan.target = target
     return plan
+
+
+def _union_plan(branches: list[ir.QueryShape], normalized: str, target: str) -> DeltaPlan:
+    for b in branches:
+        if b.aggregate or b.distinct:
+            raise UnsupportedConstruct(
+                "GROUP BY, aggregates or DISTINCT inside a UNION ALL branch", _FULL_ONLY_HINT
+            )
+    names = [o.name for o in branches[0].outputs]
+    ops = [
+        OperatorInfo(
+            "Union all",
+            f"{len(branches)} branches",
+            "O(Δ)",
+            "branch deltas are added; rows are kept as copies by content",
+        )
+    ]
+    for i, b in enumerate(branches, start=1):
+        detail = ", ".join(f"{f.source.qualified} AS {f.alias}" for f in b.froms)
+        ops.append(OperatorInfo(f"Branch {i}", detail, "O(Δ)", b.where or ""))
+    unique: dict[str, ir.SourceTable] = {}
+    for b in branches:
+        for src in [*(f.source for f in b.froms), *(sj.source for sj in b.semijoins)]:
+            unique.setdefault(src.qualified, src)
+    return DeltaPlan(
+        normalized,
+        LINEAR_MULTISET,
+        union.full(branches),
+        names,
+        [],
+        sources=list(unique.values()),
+        operators=ops,
+        target=target,
+        branches=branches,
+    )
+
+
+_FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
 
 
 def _linear_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:

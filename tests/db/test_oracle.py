@@ -106,6 +106,12 @@ QUERIES: dict[str, str] = {
         "select s.id, d.label from src s join dim d on d.k = s.g "
         "where exists (select 1 from bag b where b.g = s.g and b.x > 0) and s.x is not null"
     ),
+    # UNION ALL: branch deltas add up; duplicates across branches are copies.
+    "union_all": (
+        "select id, x from src where x > 0 union all select k, k from dim "
+        "union all select g, x from bag where x is not null"
+    ),
+    "union_all_dupes": "select g, h from src union all select g, h from bag",
     "cte_filter_agg": (
         "with pos as (select * from src where x > 0) "
         "select g, count(*) as n, max(h) as mh from pos group by g"
@@ -319,6 +325,7 @@ GROUPS = {
         "anti_join",
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
+    "unions": ["union_all", "union_all_dupes"],
     "subqueries": ["exists", "not_exists_agg", "in_subquery", "not_in_nulls", "exists_with_join"],
 }
 

@@ -136,7 +136,12 @@ REJECTED = [
     ("select o.id from orders o join events e using (id)", "USING"),
     ("select o.id from orders o natural join events e", "NATURAL JOIN"),
     ("select o.id from orders o join (select 1 as x) e on true", "subquery or function in FROM"),
-    ("select id from orders union all select n from events", "UNION ALL"),
+    ("select id from orders union select n from events", "set operation UNION"),
+    ("select id from orders union all select n from events order by 1", "ORDER BY/LIMIT"),
+    (
+        "select region from orders union all select kind from events group by kind",
+        "inside a UNION ALL branch",
+    ),
     ("select id from orders intersect select n from events", "INTERSECT"),
     ("select id from orders limit 5", "LIMIT"),
     ("select distinct on (region) region from orders", "DISTINCT ON"),
@@ -256,3 +261,13 @@ def test_ctes_and_derived_tables_are_merged_into_the_query() -> None:
     )
     assert derived.strategy == compiler.AGGREGATE
     assert '"qty" > 1' in derived.full_sql
+
+
+def test_union_all_adds_branch_deltas() -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    p = plan("select id from orders where qty > 1 union all select n from events", ["id"])
+    assert p.strategy == compiler.LINEAR_MULTISET and p.branches and len(p.branches) == 2
+    delta = p.delta_for({stable_name("public", "events")})
+    assert f"__pgt_changes_{stable_name('public', 'events')}" in delta
+    assert "WHERE false" in delta  # the unchanged branch contributes an empty, typed relation

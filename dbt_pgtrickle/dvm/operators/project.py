@@ -80,12 +80,19 @@ def multiset_full(shape: QueryShape) -> str:
 
 def multiset_delta(shape: QueryShape, changed: set[str]) -> str:
     """Consolidated rows ``(row id, w, outputs)`` with ``w ≠ 0``: the net multiplicity change."""
+    names = [o.name for o in shape.outputs]
+    return consolidate_multiset(names, join.delta(shape, _outputs(shape), changed))
+
+
+def consolidate_multiset(names: list[str], raw_delta: str) -> str:
+    """Net multiplicity change per output row of a Z-set ``raw_delta`` (columns ``names`` and
+    ``__pgt_w``): ``(row id = hash(values), w, values)`` for every row with ``w ≠ 0``."""
     z, r, net = q("__pgt_z"), q("__pgt_r"), q("__pgt_net")
     raw = (
-        f"SELECT {row_hash(_value_refs(shape, '__pgt_z'))} AS {ROW_ID}, {z}.* "
-        f"FROM ({join.delta(shape, _outputs(shape), changed)}) AS {z}"
+        f"SELECT {row_hash([f'{z}.{q(n)}' for n in names])} AS {ROW_ID}, {z}.* "
+        f"FROM ({raw_delta}) AS {z}"
     )
-    cols = ", ".join(f"{r}.{q(o.name)}" for o in shape.outputs)
+    cols = ", ".join(f"{r}.{q(n)}" for n in names)
     return (
         f"WITH {q('__pgt_raw')} AS ({raw}), "
         f"{net} AS (SELECT {ROW_ID}, sum({WEIGHT})::bigint AS {WEIGHT} "
