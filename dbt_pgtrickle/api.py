@@ -162,6 +162,12 @@ def _build_table(
                 unique, sql.Identifier(f"{name}__pgt_row_id"[:63]), target
             )
         )
+        if plan.strategy == compiler.WINDOW_PARTITIONS:
+            conn.execute(
+                sql.SQL("CREATE INDEX {} ON {} (__pgt_part)").format(
+                    sql.Identifier(f"{name}__pgt_part"[:63]), target
+                )
+            )
     if not populate:
         return 0
     cur = conn.execute(sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql)))
@@ -336,11 +342,15 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                         sql.Identifier(schema, tmp), sql.Identifier(rel)
                     )
                 )
-                if plan.strategy != compiler.FULL_ONLY:
+                suffixes = {
+                    compiler.FULL_ONLY: [],
+                    compiler.WINDOW_PARTITIONS: ["__pgt_row_id", "__pgt_part"],
+                }.get(plan.strategy, ["__pgt_row_id"])
+                for suffix in suffixes:
                     c.execute(
                         sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                            sql.Identifier(schema, f"{tmp}__pgt_row_id"[:63]),
-                            sql.Identifier(f"{rel}__pgt_row_id"[:63]),
+                            sql.Identifier(schema, f"{tmp}{suffix}"[:63]),
+                            sql.Identifier(f"{rel}{suffix}"[:63]),
                         )
                     )
                 old_sources = [

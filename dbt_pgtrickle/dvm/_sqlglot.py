@@ -112,7 +112,7 @@ def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:
     return seen
 
 
-def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
+def _construct_of(tree: exp.Select, allow_windows: bool = False) -> tuple[str, str] | None:
     """The first construct the compiler does not handle, with a hint."""
     if tree.args.get("with_") or tree.args.get("with"):
         return "WITH (common table expression)", "inline the CTE as a subquery-free query"
@@ -158,7 +158,7 @@ def _construct_of(tree: exp.Select) -> tuple[str, str] | None:
     ):
         return "GROUPING SETS/ROLLUP/CUBE", _FULL_ONLY_HINT
     for node in tree.walk():
-        if isinstance(node, exp.Window):
+        if isinstance(node, exp.Window) and not allow_windows:
             return "window function", _FULL_ONLY_HINT
         if isinstance(node, (exp.Subquery, exp.Exists)) or (
             isinstance(node, exp.Select) and node is not tree
@@ -246,7 +246,10 @@ class _Analyzer:
             raise UnsupportedConstruct(f"set operation {op}", _FULL_ONLY_HINT)
         self._check_functions(tree)
         tree, raw_semijoins = _split_semijoins(tree)
-        problem = _construct_of(tree)
+        if tree.args.get("windows"):
+            raise UnsupportedConstruct("WINDOW clause (named windows)", "write each window inline")
+        windowed = any(isinstance(n, exp.Window) for e in tree.expressions for n in e.walk())
+        problem = _construct_of(tree, allow_windows=windowed)
         if problem:
             raise UnsupportedConstruct(*problem)
 
@@ -315,6 +318,13 @@ class _Analyzer:
         aggs = self._collect_aggregates(select_exprs, having.this if having else None)
         distinct = tree.args.get("distinct") is not None
 
+        partition = self._window_partition(select_exprs) if windowed else None
+        if partition is not None and (group_exprs or aggs or having is not None or distinct):
+            raise UnsupportedConstruct(
+                "window functions over GROUP BY, aggregates or DISTINCT",
+                "compute the grouped query in a stream table and the windows in another one "
+                "reading it, or " + _FULL_ONLY_HINT,
+            )
         if not group_exprs and not aggs and having is None:
             outputs = [
                 ir.Output(name, render(_unalias(e)))
@@ -322,7 +332,12 @@ class _Analyzer:
             ]
             if not distinct:
                 return ir.QueryShape(
-                    self.froms, where_sql, outputs, notes=notes, semijoins=semijoins
+                    self.froms,
+                    where_sql,
+                    outputs,
+                    notes=notes,
+                    semijoins=semijoins,
+                    window_partition=partition,
                 )
             keys = [_unalias(e) for e in select_exprs]
             shape = self._grouped(keys, [], select_exprs, None, where_sql, notes, distinct=True)
@@ -342,6 +357,21 @@ class _Analyzer:
         return shape
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _window_partition(self, select_exprs: list[exp.Expr]) -> list[str]:
+        """The PARTITION BY shared by every window function of the SELECT list."""
+        partitions = []
+        for e in select_exprs:
+            for w in e.find_all(exp.Window):
+                if any(inner is not w for inner in w.find_all(exp.Window)):
+                    raise UnsupportedConstruct("nested window functions", _FULL_ONLY_HINT)
+                partitions.append([render(p) for p in w.args.get("partition_by") or []])
+        if any(p != partitions[0] for p in partitions):
+            raise UnsupportedConstruct(
+                "window functions with different PARTITION BY",
+                "split them into stream tables with one PARTITION BY each, or " + _FULL_ONLY_HINT,
+            )
+        return partitions[0]
 
     def _semijoin(
         self, negated: bool, lhs: exp.Expr | None, select: exp.Select, is_in: bool
@@ -480,9 +510,11 @@ class _Analyzer:
         roots = [*select_exprs, *([self._qualify(having)] if having is not None else [])]
         for root in roots:
             for node in root.walk():
+                ancestors = _ancestors(node, root)
                 if (
                     self._is_aggregate_node(node)
-                    and not any(self._is_aggregate_node(p) for p in _ancestors(node, root))
+                    and not any(self._is_aggregate_node(p) for p in ancestors)
+                    and not any(isinstance(p, exp.Window) for p in [node, *ancestors])
                     and node not in found
                 ):
                     found.append(node)

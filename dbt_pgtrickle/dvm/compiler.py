@@ -15,12 +15,13 @@ from typing import Any
 from ..errors import UnsupportedConstruct
 from ..naming import stable_name
 from . import _sqlglot, ir
-from .operators import aggregate, distinct, join, project, union
+from .operators import aggregate, distinct, join, project, union, window
 
 # Strategies: how a delta is applied to the stream table.
 LINEAR_KEYED = "linear_keyed"  # MERGE consolidated rows by primary-key row id
 LINEAR_MULTISET = "linear_multiset"  # delete/insert copies by content hash
 AGGREGATE = "aggregate"  # MERGE recomputed groups
+WINDOW_PARTITIONS = "window_partitions"  # delete and recompute touched window partitions
 FULL_ONLY = "full_only"  # no delta: every refresh recomputes
 
 MERGE_STRATEGIES = (LINEAR_KEYED, AGGREGATE)
@@ -77,6 +78,8 @@ class DeltaPlan:
         shape = self.shape
         if shape is None:
             raise UnsupportedConstruct(self.unsupported or "no delta for this query")
+        if self.strategy == WINDOW_PARTITIONS:
+            return window.delta(shape, changed)
         if self.strategy == LINEAR_KEYED:
             return project.keyed_delta(shape, changed)
         if self.strategy == LINEAR_MULTISET:
@@ -180,7 +183,9 @@ def compile_query(
                 "the new subquery source",
             )
         )
-    if shape.aggregate or shape.distinct:
+    if shape.window_partition is not None:
+        plan = _window_plan(shape, ops)
+    elif shape.aggregate or shape.distinct:
         plan = _grouped_plan(shape, ops)
     else:
         plan = _linear_plan(shape, ops)
@@ -231,6 +236,32 @@ def _union_plan(branches: list[ir.QueryShape], normalized: str, target: str) -> 
 
 
 _FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
+
+
+def _window_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
+    assert shape.window_partition is not None
+    names = [o.name for o in shape.outputs]
+    if shape.window_partition:
+        ops.append(
+            OperatorInfo(
+                "Window",
+                "PARTITION BY " + ", ".join(shape.window_partition),
+                "size of the touched partitions",
+                "a partition whose key appears in the change window is deleted and recomputed",
+            )
+        )
+    else:
+        ops.append(
+            OperatorInfo(
+                "Window",
+                "no PARTITION BY",
+                "whole input on every change",
+                "every row's window value depends on all rows; add PARTITION BY to limit it",
+            )
+        )
+    return DeltaPlan(
+        "", WINDOW_PARTITIONS, window.full(shape), names, ["__pgt_part"], operators=ops
+    )
 
 
 def _linear_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
@@ -306,6 +337,7 @@ __all__ = [
     "FULL_ONLY",
     "LINEAR_KEYED",
     "LINEAR_MULTISET",
+    "WINDOW_PARTITIONS",
     "DeltaPlan",
     "TooManyChangedInputs",
     "compile_query",

@@ -117,6 +117,9 @@ class QueryShape:
     having: str | None = None
     notes: list[str] = field(default_factory=list)
     semijoins: list[SemiJoin] = field(default_factory=list)
+    # Window functions in the SELECT list: their common PARTITION BY expressions ([] = one
+    # partition); None when the query has no window function.
+    window_partition: list[str] | None = None
 
     @property
     def source(self) -> SourceTable:

@@ -374,6 +374,8 @@ def _apply_differential(
     target = _target(rec)
     if plan.strategy in compiler.MERGE_STRATEGIES:
         _merge(conn, plan, target, apply, result)
+    elif plan.strategy == compiler.WINDOW_PARTITIONS:
+        _apply_partitions(conn, plan, target, apply, result)
     else:
         _apply_multiset(conn, plan, target, apply, result)
 
@@ -421,6 +423,29 @@ def _merge(
             vals=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in cols),
         )
     )
+
+
+def _apply_partitions(
+    conn: psycopg.Connection[Any],
+    plan: compiler.DeltaPlan,
+    target: sql.Identifier,
+    apply: sql.Identifier,
+    result: RefreshResult,
+) -> None:
+    """Replace the rows of every touched window partition by their recomputation."""
+    cur = conn.execute(
+        sql.SQL("DELETE FROM {t} WHERE __pgt_part IN (SELECT DISTINCT __pgt_part FROM {d})").format(
+            t=target, d=apply
+        )
+    )
+    result.rows_deleted = max(cur.rowcount, 0)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan))
+    cur = conn.execute(
+        sql.SQL(
+            "INSERT INTO {t} ({cols}) SELECT {cols} FROM {d} WHERE __pgt_row_id IS NOT NULL"
+        ).format(t=target, d=apply, cols=cols)
+    )
+    result.rows_inserted = max(cur.rowcount, 0)
 
 
 def _apply_multiset(

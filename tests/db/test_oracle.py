@@ -112,6 +112,20 @@ QUERIES: dict[str, str] = {
         "union all select g, x from bag where x is not null"
     ),
     "union_all_dupes": "select g, h from src union all select g, h from bag",
+    # Window functions: touched partitions are recomputed.
+    "window_partitioned": (
+        "select id, g, x, rank() over (partition by g order by x, id) as r, "
+        "sum(x) over (partition by g) as gs, "
+        "lag(x) over (partition by g order by id) as prev from src"
+    ),
+    "window_join_nullable_key": (
+        "select s.id, d.label, count(*) over (partition by d.label) as n, "
+        "row_number() over (partition by d.label order by s.id) as rn "
+        "from src s join dim d on d.k = s.g where s.x is distinct from 0"
+    ),
+    "window_no_partition_multiset": (
+        "select g, x, dense_rank() over (order by x nulls first) as dr from bag"
+    ),
     "cte_filter_agg": (
         "with pos as (select * from src where x > 0) "
         "select g, count(*) as n, max(h) as mh from pos group by g"
@@ -326,6 +340,7 @@ GROUPS = {
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
     "unions": ["union_all", "union_all_dupes"],
+    "windows": ["window_partitioned", "window_join_nullable_key", "window_no_partition_multiset"],
     "subqueries": ["exists", "not_exists_agg", "in_subquery", "not_in_nulls", "exists_with_join"],
 }
 

@@ -145,7 +145,13 @@ REJECTED = [
     ("select id from orders intersect select n from events", "INTERSECT"),
     ("select id from orders limit 5", "LIMIT"),
     ("select distinct on (region) region from orders", "DISTINCT ON"),
-    ("select id, rank() over (order by id) as r from orders", "window function"),
+    (
+        "select rank() over (partition by region order by id) as r, "
+        "rank() over (order by id) as r2 from orders",
+        "different PARTITION BY",
+    ),
+    ("select region, rank() over (order by count(*)) as r from orders group by 1", "window"),
+    ("select id, rank() over w as r from orders window w as (order by id)", "WINDOW clause"),
     ("select id from orders where qty > (select max(n) from events)", "subquery"),
     (
         "select id from orders o where exists (select 1 from events e group by e.kind)",
@@ -271,3 +277,14 @@ def test_union_all_adds_branch_deltas() -> None:
     delta = p.delta_for({stable_name("public", "events")})
     assert f"__pgt_changes_{stable_name('public', 'events')}" in delta
     assert "WHERE false" in delta  # the unchanged branch contributes an empty, typed relation
+
+
+def test_window_functions_recompute_touched_partitions() -> None:
+    p = plan(
+        "select id, sum(qty) over (partition by region) as s, "
+        "rank() over (partition by region order by amount) as r from orders",
+        ["id", "s", "r"],
+    )
+    assert p.strategy == compiler.WINDOW_PARTITIONS and p.hidden_columns == ["__pgt_part"]
+    window = [o for o in p.operators if o.operator == "Window"][0]
+    assert window.detail == 'PARTITION BY "orders"."region"'
