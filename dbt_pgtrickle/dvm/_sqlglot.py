@@ -637,26 +637,31 @@ def analyze(tree: exp.Query, lookup: ir.SchemaLookup, output_names: list[str]) -
     return _Analyzer(flatten_subqueries(tree, lookup), lookup, output_names).run()
 
 
-def union_all_branches(tree: exp.Query) -> list[exp.Query] | None:
-    """The branches of a top-level ``UNION ALL`` chain (None for anything else). Raises
-    :class:`UnsupportedConstruct` for ORDER BY/LIMIT on the union or a branch that is itself
-    another set operation."""
-    if not isinstance(tree, exp.Union) or tree.args.get("distinct"):
+def union_branches(tree: exp.Query) -> tuple[list[exp.Query], bool] | None:
+    """The branches of a top-level chain of ``UNION ALL`` or of ``UNION`` (not mixed), and
+    whether it is the DISTINCT form; None for anything else."""
+    if not isinstance(tree, exp.Union):
         return None
+    distinct = bool(tree.args.get("distinct"))
+    return _union_chain(tree, distinct), distinct
+
+
+def _union_chain(tree: exp.Union, distinct: bool) -> list[exp.Query]:
+    if bool(tree.args.get("distinct")) != distinct:
+        raise UnsupportedConstruct("UNION mixed with UNION ALL", _FULL_ONLY_HINT)
     if tree.args.get("order") or tree.args.get("limit") or tree.args.get("offset"):
-        raise UnsupportedConstruct("ORDER BY/LIMIT on a UNION ALL", _FULL_ONLY_HINT)
+        raise UnsupportedConstruct("ORDER BY/LIMIT on a UNION", _FULL_ONLY_HINT)
     branches: list[exp.Query] = []
     for side in (tree.this, tree.expression):
         while isinstance(side, exp.Subquery):
             side = side.this
-        nested = union_all_branches(side) if isinstance(side, exp.Union) else None
-        if nested is not None:
-            branches.extend(nested)
+        if isinstance(side, exp.Union):
+            branches.extend(_union_chain(side, distinct))
         elif isinstance(side, exp.Select):
             branches.append(side)
         else:
             raise UnsupportedConstruct(
-                f"set operation {side.key.upper()} inside a UNION ALL", _FULL_ONLY_HINT
+                f"set operation {side.key.upper()} inside a UNION", _FULL_ONLY_HINT
             )
     return branches
 

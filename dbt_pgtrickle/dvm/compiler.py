@@ -52,7 +52,8 @@ class DeltaPlan:
     notes: list[str] = field(default_factory=list)
     shape: ir.QueryShape | None = None
     target: str = ""
-    branches: list[ir.QueryShape] | None = None  # UNION ALL
+    branches: list[ir.QueryShape] | None = None  # UNION [ALL]
+    union_distinct: bool = False
 
     @property
     def differential(self) -> bool:
@@ -73,6 +74,8 @@ class DeltaPlan:
         the temporary relations named by :func:`~.operators.scan.changes_relation`).
 
         Raises :class:`TooManyChangedInputs` when a join would need too many terms."""
+        if self.branches and self.union_distinct:
+            return union.distinct_delta(self.branches, changed, self.target)
         if self.branches:
             return union.delta(self.branches, changed)
         shape = self.shape
@@ -125,12 +128,14 @@ def compile_query(
     tree = _sqlglot.parse(query)
     normalized = _sqlglot.render(tree)
     try:
-        branches = _sqlglot.union_all_branches(tree)
-        if branches is not None:
+        chain = _sqlglot.union_branches(tree)
+        if chain is not None:
+            branches, is_distinct = chain
             return _union_plan(
                 [_sqlglot.analyze(b, lookup, output_names) for b in branches],
                 normalized,
                 target,
+                is_distinct,
             )
         shape = _sqlglot.analyze(tree, lookup, output_names)
         for item in shape.froms:
@@ -200,19 +205,24 @@ def compile_query(
     return plan
 
 
-def _union_plan(branches: list[ir.QueryShape], normalized: str, target: str) -> DeltaPlan:
+def _union_plan(
+    branches: list[ir.QueryShape], normalized: str, target: str, is_distinct: bool
+) -> DeltaPlan:
     for b in branches:
-        if b.aggregate or b.distinct:
+        if b.aggregate or b.distinct or b.window_partition is not None:
             raise UnsupportedConstruct(
-                "GROUP BY, aggregates or DISTINCT inside a UNION ALL branch", _FULL_ONLY_HINT
+                "GROUP BY, aggregates, DISTINCT or windows inside a UNION branch",
+                _FULL_ONLY_HINT,
             )
     names = [o.name for o in branches[0].outputs]
     ops = [
         OperatorInfo(
-            "Union all",
+            "Union" if is_distinct else "Union all",
             f"{len(branches)} branches",
             "O(Δ)",
-            "branch deltas are added; rows are kept as copies by content",
+            "multiplicity per distinct row (hidden); present while positive"
+            if is_distinct
+            else "branch deltas are added; rows are kept as copies by content",
         )
     ]
     for i, b in enumerate(branches, start=1):
@@ -224,14 +234,15 @@ def _union_plan(branches: list[ir.QueryShape], normalized: str, target: str) -> 
             unique.setdefault(src.qualified, src)
     return DeltaPlan(
         normalized,
-        LINEAR_MULTISET,
-        union.full(branches),
+        AGGREGATE if is_distinct else LINEAR_MULTISET,
+        union.distinct_full(branches) if is_distinct else union.full(branches),
         names,
-        [],
+        ["__pgt_count"] if is_distinct else [],
         sources=list(unique.values()),
         operators=ops,
         target=target,
         branches=branches,
+        union_distinct=is_distinct,
     )
 
 

@@ -112,6 +112,9 @@ QUERIES: dict[str, str] = {
         "union all select g, x from bag where x is not null"
     ),
     "union_all_dupes": "select g, h from src union all select g, h from bag",
+    "union_distinct": (
+        "select g, h from src where x > -3 union select g, h from bag union select k, label from dim"
+    ),
     # Window functions: touched partitions are recomputed.
     "window_partitioned": (
         "select id, g, x, rank() over (partition by g order by x, id) as r, "
@@ -339,7 +342,7 @@ GROUPS = {
         "anti_join",
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
-    "unions": ["union_all", "union_all_dupes"],
+    "unions": ["union_all", "union_all_dupes", "union_distinct"],
     "windows": ["window_partitioned", "window_join_nullable_key", "window_no_partition_multiset"],
     "subqueries": ["exists", "not_exists_agg", "in_subquery", "not_in_nulls", "exists_with_join"],
 }
