@@ -531,8 +531,22 @@ class _Analyzer:
 
     def _classify(self, node: exp.Expr) -> ir.AggCall:
         sql = render(node)
+        condition = None
+        if isinstance(node, exp.Filter) and isinstance(node.this, exp.AggFunc):
+            # agg(x) FILTER (WHERE c) is agg(CASE WHEN c THEN x END): the aggregates below
+            # ignore NULLs, and count(*) FILTER counts the rows where c holds.
+            where = node.expression
+            condition = where.this if isinstance(where, exp.Where) else where
+            node = node.this
         arg = node.this if isinstance(node, exp.AggFunc) else None
         distinct = isinstance(arg, exp.Distinct)
+        if condition is not None and not distinct and arg is not None:
+            value = exp.Literal.number(1) if isinstance(arg, exp.Star) else arg
+            arg = exp.Case(ifs=[exp.If(this=condition.copy(), true=value.copy())])
+            if isinstance(node, exp.Count):
+                return ir.AggCall(ir.COUNT, sql, render(arg))
+        elif condition is not None:
+            return ir.AggCall(ir.RESCAN, sql, None)
         if isinstance(node, exp.Count) and not distinct:
             if isinstance(arg, exp.Star) or arg is None:
                 return ir.AggCall(ir.COUNT_STAR, sql, None)

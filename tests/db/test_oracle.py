@@ -48,6 +48,11 @@ QUERIES: dict[str, str] = {
         "count(distinct x) as cd, sum(f) as sf, avg(f) as af from src group by h"
     ),
     "scalar_aggs": "select count(*) as n, sum(x) as s, min(y) as m, avg(x) as a from src",
+    "aggregate_filter": (
+        "select g, count(*) filter (where x > 0) as np, sum(x) filter (where h = 'a') as sa, "
+        "min(y) filter (where x < 3) as my, avg(x) filter (where y is not null) as ay, "
+        "count(distinct h) filter (where x <> 1) as dh from src group by g"
+    ),
     "scalar_filtered": "select count(*) as n, max(x) as m from src where g = 1",
     "having": "select g, sum(x) as s, count(*) as n from src group by g having count(*) > 2",
     "having_on_sum": "select h, count(*) as n from src group by h having sum(x) >= 0",
@@ -324,7 +329,14 @@ GROUPS = {
         "multiset_star",
     ],
     "distinct": ["distinct", "distinct_multiset"],
-    "aggregates": ["invertible_aggs", "min_max", "other_aggs", "scalar_aggs", "scalar_filtered"],
+    "aggregates": [
+        "invertible_aggs",
+        "min_max",
+        "other_aggs",
+        "scalar_aggs",
+        "scalar_filtered",
+        "aggregate_filter",
+    ],
     "having_and_expressions": [
         "having",
         "having_on_sum",
