@@ -7,6 +7,7 @@ transactions) or a DSN string.
 from ._version import __version__
 from .api import (
     alter_stream_table,
+    check_schedule,
     create_stream_table,
     drop_stream_table,
     explain_stream_table,
@@ -14,6 +15,7 @@ from .api import (
     install,
     list_settings,
     list_subscriptions,
+    query_hash,
     refresh_all,
     refresh_order,
     refresh_stream_table,
@@ -38,6 +40,8 @@ from .naming import stable_name
 from .refresh.engine import RefreshResult
 
 __all__ = [
+    "check_schedule",
+    "query_hash",
     "ConfigError",
     "PgTrickleError",
     "QueryError",

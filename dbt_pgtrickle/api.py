@@ -54,6 +54,17 @@ def _check_mode(mode: str) -> str:
     return upper
 
 
+def query_hash(query: str) -> str:
+    """The ``query_hash`` the catalog stores for ``query``: sha256 of the text without
+    surrounding whitespace and trailing semicolons (dbt compares compiled SQL with it)."""
+    return _sqlglot.query_hash(_clean_query(query))
+
+
+def check_schedule(schedule: str | None) -> str | None:
+    """The schedule, normalised, or :class:`ConfigError` saying what is accepted."""
+    return _check_schedule(schedule)
+
+
 def _check_schedule(schedule: str | None) -> str | None:
     if schedule is None:
         return None
@@ -177,7 +188,8 @@ def _build_table(
 def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> None:
     """Block writers of the captured sources until commit (no snapshot is taken by LOCK), so
     every write is either visible to the initial population or captured by the new triggers."""
-    for src in plan.sources:
+    # A fixed order (schema, name): two creations sharing sources never deadlock.
+    for src in sorted(plan.sources, key=lambda s: (s.schema, s.name)):
         if src.kind in ("table", "partitioned"):
             conn.execute(
                 sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(

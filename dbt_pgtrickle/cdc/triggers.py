@@ -244,3 +244,46 @@ def release_capture(conn: psycopg.Connection[Any], stable: str) -> bool:
         "DELETE FROM pgtrickle.pgt_change_tracking WHERE source_stable_name = %s", (stable,)
     )
     return True
+
+
+def capture_is_installed(
+    conn: psycopg.Connection[Any], schema: str, name: str, stable: str
+) -> bool:
+    """Whether all four capture triggers exist on ``schema.name`` (a table dropped and created
+    again, e.g. by ``dbt seed --full-refresh``, has lost them)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)",
+        (
+            sql.Identifier(schema, name).as_string(conn),
+            [trigger_name(stable, short) for short, _, _ in _EVENTS],
+        ),
+    ).fetchone()
+    return bool(row and row[0] == len(_EVENTS))
+
+
+def repair_capture(conn: psycopg.Connection[Any], source: SourceTable) -> None:
+    """Reinstall the capture of a source whose triggers are gone, and mark every stream table
+    reading it for a full refresh (their change windows missed whatever happened meanwhile).
+    Runs in its own transaction, holding the source against writers while it works."""
+    stable = stable_name(source.schema, source.name)
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                sql.Identifier(source.schema, source.name)
+            )
+        )
+        row = conn.execute(
+            "SELECT captured_columns FROM pgtrickle.pgt_change_tracking "
+            "WHERE source_stable_name = %s",
+            (stable,),
+        ).fetchone()
+        captured = tuple(c["name"] for c in row[0]) if row else ()
+        if captured != tuple(c.name for c in source.columns):
+            _rebuild(conn, source, stable, captured)
+        else:
+            _install_triggers(conn, source, stable)
+        conn.execute(
+            "UPDATE pgtrickle.pgt_stream_tables SET needs_full = true WHERE pgt_id IN "
+            "(SELECT pgt_id FROM pgtrickle.pgt_dependencies WHERE source_stable_name = %s)",
+            (stable,),
+        )

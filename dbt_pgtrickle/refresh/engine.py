@@ -27,10 +27,11 @@ import psycopg
 from psycopg import sql
 
 from ..catalog import records
-from ..catalog.lookup import DatabaseLookup
+from ..catalog.lookup import DatabaseLookup, describe_table
+from ..cdc.triggers import capture_is_installed, repair_capture
 from ..dvm import compiler
 from ..dvm.operators.scan import changes_relation
-from ..errors import LockNotAvailable, PgTrickleError, RefreshError
+from ..errors import LockNotAvailable, PgTrickleError, RefreshError, SourceError
 from ..naming import CHANGES_SCHEMA, buffer_table
 from ..settings import get_setting
 from ._tx import repeatable_read
@@ -132,6 +133,16 @@ def refresh(
     threshold = get_setting(conn, "auto_full_threshold")
     page_cost = get_setting(conn, "refresh_random_page_cost")
     rec = records.get(conn, schema, name)
+    try:
+        repaired = _repair_missing_capture(conn, rec)
+    except PgTrickleError as exc:
+        _record_failure(conn, rec, started_at, started, FULL, None, exc, initiated_by, running_id)
+        raise
+    if repaired and not _reason:
+        _reason = (
+            f"change capture on {', '.join(repaired)} was gone (table dropped and created "
+            "again?); reinstalled and recomputed"
+        )
     action = FULL if full else DIFFERENTIAL
     reason: str | None = None
     try:
@@ -226,6 +237,33 @@ def refresh(
         )
     cleanup_buffers(conn, [s.stable for s in sources if s.captured])
     return result
+
+
+def _repair_missing_capture(
+    conn: psycopg.Connection[Any], rec: records.StreamTableRecord
+) -> list[str]:
+    """Reinstall the capture of sources that lost their triggers; returns their names. A source
+    that no longer exists at all is an error naming it."""
+    rows = conn.execute(
+        "SELECT t.source_stable_name, t.source_schema, t.source_name "
+        "FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_change_tracking t "
+        "USING (source_stable_name) WHERE d.pgt_id = %s AND t.cdc_mode = 'trigger'",
+        (rec.pgt_id,),
+    ).fetchall()
+    repaired = []
+    for stable, src_schema, src_name in rows:
+        if capture_is_installed(conn, src_schema, src_name, stable):
+            continue
+        try:
+            source = describe_table(conn, src_schema, src_name)
+        except SourceError:
+            raise SourceError(
+                f"source {src_schema}.{src_name} of stream table {rec.qualified} no longer "
+                "exists; create it again (the next refresh recomputes) or drop the stream table"
+            ) from None
+        repair_capture(conn, source)
+        repaired.append(f"{src_schema}.{src_name}")
+    return repaired
 
 
 def _queue_notification(

@@ -176,3 +176,31 @@ def test_stable_name_collision_is_a_clear_error(db: psycopg.Connection[Any]) -> 
         pgt.create_stream_table(db, "st", "select id from src")
     assert isinstance(info.value.__cause__, NameCollision) or isinstance(info.value, NameCollision)
     assert db.execute("SELECT to_regclass('st')").fetchone() == (None,)
+
+
+def test_source_dropped_and_created_again_is_repaired(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select g, sum(v) as s from src group by g")
+    pgt.create_stream_table(db, "st_ids", "select id from src")
+    db.execute("DROP TABLE src")
+    db.execute("CREATE TABLE src (id int PRIMARY KEY, g text, v int)")
+    db.execute("INSERT INTO src VALUES (7, 'n', 70)")
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "FULL" and "reinstalled" in (r.fallback_reason or "")
+    assert db.execute("SELECT g, s FROM st").fetchall() == [("n", 70)]
+    other = pgt.refresh_stream_table(db, "st_ids")  # the other reader recomputes too
+    assert other.action == "FULL"
+    assert db.execute("SELECT id FROM st_ids").fetchall() == [(7,)]
+    db.execute("INSERT INTO src VALUES (8, 'n', 1)")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert db.execute("SELECT g, s FROM st").fetchall() == [("n", 71)]
+
+
+def test_source_gone_is_a_clear_error(db: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(db, "st", "select id from src")
+    db.execute("DROP TABLE src")
+    with pytest.raises(pgt.SourceError, match="public.src of stream table public.st no longer"):
+        pgt.refresh_stream_table(db, "st")
+    row = db.execute(
+        "SELECT status FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id DESC LIMIT 1"
+    ).fetchone()
+    assert row == ("FAILED",)

@@ -43,8 +43,10 @@ def clean_query(sql: str) -> str:
 
 
 def query_hash(sql: str) -> str:
-    """sha256 of the cleaned compiled SQL: the ``query_hash`` the catalog stores at creation."""
-    return hashlib.sha256(clean_query(sql).encode()).hexdigest()
+    """The ``query_hash`` the catalog stores at creation for this compiled SQL."""
+    import dbt_pgtrickle
+
+    return dbt_pgtrickle.query_hash(sql)
 
 
 def _invalid(model: str, key: str, value: Any, allowed: str) -> CompilationError:
@@ -178,13 +180,10 @@ class StreamTableConfig:
 
 def _check_schedule(model: str, schedule: str) -> None:
     """The runtime's own schedule syntax check, so a typo fails before anything is built."""
-    from dbt_pgtrickle import ConfigError, api
+    from dbt_pgtrickle import ConfigError, check_schedule
 
-    runtime_check = getattr(api, "_check_schedule", None)
-    if runtime_check is None:  # the runtime validates again when it creates or alters
-        return
     try:
-        runtime_check(schedule)
+        check_schedule(schedule)
     except ConfigError as exc:
         raise CompilationError(f"stream_table model {model}: {exc}") from None
 

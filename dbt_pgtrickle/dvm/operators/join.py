@@ -207,12 +207,26 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
         else:
             old_tests.append(semijoin_condition(sj))
     e_new, e_old = " AND ".join(new_tests), " AND ".join(old_tests)
-    flips = f"({touched}) AND (({e_new}) <> ({e_old}))"
+    changes_differ = f"(({e_new}) <> ({e_old}))"
+    flips = f"({touched}) AND {changes_differ}"
     flip = f"(CASE WHEN {e_new} THEN 1 ELSE -1 END)"
     sep = ", " if cols else ""
+    current_touched = touched
+    if shape.keyed:
+        # Drive from the changed subquery rows into the block through its indexes: the block
+        # rows they correlate with, by primary key (a plain EXISTS test would be evaluated on
+        # every row of the block).
+        pks = [f"{q(f.alias)}.{q(c)}" for f in shape.froms for c in f.source.primary_key or ()]
+        candidates = " UNION ".join(
+            f"SELECT {', '.join(pks)} FROM {from_clause_sql(shape.froms)} "
+            f"JOIN {changes_of(sj)} AS {q(sj.alias)} ON ({sj.condition})"
+            f"{where_clause(shape, semijoins=False)}"
+            for sj in changed
+        )
+        current_touched = f"({', '.join(pks)}) IN ({candidates})"
     out = [
         f"SELECT {cols}{sep}{flip} AS {WEIGHT} FROM {from_clause_sql(shape.froms)}"
-        f"{where_clause(shape, flips, semijoins=False)}"
+        f"{where_clause(shape, f'{current_touched} AND {changes_differ}', semijoins=False)}"
     ]
     for subset, sign in terms(changed_aliases(shape, changed_stables)):
         relations = {
