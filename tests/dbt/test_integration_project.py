@@ -198,6 +198,12 @@ def _scenario(dsn: str, tmp_path: Path, reader: str, commands: list[str]) -> Non
     )
     assert explained["effective_mode"] == "DIFFERENTIAL"
     assert dbt("run-operation", "pgtrickle_check_cdc_health").success
+    sla = printed_json(
+        dbt("run-operation", "pgtrickle_sla_summary", "--args", "{window_hours: 1, format: json}")
+    )
+    by_name = {row["stream_table"].split(".")[-1]: row for row in sla["sla"]}
+    assert by_name["orders_by_status"]["refreshes"] >= 2
+    assert by_name["orders_by_status"]["failures"] == 0
 
     # -- a model's SQL changes: altered in place (built beside, swapped) -------------------
     model = project_dir / "models" / "orders_by_status.sql"

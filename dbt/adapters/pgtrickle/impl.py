@@ -502,6 +502,16 @@ class PgTrickleAdapter(PostgresAdapter):
         return Report.of("dropped", ["name"], dropped)
 
     @available
+    def pgtrickle_sla_report(self, window_hours: int | None = None) -> Report:
+        """Per stream table: p50/p99 refresh duration, freshness lag, error rate and error
+        budget left over ``window_hours`` (default: setting ``sla_window_hours``)."""
+        self._ensure_installed()
+        hours = None if window_hours is None else int(window_hours)
+        rows = self._call("pgtrickle_sla_summary", dbt_pgtrickle.sla_summary, window_hours=hours)
+        columns = list(rows[0]) if rows else ["name"]
+        return Report.of("sla", columns, rows, window_hours=hours)
+
+    @available
     def pgtrickle_scheduler_report(self, action: str) -> Report:
         """Start or stop the background scheduler daemon of this database (``pgtrickle
         scheduler start|stop``), then list the schedulers serving it."""
