@@ -25,6 +25,7 @@ from .api import (
     status,
     subscribe,
     unsubscribe,
+    verify_stream_table,
 )
 from .errors import (
     ConfigError,
@@ -70,4 +71,5 @@ __all__ = [
     "status",
     "subscribe",
     "unsubscribe",
+    "verify_stream_table",
 ]

@@ -526,6 +526,43 @@ def drop_stream_table(conn: Conn, name: str) -> None:
                 release_capture(c, stable)
 
 
+def verify_stream_table(conn: Conn, name: str, *, limit: int = 20) -> dict[str, Any]:
+    """Compare a stream table with its defining query, as given at creation, right now.
+
+    A symmetric ``EXCEPT ALL`` over the visible columns (one snapshot): returns ``{"equal": bool,
+    "extra": n, "missing": n, "sample": [(side, row…), …]}`` with up to ``limit`` differing rows.
+    This reads the whole table and runs the whole query: an explicit check, never part of a
+    refresh.
+    """
+    schema, rel = records.split_name(name)
+    with session(conn) as c:
+        _install.require_installed(c)
+        rec = records.get(c, schema, rel)
+        target = sql.Identifier(schema, rel)
+        cols = [
+            d.name
+            for d in c.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(target)).description or []
+            if not d.name.startswith("__pgt_")
+        ]
+        col_list = sql.SQL(", ").join(sql.Identifier(n) for n in cols)
+        query = sql.SQL(_clean_query(rec.original_query))
+        with repeatable_read(c):
+            rows = c.execute(
+                sql.SQL(
+                    "(SELECT 'extra' AS side, * FROM (SELECT {c} FROM {t} EXCEPT ALL "
+                    "SELECT {c} FROM ({q}) AS q) AS x) UNION ALL (SELECT 'missing', * FROM "
+                    "(SELECT {c} FROM ({q}) AS q EXCEPT ALL SELECT {c} FROM {t}) AS y)"
+                ).format(c=col_list, t=target, q=query)
+            ).fetchall()
+    extra = sum(1 for r in rows if r[0] == "extra")
+    return {
+        "equal": not rows,
+        "extra": extra,
+        "missing": len(rows) - extra,
+        "sample": [tuple(r) for r in rows[:limit]],
+    }
+
+
 def explain_stream_table(conn: Conn, name: str, format: str = "text") -> Any:
     """The operator tree, per-operator delta cost, the generated SQL and fallback reasons.
 
