@@ -540,6 +540,35 @@ def explain(name: str, fmt: str) -> None:
     click.echo(_dumps(result) if fmt.lower() == "json" else str(result))
 
 
+@cli.command(short_help="Check that a stream table equals its query right now.")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@dsn_option
+def verify(name: str, as_json: bool) -> None:
+    """Compare stream table NAME with its defining query, in one snapshot.
+
+    Runs the whole query and reads the whole table (a symmetric EXCEPT ALL over the visible
+    columns), so use it for audits, not on every refresh. Exits 1 when they differ and prints
+    up to 20 differing rows ("extra": in the table only, "missing": in the query only).
+
+    \b
+    Example:
+      pgtrickle verify sales_by_region
+    """
+    with _connection() as conn:
+        result = api.verify_stream_table(conn, name)
+    if as_json:
+        click.echo(_dumps(result))
+    elif result["equal"]:
+        click.echo(f"{name}: equal to its query")
+    else:
+        click.echo(f"{name}: {result['extra']} extra and {result['missing']} missing rows")
+        for row in result["sample"]:
+            click.echo(f"  {row[0]}: {row[1:]}")
+    if not result["equal"]:
+        raise SystemExit(1)
+
+
 @cli.command(name="settings", short_help="List the settings and their values.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object name → value.")
 @dsn_option

@@ -414,3 +414,14 @@ def test_demo_runs_end_to_end(demo_dir: Path) -> None:
     # The second run reuses the data directory; the server was stopped after the first.
     again = ok("demo", "--data-dir", str(demo_dir), "--rows", "1000")
     assert "(reused)" in again.stdout
+
+
+def test_verify(shop: str) -> None:
+    ok("--dsn", shop, "create", "sales", AGG_QUERY)
+    assert "equal to its query" in ok("--dsn", shop, "verify", "sales").stdout
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("DELETE FROM sales WHERE ctid = (SELECT min(ctid) FROM sales)")
+    result = run("--dsn", shop, "verify", "sales", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["equal"] is False and data["missing"] == 1
