@@ -9,6 +9,7 @@ supported shapes compiles to a FULL-only plan carrying the reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,9 @@ class DeltaPlan:
     target: str = ""
     branches: list[ir.QueryShape] | None = None  # UNION [ALL]
     union_distinct: bool = False
+    # Columns of a change window that correlated lookups probe (semi-joins, outer joins): the
+    # engine indexes the window on them, so each probe is an index scan, not a scan of Δ.
+    change_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def differential(self) -> bool:
@@ -202,7 +206,33 @@ def compile_query(
     plan.notes = shape.notes
     plan.shape = shape
     plan.target = target
+    plan.change_index_columns = _probed_columns(shape)
     return plan
+
+
+def _columns_of(alias: str, condition: str) -> tuple[str, ...]:
+    """Columns of ``alias`` a rendered condition refers to (identifiers are always quoted)."""
+    quoted = '"' + alias.replace('"', '""') + '"'
+    found = re.findall(re.escape(quoted) + r'\."((?:[^"]|"")+)"', condition)
+    return tuple(dict.fromkeys(c.replace('""', '"') for c in found))
+
+
+def _probed_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
+    probes: dict[str, list[tuple[str, ...]]] = {}
+
+    def add(source: ir.SourceTable, cols: tuple[str, ...]) -> None:
+        if cols:
+            wanted = probes.setdefault(stable_name(source.schema, source.name), [])
+            if cols not in wanted:
+                wanted.append(cols)
+
+    for sj in shape.semijoins:
+        add(sj.source, _columns_of(sj.alias, sj.condition))
+    if len(shape.froms) == 2 and shape.froms[1].join in ("left", "right", "full"):
+        on = shape.froms[1].on or ""
+        for f in shape.froms:
+            add(f.source, _columns_of(f.alias, on))
+    return probes
 
 
 def _union_plan(

@@ -398,6 +398,17 @@ def _apply_differential(
             ).format(sql.Identifier(changes_relation(src.stable)), cols, _window(src)),
             {"f": rec.frontier},
         )
+        for probed in plan.change_index_columns.get(src.stable, []):
+            try:
+                with conn.transaction():  # a savepoint: a type without btree support is fine
+                    conn.execute(
+                        sql.SQL("CREATE INDEX ON {} ({})").format(
+                            sql.Identifier(changes_relation(src.stable)),
+                            sql.SQL(", ").join(sql.Identifier(c) for c in probed),
+                        )
+                    )
+            except psycopg.errors.UndefinedObject:
+                pass  # no default operator class: the probes scan the (small) window instead
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(changes_relation(src.stable))))
     apply = sql.Identifier("__pgt_apply")
     conn.execute(
