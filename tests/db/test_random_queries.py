@@ -44,7 +44,9 @@ SHAPES = st.sampled_from(["rows", "group", "scalar", "distinct"])
 def queries(draw: st.DrawFn) -> str:
     join = draw(JOINS)
     three = draw(st.booleans()) and join in ("JOIN", "CROSS JOIN")
-    on = "" if join == "CROSS JOIN" else draw(st.sampled_from([" ON b.k = a.k", " ON b.k <= a.k"]))
+    conditions = [" ON b.k = a.k"] if join == "FULL JOIN" else [" ON b.k = a.k", " ON b.k <= a.k"]
+    on = "" if join == "CROSS JOIN" else draw(st.sampled_from(conditions))  # PostgreSQL: a FULL
+    # JOIN needs a merge- or hash-joinable (equality) condition
     frm = f"a {join} b{on}"
     if three:
         frm += " JOIN c ON c.k = a.k"
