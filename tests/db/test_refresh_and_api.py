@@ -315,3 +315,21 @@ def test_failures_show_in_status_and_refresh_all_keeps_going(db: psycopg.Connect
     r = pgt.refresh_stream_table(db, "st_bad")
     assert r.action == "FULL" and "22012" in (r.fallback_reason or "")
     assert {r["name"]: r["status"] for r in pgt.status(db)}["st_bad"] == "ACTIVE"
+
+
+def test_alter_between_strategies_keeps_working(db: psycopg.Connection[Any]) -> None:
+    queries = [
+        "select g, count(*) as n from src group by g",
+        "select id, g, rank() over (partition by g order by v) as r from src",
+        "select id, v from src where v > 150 union all select id, v from src where v < 5",
+        "select id, g, rank() over (partition by g order by v desc) as r from src",
+        "select s.id, t.v from src s join src t on t.id = s.v",
+    ]
+    pgt.create_stream_table(db, "st", queries[0], refresh_mode="DIFFERENTIAL")
+    for i, query in enumerate(queries[1:], start=1):
+        pgt.alter_stream_table(db, "st", query=query)
+        db.execute("UPDATE src SET v = v + 1 WHERE id = %s", (i,))
+        db.execute("DELETE FROM src WHERE id = %s", (100 + i,))
+        assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+        check = pgt.verify_stream_table(db, "st")
+        assert check["equal"], (query, check["sample"])
