@@ -198,6 +198,15 @@ def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> No
             )
 
 
+def _detach_sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[str]:
+    """Forget which sources a stream table reads; returns their stable names."""
+    rows = conn.execute(
+        "DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = %s RETURNING source_stable_name",
+        (pgt_id,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def _register_sources(conn: psycopg.Connection[Any], pgt_id: int, plan: compiler.DeltaPlan) -> None:
     for src in plan.sources:
         if src.kind in ("table", "partitioned"):
@@ -365,14 +374,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                             sql.Identifier(f"{rel}{suffix}"[:63]),
                         )
                     )
-                old_sources = [
-                    r[0]
-                    for r in c.execute(
-                        "DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = %s "
-                        "RETURNING source_stable_name",
-                        (rec.pgt_id,),
-                    ).fetchall()
-                ]
+                old_sources = _detach_sources(c, rec.pgt_id)
                 _register_sources(c, rec.pgt_id, plan)
                 for stable in old_sources:
                     release_capture(c, stable)
@@ -513,14 +515,7 @@ def drop_stream_table(conn: Conn, name: str) -> None:
             )
         with c.transaction():
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
-            stables = [
-                r[0]
-                for r in c.execute(
-                    "DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = %s "
-                    "RETURNING source_stable_name",
-                    (rec.pgt_id,),
-                ).fetchall()
-            ]
+            stables = _detach_sources(c, rec.pgt_id)
             c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
             for stable in stables:
                 release_capture(c, stable)
