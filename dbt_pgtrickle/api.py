@@ -28,7 +28,7 @@ from .errors import (
     StreamTableExists,
     UnsupportedConstruct,
 )
-from .naming import stable_name
+from .naming import CHANGES_SCHEMA, stable_name
 from .refresh import engine
 from .refresh._tx import repeatable_read
 from .refresh.engine import RefreshResult
@@ -160,13 +160,25 @@ def _build_table(
 ) -> int:
     """Create the storage table of a plan (and fill it); returns rows inserted."""
     target = sql.Identifier(schema, name)
+    if plan.topk is not None:
+        # The whole result lives in a backing table (maintained like any stream table); the
+        # stream table holds its top rows.
+        inner = plan.topk.inner
+        _build_table(conn, CHANGES_SCHEMA, plan.topk.backing, inner, populate)
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                sql.Identifier(f"{plan.topk.backing}_order"),
+                sql.Identifier(CHANGES_SCHEMA, plan.topk.backing),
+                sql.SQL(plan.topk.order_sql),
+            )
+        )
     conn.execute(
         sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
             target,
             sql.SQL(plan.full_sql),
         )
     )
-    if plan.strategy != compiler.FULL_ONLY:
+    if plan.strategy not in (compiler.FULL_ONLY, compiler.TOPK):
         unique = sql.SQL("UNIQUE ") if plan.strategy in compiler.MERGE_STRATEGIES else sql.SQL("")
         conn.execute(
             sql.SQL("CREATE {}INDEX {} ON {} (__pgt_row_id)").format(
@@ -196,6 +208,12 @@ def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> No
                     sql.Identifier(src.schema, src.name)
                 )
             )
+
+
+def _drop_topk_backing(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Drop the backing table a TopK stream table keeps its whole result in, if any."""
+    backing = compiler.topk_backing_name(sql.Identifier(schema, name).as_string(conn))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CHANGES_SCHEMA, backing)))
 
 
 def _detach_sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[str]:
@@ -355,6 +373,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                 _lock_sources(c, plan)
             frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             if new_query:
+                _drop_topk_backing(c, schema, rel)  # the new plan builds its own
                 tmp = f"{rel}__pgt_new"[:63]
                 rows = _build_table(c, schema, tmp, plan, True)
                 c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, rel)))
@@ -365,6 +384,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                 )
                 suffixes = {
                     compiler.FULL_ONLY: [],
+                    compiler.TOPK: [],
                     compiler.WINDOW_PARTITIONS: ["__pgt_row_id", "__pgt_part"],
                 }.get(plan.strategy, ["__pgt_row_id"])
                 for suffix in suffixes:
@@ -515,6 +535,7 @@ def drop_stream_table(conn: Conn, name: str) -> None:
             )
         with c.transaction():
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
+            _drop_topk_backing(c, schema, rel)
             stables = _detach_sources(c, rec.pgt_id)
             c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
             for stable in stables:

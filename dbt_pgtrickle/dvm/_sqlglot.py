@@ -680,6 +680,55 @@ def _union_chain(tree: exp.Union, distinct: bool) -> list[exp.Query]:
     return branches
 
 
+def split_topk(
+    tree: exp.Query, output_names: list[str]
+) -> tuple[exp.Query, list[tuple[str, bool, bool]], int | None, int] | None:
+    """For ``Q ORDER BY … LIMIT n [OFFSET m]``: ``(Q, [(output column, desc, nulls first)], n, m)``;
+    None when the query has no LIMIT/OFFSET. Every ORDER BY item must name an output column
+    (by name, position or the same expression), otherwise :class:`UnsupportedConstruct`."""
+    if not isinstance(tree, exp.Select) or not (tree.args.get("limit") or tree.args.get("offset")):
+        return None
+
+    def literal(node: exp.Expr | None) -> int | None:
+        if node is None:
+            return None
+        value = node.args.get("expression")
+        if isinstance(value, exp.Literal) and not value.is_string:
+            return int(value.this)
+        raise UnsupportedConstruct("LIMIT/OFFSET that is not a constant", _FULL_ONLY_HINT)
+
+    limit, offset = literal(tree.args.get("limit")), literal(tree.args.get("offset")) or 0
+    order = tree.args.get("order")
+    if order is None:
+        raise UnsupportedConstruct(
+            "LIMIT without ORDER BY (the rows it keeps are arbitrary)", "add an ORDER BY"
+        )
+    selects = [_unalias(e) for e in tree.expressions]
+    keys = []
+    for item in order.expressions:
+        node = item.this
+        name = None
+        if isinstance(node, exp.Literal) and not node.is_string:
+            pos = int(node.this)
+            name = output_names[pos - 1] if 1 <= pos <= len(output_names) else None
+        elif isinstance(node, exp.Column) and not node.table and node.name in output_names:
+            name = node.name
+        else:
+            for out, expr in zip(output_names, selects, strict=False):
+                if expr == node:
+                    name = out
+        if name is None:
+            raise UnsupportedConstruct(
+                f"ORDER BY {render(node)} with LIMIT: not an output column",
+                "add the expression to the select list and order by it",
+            )
+        keys.append((name, bool(item.args.get("desc")), bool(item.args.get("nulls_first"))))
+    inner = tree.copy()
+    for arg in ("order", "limit", "offset"):
+        inner.set(arg, None)
+    return inner, keys, limit, offset
+
+
 def _has_subqueries_to_flatten(tree: exp.Query) -> bool:
     with_ = tree.args.get("with_") or tree.args.get("with")
     if with_ is not None and not with_.args.get("recursive"):

@@ -17,12 +17,14 @@ from ..errors import UnsupportedConstruct
 from ..naming import stable_name
 from . import _sqlglot, ir
 from .operators import aggregate, distinct, join, project, union, window
+from .operators._sql import quote_ident
 
 # Strategies: how a delta is applied to the stream table.
 LINEAR_KEYED = "linear_keyed"  # MERGE consolidated rows by primary-key row id
 LINEAR_MULTISET = "linear_multiset"  # delete/insert copies by content hash
 AGGREGATE = "aggregate"  # MERGE recomputed groups
 WINDOW_PARTITIONS = "window_partitions"  # delete and recompute touched window partitions
+TOPK = "topk"  # maintain the whole result in a backing table, keep its top rows
 FULL_ONLY = "full_only"  # no delta: every refresh recomputes
 
 MERGE_STRATEGIES = (LINEAR_KEYED, AGGREGATE)
@@ -38,6 +40,18 @@ class OperatorInfo:
     detail: str
     delta_cost: str  # "O(Δ)" or what it scans
     why: str = ""
+
+
+@dataclass
+class TopK:
+    """``Q ORDER BY … LIMIT n OFFSET m``: ``inner`` maintains all of Q in ``backing`` (a table in
+    the changes schema); the stream table holds the top rows of the backing table."""
+
+    inner: DeltaPlan
+    backing: str  # table name in pgtrickle_changes
+    order_sql: str  # ORDER BY over the backing table's columns
+    limit: int | None
+    offset: int
 
 
 @dataclass
@@ -58,6 +72,7 @@ class DeltaPlan:
     # Columns of a change window that correlated lookups probe (semi-joins, outer joins): the
     # engine indexes the window on them, so each probe is an index scan, not a scan of Δ.
     change_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    topk: TopK | None = None
 
     @property
     def differential(self) -> bool:
@@ -67,7 +82,7 @@ class DeltaPlan:
     def storage_columns(self) -> list[str]:
         """Columns of the stream table, in order: row id (not for FULL-only), visible, hidden."""
         cols = [*self.visible_columns, *self.hidden_columns]
-        return cols if self.strategy == FULL_ONLY else ["__pgt_row_id", *cols]
+        return cols if self.strategy in (FULL_ONLY, TOPK) else ["__pgt_row_id", *cols]
 
     @property
     def source_stables(self) -> set[str]:
@@ -78,6 +93,8 @@ class DeltaPlan:
         the temporary relations named by :func:`~.operators.scan.changes_relation`).
 
         Raises :class:`TooManyChangedInputs` when a join would need too many terms."""
+        if self.topk is not None:
+            return self.topk.inner.delta_for(changed)
         if self.branches and self.union_distinct:
             return union.distinct_delta(self.branches, changed, self.target)
         if self.branches:
@@ -132,6 +149,9 @@ def compile_query(
     tree = _sqlglot.parse(query)
     normalized = _sqlglot.render(tree)
     try:
+        topk = _sqlglot.split_topk(tree, output_names)
+        if topk is not None:
+            return _topk_plan(topk, lookup, output_names, target, normalized)
         chain = _sqlglot.union_branches(tree)
         if chain is not None:
             branches, is_distinct = chain
@@ -151,6 +171,7 @@ def compile_query(
                 )
     except UnsupportedConstruct as exc:
         sources = [lookup.table(s, n) for s, n in _sqlglot.referenced_tables(tree)]
+        reason = getattr(exc, "full_reason", None) or str(exc)
         return DeltaPlan(
             defining_query=normalized,
             strategy=FULL_ONLY,
@@ -158,8 +179,8 @@ def compile_query(
             visible_columns=list(output_names),
             hidden_columns=[],
             sources=sources,
-            operators=[OperatorInfo("Query", "whole query", "full recompute", str(exc))],
-            unsupported=str(exc),
+            operators=[OperatorInfo("Query", "whole query", "full recompute", reason)],
+            unsupported=reason,
         )
     ops = [
         OperatorInfo(
@@ -279,6 +300,62 @@ def _union_plan(
 _FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
 
 
+def topk_backing_name(target: str) -> str:
+    """Name (in the changes schema) of the table holding the whole result of a TopK stream
+    table; derived from the quoted, qualified stream-table name so it is stable."""
+    from ..naming import fnv1a_64
+
+    return f"topk_{fnv1a_64(target.encode()):016x}"
+
+
+def _topk_plan(
+    parts: tuple[Any, list[tuple[str, bool, bool]], int | None, int],
+    lookup: ir.SchemaLookup,
+    output_names: list[str],
+    target: str,
+    normalized: str,
+) -> DeltaPlan:
+    inner_tree, keys, limit, offset = parts
+    backing = topk_backing_name(target)
+    backing_sql = f'"pgtrickle_changes".{quote_ident(backing)}'
+    inner = compile_query(_sqlglot.render(inner_tree), lookup, output_names, backing_sql)
+    if not inner.differential:
+        exc = UnsupportedConstruct("the query under ORDER BY … LIMIT")
+        exc.full_reason = inner.unsupported  # type: ignore[attr-defined]
+        raise exc
+    q = quote_ident
+    order_sql = ", ".join(
+        f"{q(name)} {'DESC' if desc else 'ASC'} NULLS {'FIRST' if nulls_first else 'LAST'}"
+        for name, desc, nulls_first in keys
+    )
+    cols = ", ".join(q(n) for n in output_names)
+    limit_sql = f" LIMIT {limit}" if limit is not None else ""
+    full_sql = f"SELECT {cols} FROM {backing_sql} ORDER BY {order_sql}{limit_sql} OFFSET {offset}"
+    ops = [
+        *inner.operators,
+        OperatorInfo(
+            "TopK",
+            f"ORDER BY {order_sql}{limit_sql} OFFSET {offset}",
+            "O(Δ) for the whole result + the top rows re-read through an index",
+            "the whole result is maintained in pgtrickle_changes." + backing + "; the top rows "
+            "are re-read from it only when a refresh changed it",
+        ),
+    ]
+    return DeltaPlan(
+        normalized,
+        TOPK,
+        full_sql,
+        list(output_names),
+        [],
+        sources=inner.sources,
+        operators=ops,
+        notes=inner.notes,
+        target=target,
+        change_index_columns=inner.change_index_columns,
+        topk=TopK(inner, backing, order_sql, limit, offset),
+    )
+
+
 def _window_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
     assert shape.window_partition is not None
     names = [o.name for o in shape.outputs]
@@ -378,6 +455,7 @@ __all__ = [
     "FULL_ONLY",
     "LINEAR_KEYED",
     "LINEAR_MULTISET",
+    "TOPK",
     "WINDOW_PARTITIONS",
     "DeltaPlan",
     "TooManyChangedInputs",

@@ -365,17 +365,17 @@ def _apply_full(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
 ) -> None:
     plan = compile_for(conn, rec)
-    target = _target(rec)
-    cur = conn.execute(sql.SQL("DELETE FROM {}").format(target))
-    result.rows_deleted = max(cur.rowcount, 0)
-    cur = conn.execute(
-        sql.SQL("INSERT INTO {} ({}) {}").format(
-            target,
-            sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan)),
-            sql.SQL(plan.full_sql),
+    if plan.topk is not None:
+        backing = _backing(plan)
+        conn.execute(sql.SQL("DELETE FROM {}").format(backing))
+        conn.execute(
+            sql.SQL("INSERT INTO {} ({}) {}").format(
+                backing,
+                sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan.topk.inner)),
+                sql.SQL(plan.topk.inner.full_sql),
+            )
         )
-    )
-    result.rows_inserted = max(cur.rowcount, 0)
+    _rewrite(conn, rec, plan, result)
 
 
 def _apply_differential(
@@ -420,7 +420,51 @@ def _apply_differential(
     # Statistics make the planner join the (small) delta to the stream table through its
     # row-id index instead of scanning the whole stream table.
     conn.execute(sql.SQL("ANALYZE {}").format(apply))
+    if plan.topk is None:
+        _apply_delta(conn, plan, _target(rec), apply, result)
+        return
+    # TopK: the delta goes to the backing table; the top rows are re-read only if it changed.
+    inner = RefreshResult(result.name, DIFFERENTIAL)
+    _apply_delta(conn, plan.topk.inner, _backing(plan), apply, inner)
+    if inner.rows_inserted or inner.rows_updated or inner.rows_deleted:
+        _rewrite(conn, rec, plan, result)
+
+
+def _backing(plan: compiler.DeltaPlan) -> sql.Identifier:
+    assert plan.topk is not None
+    return sql.Identifier(CHANGES_SCHEMA, plan.topk.backing)
+
+
+def _rewrite(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    plan: compiler.DeltaPlan,
+    result: RefreshResult,
+) -> None:
+    """Replace the stream table's rows by ``plan.full_sql`` (MVCC-safe: readers keep seeing
+    the old rows until commit). For TopK that is the top rows of the backing table, read in
+    order through its index."""
     target = _target(rec)
+    cur = conn.execute(sql.SQL("DELETE FROM {}").format(target))
+    result.rows_deleted = max(cur.rowcount, 0)
+    cur = conn.execute(
+        sql.SQL("INSERT INTO {} ({}) {}").format(
+            target,
+            sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan)),
+            sql.SQL(plan.full_sql),
+        )
+    )
+    result.rows_inserted = max(cur.rowcount, 0)
+
+
+def _apply_delta(
+    conn: psycopg.Connection[Any],
+    plan: compiler.DeltaPlan,
+    target: sql.Identifier,
+    apply: sql.Identifier,
+    result: RefreshResult,
+) -> None:
+    """Apply the delta rows in ``apply`` to ``target`` by the plan's strategy."""
     if plan.strategy in compiler.MERGE_STRATEGIES:
         _merge(conn, plan, target, apply, result)
     elif plan.strategy == compiler.WINDOW_PARTITIONS:

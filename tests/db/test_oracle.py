@@ -134,6 +134,15 @@ QUERIES: dict[str, str] = {
     "window_no_partition_multiset": (
         "select g, x, dense_rank() over (order by x nulls first) as dr from bag"
     ),
+    # TopK: the whole result is maintained in a backing table, the top rows re-read from it.
+    # (Unique sort keys, so the top rows are determined and comparable exactly.)
+    "topk_rows": "select id, x from src where x is not null order by x desc, id limit 5",
+    "topk_agg": (
+        "select g, count(*) as n, sum(x) as sx from src group by g "
+        "order by n desc, g nulls first limit 2"
+    ),
+    "topk_offset": "select id, g from src order by id limit 4 offset 2",
+    "topk_join": "select s.id, d.label from src s join dim d on d.k = s.g order by 1 desc limit 3",
     "cte_filter_agg": (
         "with pos as (select * from src where x > 0) "
         "select g, count(*) as n, max(h) as mh from pos group by g"
@@ -355,6 +364,7 @@ GROUPS = {
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
     "unions": ["union_all", "union_all_dupes", "union_distinct"],
+    "topk": ["topk_rows", "topk_agg", "topk_offset", "topk_join"],
     "windows": ["window_partitioned", "window_join_nullable_key", "window_no_partition_multiset"],
     "subqueries": ["exists", "not_exists_agg", "in_subquery", "not_in_nulls", "exists_with_join"],
 }

@@ -333,3 +333,23 @@ def test_alter_between_strategies_keeps_working(db: psycopg.Connection[Any]) -> 
         assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
         check = pgt.verify_stream_table(db, "st")
         assert check["equal"], (query, check["sample"])
+
+
+def test_topk_backing_table_follows_the_stream_table(db: psycopg.Connection[Any]) -> None:
+    from dbt_pgtrickle.dvm.compiler import topk_backing_name
+
+    backing = "pgtrickle_changes." + topk_backing_name('"public"."st"')
+    pgt.create_stream_table(db, "st", "select id, v from src order by v desc, id limit 3")
+    assert db.execute("SELECT to_regclass(%s) IS NOT NULL", (backing,)).fetchone() == (True,)
+    db.execute("UPDATE src SET v = 1000 WHERE id = 5")
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "DIFFERENTIAL"
+    assert db.execute("SELECT id FROM st ORDER BY v DESC, id").fetchall() == [(5,), (200,), (199,)]
+    db.execute("UPDATE src SET g = 'x' WHERE id = 7")  # not in the output: the top is not rewritten
+    r = pgt.refresh_stream_table(db, "st")
+    assert (r.action, r.rows_inserted, r.rows_deleted) == ("DIFFERENTIAL", 0, 0)
+    pgt.alter_stream_table(db, "st", query="select id, v from src where v < 3")
+    assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)
+    pgt.alter_stream_table(db, "st", query="select id, v from src order by v limit 2")
+    pgt.drop_stream_table(db, "st")
+    assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)

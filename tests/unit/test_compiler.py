@@ -289,3 +289,28 @@ def test_window_functions_recompute_touched_partitions() -> None:
     assert p.strategy == compiler.WINDOW_PARTITIONS and p.hidden_columns == ["__pgt_part"]
     window = [o for o in p.operators if o.operator == "Window"][0]
     assert window.detail == 'PARTITION BY "orders"."region"'
+
+
+def test_topk_keeps_the_whole_result_in_a_backing_table() -> None:
+    p = plan(
+        "select region, count(*) as n from orders group by region order by n desc limit 3",
+        ["region", "n"],
+    )
+    assert p.strategy == compiler.TOPK and p.topk is not None
+    assert p.topk.inner.strategy == compiler.AGGREGATE
+    assert p.storage_columns == ["region", "n"]
+    assert p.full_sql.endswith('ORDER BY "n" DESC NULLS FIRST LIMIT 3 OFFSET 0')
+    assert p.topk.backing in p.topk.inner.delta_sql  # old group state is read from the backing
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("select id from orders limit 5", "LIMIT without ORDER BY"),
+        ("select id from orders order by qty limit 5", "not an output column"),
+        ("select id from orders order by id limit 5 + 1", "not a constant"),
+    ],
+)
+def test_topk_needs_a_determined_order_of_output_columns(query: str, message: str) -> None:
+    p = plan(query, ["id"])
+    assert p.strategy == compiler.FULL_ONLY and message in (p.unsupported or "")
