@@ -112,7 +112,9 @@ def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:
     return seen
 
 
-def _construct_of(tree: exp.Select, allow_windows: bool = False) -> tuple[str, str] | None:
+def _construct_of(
+    tree: exp.Select, allow_windows: bool = False, allow_distinct_on: bool = False
+) -> tuple[str, str] | None:
     """The first construct the compiler does not handle, with a hint."""
     if tree.args.get("with_") or tree.args.get("with"):
         return "WITH (common table expression)", "inline the CTE as a subquery-free query"
@@ -140,7 +142,7 @@ def _construct_of(tree: exp.Select, allow_windows: bool = False) -> tuple[str, s
     if tree.args.get("locks"):
         return "FOR UPDATE/SHARE", "remove the locking clause"
     distinct = tree.args.get("distinct")
-    if isinstance(distinct, exp.Distinct) and distinct.args.get("on"):
+    if isinstance(distinct, exp.Distinct) and distinct.args.get("on") and not allow_distinct_on:
         return "DISTINCT ON", _FULL_ONLY_HINT
     from_ = tree.args.get("from_") or tree.args.get("from")
     if from_ is None:
@@ -249,7 +251,9 @@ class _Analyzer:
         if tree.args.get("windows"):
             raise UnsupportedConstruct("WINDOW clause (named windows)", "write each window inline")
         windowed = any(isinstance(n, exp.Window) for e in tree.expressions for n in e.walk())
-        problem = _construct_of(tree, allow_windows=windowed)
+        distinct_node = tree.args.get("distinct")
+        distinct_on = distinct_node.args.get("on") if distinct_node is not None else None
+        problem = _construct_of(tree, allow_windows=windowed, allow_distinct_on=True)
         if problem:
             raise UnsupportedConstruct(*problem)
 
@@ -309,8 +313,12 @@ class _Analyzer:
         where_sql = render(self._qualify(where.this)) if where is not None else None
 
         notes: list[str] = []
-        if tree.args.get("order"):
+        if tree.args.get("order") and distinct_on is None:
             notes.append("ORDER BY dropped: a stream table is an unordered set of rows")
+        if distinct_on is not None:
+            return self._distinct_on(
+                tree, distinct_on, select_exprs, where_sql, semijoins, windowed
+            )
 
         group = tree.args.get("group")
         group_exprs = list(group.expressions) if group is not None else []
@@ -357,6 +365,61 @@ class _Analyzer:
         return shape
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _distinct_on(
+        self,
+        tree: exp.Select,
+        on: exp.Expr,
+        select_exprs: list[exp.Expr],
+        where_sql: str | None,
+        semijoins: list[ir.SemiJoin],
+        windowed: bool,
+    ) -> ir.QueryShape:
+        """``SELECT DISTINCT ON (k) … ORDER BY k, o``: the first row per k, kept like a window
+        partition (see operators/window.py)."""
+        if (
+            windowed
+            or tree.args.get("group")
+            or tree.args.get("having")
+            or any(isinstance(n, exp.AggFunc) for e in select_exprs for n in e.walk())
+        ):
+            raise UnsupportedConstruct(
+                "DISTINCT ON with window functions, GROUP BY or aggregates", _FULL_ONLY_HINT
+            )
+        order = tree.args.get("order")
+        if order is None:
+            raise UnsupportedConstruct(
+                "DISTINCT ON without ORDER BY (which row is kept is arbitrary)",
+                "add an ORDER BY that decides the row kept for each key",
+            )
+        keys = on.expressions if isinstance(on, exp.Tuple) else [on]
+
+        def resolve(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Literal) and not node.is_string:
+                return _unalias(select_exprs[int(node.this) - 1])
+            if isinstance(node, exp.Column) and not node.table and self._owner(node.name) is None:
+                for e in select_exprs:
+                    if isinstance(e, exp.Alias) and e.alias == node.name:
+                        return _unalias(e)
+            return self._qualify(node)
+
+        order_items = []
+        for item in order.expressions:
+            ordered = item.copy()
+            ordered.set("this", resolve(item.this))
+            order_items.append(render(ordered))
+        outputs = [
+            ir.Output(name, render(_unalias(e)))
+            for name, e in zip(self.output_names, select_exprs, strict=True)
+        ]
+        return ir.QueryShape(
+            self.froms,
+            where_sql,
+            outputs,
+            semijoins=semijoins,
+            window_partition=[render(resolve(k)) for k in keys],
+            distinct_on_order=", ".join(order_items),
+        )
 
     def _window_partition(self, select_exprs: list[exp.Expr]) -> list[str]:
         """The PARTITION BY shared by every window function of the SELECT list."""
@@ -688,6 +751,9 @@ def split_topk(
     (by name, position or the same expression), otherwise :class:`UnsupportedConstruct`."""
     if not isinstance(tree, exp.Select) or not (tree.args.get("limit") or tree.args.get("offset")):
         return None
+    distinct = tree.args.get("distinct")
+    if distinct is not None and distinct.args.get("on"):
+        raise UnsupportedConstruct("DISTINCT ON with LIMIT", _FULL_ONLY_HINT)
 
     def literal(node: exp.Expr | None) -> int | None:
         if node is None:

@@ -359,7 +359,16 @@ def _topk_plan(
 def _window_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
     assert shape.window_partition is not None
     names = [o.name for o in shape.outputs]
-    if shape.window_partition:
+    if shape.distinct_on_order is not None:
+        ops.append(
+            OperatorInfo(
+                "Distinct on",
+                f"({', '.join(shape.window_partition)}) ORDER BY {shape.distinct_on_order}",
+                "size of the touched key groups",
+                "the first row of each key whose group appears in the change window is recomputed",
+            )
+        )
+    elif shape.window_partition:
         ops.append(
             OperatorInfo(
                 "Window",

@@ -120,6 +120,8 @@ class QueryShape:
     # Window functions in the SELECT list: their common PARTITION BY expressions ([] = one
     # partition); None when the query has no window function.
     window_partition: list[str] | None = None
+    # DISTINCT ON: the ORDER BY that picks each partition's first row (window_partition = keys).
+    distinct_on_order: str | None = None
 
     @property
     def source(self) -> SourceTable:

@@ -131,6 +131,11 @@ QUERIES: dict[str, str] = {
         "row_number() over (partition by d.label order by s.id) as rn "
         "from src s join dim d on d.k = s.g where s.x is distinct from 0"
     ),
+    "distinct_on": "select distinct on (g) g, id, x from src order by g, x desc nulls last, id",
+    "distinct_on_join": (
+        "select distinct on (d.label) d.label, s.id from src s join dim d on d.k = s.g "
+        "order by d.label, s.id desc"
+    ),
     "window_no_partition_multiset": (
         "select g, x, dense_rank() over (order by x nulls first) as dr from bag"
     ),
@@ -365,7 +370,13 @@ GROUPS = {
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
     "unions": ["union_all", "union_all_dupes", "union_distinct"],
     "topk": ["topk_rows", "topk_agg", "topk_offset", "topk_join"],
-    "windows": ["window_partitioned", "window_join_nullable_key", "window_no_partition_multiset"],
+    "windows": [
+        "window_partitioned",
+        "window_join_nullable_key",
+        "window_no_partition_multiset",
+        "distinct_on",
+        "distinct_on_join",
+    ],
     "subqueries": ["exists", "not_exists_agg", "in_subquery", "not_in_nulls", "exists_with_join"],
 }
 

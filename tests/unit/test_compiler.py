@@ -314,3 +314,13 @@ def test_topk_keeps_the_whole_result_in_a_backing_table() -> None:
 def test_topk_needs_a_determined_order_of_output_columns(query: str, message: str) -> None:
     p = plan(query, ["id"])
     assert p.strategy == compiler.FULL_ONLY and message in (p.unsupported or "")
+
+
+def test_distinct_on_keeps_the_first_row_per_key() -> None:
+    p = plan(
+        "select distinct on (region) region, id from orders order by region, amount desc, id",
+        ["region", "id"],
+    )
+    assert p.strategy == compiler.WINDOW_PARTITIONS
+    assert "row_number() OVER (PARTITION BY" in p.full_sql and '"__pgt_rn" = 1' in p.full_sql
+    assert [o.operator for o in p.operators][-1] == "Distinct on"

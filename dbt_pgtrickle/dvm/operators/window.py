@@ -1,4 +1,4 @@
-"""Window functions: recompute only the partitions a change touches.
+"""Window functions and DISTINCT ON: recompute only the partitions a change touches.
 
 Rule: a window function's value for a row depends on every row of its partition and on nothing
 else, so ``Δ(ω_P(X))`` is confined to the partitions P whose key appears in ΔX (old or new
@@ -6,7 +6,8 @@ images). For those partitions the stream table's rows are deleted and recomputed
 input restricted to them; other partitions are untouched. Each stream-table row stores
 ``__pgt_part`` = hash(partition key) so a partition's rows can be found (and indexed). Work is
 proportional to the size of the touched partitions; without PARTITION BY every change recomputes
-the whole result.
+the whole result. ``DISTINCT ON (k) … ORDER BY k, o`` is the first row of each partition k by
+o, so it follows the same rule with the partition key k.
 """
 
 from __future__ import annotations
@@ -38,8 +39,24 @@ def _select(shape: QueryShape) -> str:
     return f"{_row_id(shape)} AS {ROW_ID}, {outputs}, {row_hash(_keys(shape))} AS {PART}"
 
 
+def _rows(shape: QueryShape, from_where: str) -> str:
+    """The stream-table rows computed over ``from_where`` (a FROM … WHERE … text). For
+    ``DISTINCT ON (keys) … ORDER BY keys, o`` only the first row of each partition is kept."""
+    if shape.distinct_on_order is None:
+        return f"SELECT {_select(shape)} {from_where}"
+    rank = (
+        f"row_number() OVER (PARTITION BY {', '.join(_keys(shape))} "
+        f"ORDER BY {shape.distinct_on_order}) AS {q('__pgt_rn')}"
+    )
+    cols = ", ".join([ROW_ID, *(q(o.name) for o in shape.outputs), PART])
+    return (
+        f"SELECT {cols} FROM (SELECT {_select(shape)}, {rank} {from_where}) AS {q('__pgt_first')} "
+        f"WHERE {q('__pgt_rn')} = 1"
+    )
+
+
 def full(shape: QueryShape) -> str:
-    return f"SELECT {_select(shape)} FROM {from_clause_sql(shape.froms)}{where_clause(shape)}"
+    return _rows(shape, f"FROM {from_clause_sql(shape.froms)}{where_clause(shape)}")
 
 
 def delta(shape: QueryShape, changed: set[str]) -> str:
@@ -67,9 +84,10 @@ def delta(shape: QueryShape, changed: set[str]) -> str:
         )
         # Joining the touched keys only filters: each touched partition is read whole, so
         # the window functions see exactly the rows they see in the query.
-        recomputed = (
-            f"SELECT {_select(shape)} FROM {from_clause_sql(shape.froms)} "
-            f"JOIN ({touched_keys}) AS {t} ON {match}{where_clause(shape)}"
+        recomputed = _rows(
+            shape,
+            f"FROM {from_clause_sql(shape.froms)} "
+            f"JOIN ({touched_keys}) AS {t} ON {match}{where_clause(shape)}",
         )
     r, p = q("__pgt_r"), q("__pgt_p")
     return (
