@@ -71,7 +71,6 @@ def versions(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "libpq": psycopg.pq.version(),
         "sqlglot": sqlglot.__version__,
         "dbt_pgtrickle": dbt_pgtrickle.__version__,
-        "dbt_pgtrickle_path": os.path.dirname(dbt_pgtrickle.__file__),
         # the runtime code measured is what was imported when the run started
         "runtime_source_at_start": RUNTIME_SOURCE_AT_IMPORT,
     }
