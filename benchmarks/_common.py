@@ -120,6 +120,32 @@ SERVER_SETTINGS = (
 RUNTIME_SOURCE_AT_IMPORT = runtime_source_state(os.path.dirname(dbt_pgtrickle.__file__))
 
 
+def add_session_settings_option(parser: Any) -> None:
+    """The ``--set NAME=VALUE`` option every benchmark script takes."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="server setting for the benchmark session, e.g. random_page_cost=1.1 "
+        "(repeatable; shown in the JSON's server_settings)",
+    )
+
+
+def report_header(
+    name: str, started: float, machine: dict[str, Any], conn: psycopg.Connection[Any]
+) -> dict[str, Any]:
+    """What every results JSON starts with: the run, the machine, versions and settings."""
+    return {
+        "benchmark": name,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "runtime_s": time.time() - started,
+        "machine": {**machine, "loadavg_at_end": list(os.getloadavg())},
+        "versions": versions(conn),
+        "server_settings": server_settings(conn),
+        "pgtrickle_settings": runtime_settings(conn),
+    }
+
+
 def server_settings(conn: psycopg.Connection[Any]) -> dict[str, str]:
     rows = conn.execute(
         "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",

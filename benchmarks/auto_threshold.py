@@ -75,13 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of shapes")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="server setting for the benchmark session, e.g. random_page_cost=1.1 "
-        "(repeatable; shown in the JSON's server_settings)",
-    )
+    C.add_session_settings_option(p)
     p.add_argument("--json-out", default=None)
     p.add_argument(
         "--from-json",
@@ -380,13 +374,7 @@ def run(
     print_report(results, analysis)
 
     report = {
-        "benchmark": "auto_threshold",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "runtime_s": time.time() - started,
-        "machine": {**machine, "loadavg_at_end": list(os.getloadavg())},
-        "versions": C.versions(conn),
-        "server_settings": C.server_settings(conn),
-        "pgtrickle_settings": C.runtime_settings(conn),
+        **C.report_header("auto_threshold", started, machine, conn),
         "conditions": {
             "session_settings": args.set or [],
             "rows": args.rows,

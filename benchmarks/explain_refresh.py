@@ -36,13 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--change-fraction", type=float, default=0.01)
     p.add_argument("--mode", choices=("DIFFERENTIAL", "FULL"), default="DIFFERENTIAL")
     p.add_argument("--min-ms", type=float, default=1.0, help="print plans at least this slow")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="server setting for the benchmark session, e.g. random_page_cost=1.1 "
-        "(repeatable; shown in the JSON's server_settings)",
-    )
+    C.add_session_settings_option(p)
     p.add_argument("--json-out", default=None)
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)

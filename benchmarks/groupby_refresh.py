@@ -67,13 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--change-fraction", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="server setting for the benchmark session, e.g. random_page_cost=1.1 "
-        "(repeatable; shown in the JSON's server_settings)",
-    )
+    C.add_session_settings_option(p)
     p.add_argument("--json-out", default=None, help="write the results as JSON to this path")
     p.add_argument("--no-explain", action="store_true", help="skip the auto_explain pass")
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
@@ -257,13 +251,7 @@ def run(
                 print(f"  {p['duration_ms']:9.1f} ms  {p['query'][:110]}")
 
     report = {
-        "benchmark": "groupby_refresh",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "runtime_s": time.time() - started,
-        "machine": {**machine, "loadavg_at_end": list(os.getloadavg())},
-        "versions": C.versions(conn),
-        "server_settings": C.server_settings(conn),
-        "pgtrickle_settings": C.runtime_settings(conn),
+        **C.report_header("groupby_refresh", started, machine, conn),
         "conditions": {
             "session_settings": args.set or [],
             "rows": args.rows,

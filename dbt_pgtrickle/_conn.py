@@ -11,8 +11,6 @@ from psycopg.pq import TransactionStatus
 
 from .errors import PgTrickleError
 
-ConnectionLike = "psycopg.Connection[Any] | str"
-
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
     try:

@@ -562,20 +562,23 @@ def verify_stream_table(conn: Conn, name: str, *, limit: int = 20) -> dict[str, 
         ]
         col_list = sql.SQL(", ").join(sql.Identifier(n) for n in cols)
         query = sql.SQL(_clean_query(rec.original_query))
-        with repeatable_read(c):
-            rows = c.execute(
-                sql.SQL(
-                    "(SELECT 'extra' AS side, * FROM (SELECT {c} FROM {t} EXCEPT ALL "
-                    "SELECT {c} FROM ({q}) AS q) AS x) UNION ALL (SELECT 'missing', * FROM "
-                    "(SELECT {c} FROM ({q}) AS q EXCEPT ALL SELECT {c} FROM {t}) AS y)"
-                ).format(c=col_list, t=target, q=query)
-            ).fetchall()
-    extra = sum(1 for r in rows if r[0] == "extra")
+        diff = sql.SQL(
+            "(SELECT 'extra' AS __pgt_side, * FROM (SELECT {c} FROM {t} EXCEPT ALL "
+            "SELECT {c} FROM ({q}) AS q) AS x) UNION ALL (SELECT 'missing', * FROM "
+            "(SELECT {c} FROM ({q}) AS q EXCEPT ALL SELECT {c} FROM {t}) AS y)"
+        ).format(c=col_list, t=target, q=query)
+        with repeatable_read(c):  # counts and sample from one snapshot
+            c.execute(sql.SQL("CREATE TEMP TABLE __pgt_verify ON COMMIT DROP AS {}").format(diff))
+            counts = dict(
+                c.execute("SELECT __pgt_side, count(*) FROM __pgt_verify GROUP BY 1").fetchall()
+            )
+            sample = c.execute("SELECT * FROM __pgt_verify LIMIT %s", (limit,)).fetchall()
+    extra, missing = counts.get("extra", 0), counts.get("missing", 0)
     return {
-        "equal": not rows,
+        "equal": not (extra or missing),
         "extra": extra,
-        "missing": len(rows) - extra,
-        "sample": [tuple(r) for r in rows[:limit]],
+        "missing": missing,
+        "sample": [tuple(r) for r in sample],
     }
 
 

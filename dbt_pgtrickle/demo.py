@@ -266,35 +266,6 @@ def _count(conn: psycopg.Connection[Any], table: str) -> int:
     return int(row[0]) if row else 0
 
 
-def visible_columns(conn: psycopg.Connection[Any], table: str, schema: str = "public") -> list[str]:
-    """The stream table's columns that are not internal (``__pgt_*``), in table order."""
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
-        "AND a.attnum > 0 AND NOT a.attisdropped AND left(a.attname, 6) <> '__pgt_' "
-        "ORDER BY a.attnum",
-        (sql.Identifier(schema, table).as_string(conn),),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def count_differences(
-    conn: psycopg.Connection[Any], table: str, query: str, schema: str = "public"
-) -> int:
-    """Rows in which the stream table and its query differ as multisets (0 means equal)."""
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in visible_columns(conn, table, schema))
-    target = sql.Identifier(schema, table)
-    q = sql.SQL(query)  # the demo's own constant queries
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM ("
-            "(SELECT {c} FROM {t} EXCEPT ALL SELECT {c} FROM ({q}) AS q) "
-            "UNION ALL "
-            "(SELECT {c} FROM ({q}) AS q EXCEPT ALL SELECT {c} FROM {t})) AS d"
-        ).format(c=cols, t=target, q=q)
-    ).fetchone()
-    return int(row[0]) if row else -1
-
-
 def _looks_like_data_dir(path: Path) -> bool:
     return any((path / marker).exists() for marker in ("PG_VERSION", embedded.PASSWORD_FILE))
 
@@ -565,7 +536,8 @@ def _run_in_database(
 
     with steps.step("Check each stream table against its query"):
         for outcome in report.tables:
-            outcome.mismatches = count_differences(conn, outcome.spec.name, outcome.spec.query)
+            check = api.verify_stream_table(conn, outcome.spec.name)
+            outcome.mismatches = check["extra"] + check["missing"]
 
     with steps.step("Recompute each stream table in full, for comparison"):
         for outcome in report.tables:

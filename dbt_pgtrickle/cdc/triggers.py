@@ -246,19 +246,28 @@ def release_capture(conn: psycopg.Connection[Any], stable: str) -> bool:
     return True
 
 
-def capture_is_installed(
-    conn: psycopg.Connection[Any], schema: str, name: str, stable: str
-) -> bool:
-    """Whether all four capture triggers exist on ``schema.name`` (a table dropped and created
-    again, e.g. by ``dbt seed --full-refresh``, has lost them)."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)",
-        (
-            sql.Identifier(schema, name).as_string(conn),
-            [trigger_name(stable, short) for short, _, _ in _EVENTS],
-        ),
-    ).fetchone()
-    return bool(row and row[0] == len(_EVENTS))
+def sources_missing_capture(
+    conn: psycopg.Connection[Any], pgt_id: int
+) -> list[tuple[str, str, bool]]:
+    """Trigger-captured sources of a stream table whose capture triggers are gone (a table
+    dropped and created again, e.g. by ``dbt seed --full-refresh``), as ``(schema, name,
+    exists)``. One catalog query, so refreshes can afford it every time."""
+    rows = conn.execute(
+        "SELECT t.source_stable_name, t.source_schema, t.source_name, r.oid IS NOT NULL, "
+        "ARRAY(SELECT tgname::text FROM pg_trigger WHERE tgrelid = r.oid) "
+        "FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_change_tracking t "
+        "USING (source_stable_name) "
+        "LEFT JOIN LATERAL (SELECT to_regclass(quote_ident(t.source_schema) || '.' || "
+        "quote_ident(t.source_name)) AS oid) r ON true "
+        "WHERE d.pgt_id = %s AND t.cdc_mode = 'trigger'",
+        (pgt_id,),
+    ).fetchall()
+    missing = []
+    for stable, schema, name, exists, triggers in rows:
+        wanted = {trigger_name(stable, short) for short, _, _ in _EVENTS}
+        if not wanted <= set(triggers):
+            missing.append((schema, name, bool(exists)))
+    return missing
 
 
 def repair_capture(conn: psycopg.Connection[Any], source: SourceTable) -> None:

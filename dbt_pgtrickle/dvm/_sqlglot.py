@@ -44,7 +44,7 @@ _TIME_VARYING_NAMES = {
     "txid_current",
     "pg_current_xact_id",
 }
-_FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
+FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
 
 
 def parse(query: str) -> exp.Query:
@@ -116,15 +116,18 @@ def _construct_of(
     tree: exp.Select, allow_windows: bool = False, allow_distinct_on: bool = False
 ) -> tuple[str, str] | None:
     """The first construct the compiler does not handle, with a hint."""
-    if tree.args.get("with_") or tree.args.get("with"):
-        return "WITH (common table expression)", "inline the CTE as a subquery-free query"
+    with_ = tree.args.get("with_") or tree.args.get("with")
+    if with_ is not None and with_.args.get("recursive"):
+        return "WITH RECURSIVE", FULL_ONLY_HINT
+    if with_ is not None:
+        return "WITH (a CTE that cannot be merged into the query)", FULL_ONLY_HINT
     joins = tree.args.get("joins") or []
     for join in joins:
         side = str(join.args.get("side") or "").upper()
         if side and len(joins) > 1:
             return (
                 f"{side} OUTER JOIN together with other joins",
-                "outer joins are maintained between two tables; " + _FULL_ONLY_HINT,
+                "outer joins are maintained between two tables; " + FULL_ONLY_HINT,
             )
         if side and not join.args.get("on"):
             return f"{side} OUTER JOIN without ON", "write the join condition with ON"
@@ -134,21 +137,21 @@ def _construct_of(
             return f"{str(join.args['method']).upper()} JOIN", "write the join condition with ON"
         target = join.this
         if not isinstance(target, exp.Table) or not isinstance(target.this, exp.Identifier):
-            return "subquery or function in FROM", _FULL_ONLY_HINT
+            return "subquery or function in FROM", FULL_ONLY_HINT
         if target.args.get("sample") or target.args.get("only"):
             return "TABLESAMPLE or ONLY in FROM", "remove it"
     if tree.args.get("limit") or tree.args.get("offset"):
-        return "LIMIT/OFFSET", "remove LIMIT/OFFSET, or " + _FULL_ONLY_HINT
+        return "LIMIT/OFFSET", "remove LIMIT/OFFSET, or " + FULL_ONLY_HINT
     if tree.args.get("locks"):
         return "FOR UPDATE/SHARE", "remove the locking clause"
     distinct = tree.args.get("distinct")
     if isinstance(distinct, exp.Distinct) and distinct.args.get("on") and not allow_distinct_on:
-        return "DISTINCT ON", _FULL_ONLY_HINT
+        return "DISTINCT ON", FULL_ONLY_HINT
     from_ = tree.args.get("from_") or tree.args.get("from")
     if from_ is None:
         return "SELECT without FROM", "read from a table"
     if not isinstance(from_.this, exp.Table) or not isinstance(from_.this.this, exp.Identifier):
-        return "subquery or function in FROM", _FULL_ONLY_HINT
+        return "subquery or function in FROM", FULL_ONLY_HINT
     if from_.this.args.get("sample"):
         return "TABLESAMPLE", "remove TABLESAMPLE"
     if from_.this.args.get("only"):
@@ -158,18 +161,18 @@ def _construct_of(
         any(group.args.get(k) for k in ("grouping_sets", "rollup", "cube", "totals"))
         or any(isinstance(g, exp.GroupingSets | exp.Rollup | exp.Cube) for g in group.expressions)
     ):
-        return "GROUPING SETS/ROLLUP/CUBE", _FULL_ONLY_HINT
+        return "GROUPING SETS/ROLLUP/CUBE", FULL_ONLY_HINT
     for node in tree.walk():
         if isinstance(node, exp.Window) and not allow_windows:
-            return "window function", _FULL_ONLY_HINT
+            return "window function", FULL_ONLY_HINT
         if isinstance(node, (exp.Subquery, exp.Exists)) or (
             isinstance(node, exp.Select) and node is not tree
         ):
-            return "subquery", _FULL_ONLY_HINT
+            return "subquery", FULL_ONLY_HINT
         if isinstance(node, exp.Lateral | exp.Unnest):
-            return "LATERAL / set-returning function", _FULL_ONLY_HINT
+            return "LATERAL / set-returning function", FULL_ONLY_HINT
         if isinstance(node, _TIME_VARYING_NODES):
-            return f"time-varying or volatile function {render(node)}", _FULL_ONLY_HINT
+            return f"time-varying or volatile function {render(node)}", FULL_ONLY_HINT
     return None
 
 
@@ -245,7 +248,7 @@ class _Analyzer:
             op = tree.key.upper()
             if isinstance(tree, exp.SetOperation) and not tree.args.get("distinct"):
                 op += " ALL"
-            raise UnsupportedConstruct(f"set operation {op}", _FULL_ONLY_HINT)
+            raise UnsupportedConstruct(f"set operation {op}", FULL_ONLY_HINT)
         self._check_functions(tree)
         tree, raw_semijoins = _split_semijoins(tree)
         if tree.args.get("windows"):
@@ -267,7 +270,7 @@ class _Analyzer:
             if source.kind not in ("table", "partitioned"):
                 raise UnsupportedConstruct(
                     f"source {source.qualified} is a {source.kind}, not a table",
-                    "change capture needs a base table; " + _FULL_ONLY_HINT,
+                    "change capture needs a base table; " + FULL_ONLY_HINT,
                 )
             alias = table.alias or table.name
             if join is None:
@@ -294,13 +297,13 @@ class _Analyzer:
                     raise UnsupportedConstruct(
                         f"{kind.upper()} OUTER JOIN preserving {self.froms[i].source.qualified}, "
                         "which has no primary key",
-                        "add a primary key to it, or " + _FULL_ONLY_HINT,
+                        "add a primary key to it, or " + FULL_ONLY_HINT,
                     )
 
         semijoins = [self._semijoin(*raw) for raw in raw_semijoins]
         if semijoins and any(f.join in ("left", "right", "full") for f in self.froms):
             raise UnsupportedConstruct(
-                "EXISTS/IN subquery together with an outer join", _FULL_ONLY_HINT
+                "EXISTS/IN subquery together with an outer join", FULL_ONLY_HINT
             )
         select_exprs = self._expand_stars(tree.expressions)
         if len(select_exprs) != len(self.output_names):
@@ -331,7 +334,7 @@ class _Analyzer:
             raise UnsupportedConstruct(
                 "window functions over GROUP BY, aggregates or DISTINCT",
                 "compute the grouped query in a stream table and the windows in another one "
-                "reading it, or " + _FULL_ONLY_HINT,
+                "reading it, or " + FULL_ONLY_HINT,
             )
         if not group_exprs and not aggs and having is None:
             outputs = [
@@ -355,7 +358,7 @@ class _Analyzer:
         if distinct:
             raise UnsupportedConstruct(
                 "DISTINCT together with GROUP BY or aggregates",
-                "remove DISTINCT (grouped rows are already distinct) or " + _FULL_ONLY_HINT,
+                "remove DISTINCT (grouped rows are already distinct) or " + FULL_ONLY_HINT,
             )
         keys = [self._resolve_group_key(g, select_exprs) for g in group_exprs]
         shape = self._grouped(
@@ -384,7 +387,7 @@ class _Analyzer:
             or any(isinstance(n, exp.AggFunc) for e in select_exprs for n in e.walk())
         ):
             raise UnsupportedConstruct(
-                "DISTINCT ON with window functions, GROUP BY or aggregates", _FULL_ONLY_HINT
+                "DISTINCT ON with window functions, GROUP BY or aggregates", FULL_ONLY_HINT
             )
         order = tree.args.get("order")
         if order is None:
@@ -427,12 +430,12 @@ class _Analyzer:
         for e in select_exprs:
             for w in e.find_all(exp.Window):
                 if any(inner is not w for inner in w.find_all(exp.Window)):
-                    raise UnsupportedConstruct("nested window functions", _FULL_ONLY_HINT)
+                    raise UnsupportedConstruct("nested window functions", FULL_ONLY_HINT)
                 partitions.append([render(p) for p in w.args.get("partition_by") or []])
         if any(p != partitions[0] for p in partitions):
             raise UnsupportedConstruct(
                 "window functions with different PARTITION BY",
-                "split them into stream tables with one PARTITION BY each, or " + _FULL_ONLY_HINT,
+                "split them into stream tables with one PARTITION BY each, or " + FULL_ONLY_HINT,
             )
         return partitions[0]
 
@@ -447,7 +450,7 @@ class _Analyzer:
             or select.args.get("having")
             or any(isinstance(n, exp.AggFunc) for n in select.walk())
         ):
-            problem = ("subquery with joins, grouping or aggregates", _FULL_ONLY_HINT)
+            problem = ("subquery with joins, grouping or aggregates", FULL_ONLY_HINT)
         if problem:
             construct, hint = problem
             raise UnsupportedConstruct(f"{construct} inside an EXISTS/IN subquery", hint)
@@ -458,7 +461,7 @@ class _Analyzer:
         if source.kind not in ("table", "partitioned"):
             raise UnsupportedConstruct(
                 f"subquery source {source.qualified} is a {source.kind}, not a table",
-                _FULL_ONLY_HINT,
+                FULL_ONLY_HINT,
             )
         alias = table.alias or table.name
         if any(f.alias == alias for f in self.froms):
@@ -504,7 +507,7 @@ class _Analyzer:
                 isinstance(node, exp.Anonymous) and self.lookup.is_volatile_function(name)
             ):
                 raise UnsupportedConstruct(
-                    f"time-varying or volatile function {name}()", _FULL_ONLY_HINT
+                    f"time-varying or volatile function {name}()", FULL_ONLY_HINT
                 )
 
     def _expand_stars(self, exprs: list[exp.Expr]) -> list[exp.Expr]:
@@ -725,9 +728,9 @@ def union_branches(tree: exp.Query) -> tuple[list[exp.Query], bool] | None:
 
 def _union_chain(tree: exp.Union, distinct: bool) -> list[exp.Query]:
     if bool(tree.args.get("distinct")) != distinct:
-        raise UnsupportedConstruct("UNION mixed with UNION ALL", _FULL_ONLY_HINT)
+        raise UnsupportedConstruct("UNION mixed with UNION ALL", FULL_ONLY_HINT)
     if tree.args.get("order") or tree.args.get("limit") or tree.args.get("offset"):
-        raise UnsupportedConstruct("ORDER BY/LIMIT on a UNION", _FULL_ONLY_HINT)
+        raise UnsupportedConstruct("ORDER BY/LIMIT on a UNION", FULL_ONLY_HINT)
     branches: list[exp.Query] = []
     for side in (tree.this, tree.expression):
         while isinstance(side, exp.Subquery):
@@ -738,7 +741,7 @@ def _union_chain(tree: exp.Union, distinct: bool) -> list[exp.Query]:
             branches.append(side)
         else:
             raise UnsupportedConstruct(
-                f"set operation {side.key.upper()} inside a UNION", _FULL_ONLY_HINT
+                f"set operation {side.key.upper()} inside a UNION", FULL_ONLY_HINT
             )
     return branches
 
@@ -753,7 +756,7 @@ def split_topk(
         return None
     distinct = tree.args.get("distinct")
     if distinct is not None and distinct.args.get("on"):
-        raise UnsupportedConstruct("DISTINCT ON with LIMIT", _FULL_ONLY_HINT)
+        raise UnsupportedConstruct("DISTINCT ON with LIMIT", FULL_ONLY_HINT)
 
     def literal(node: exp.Expr | None) -> int | None:
         if node is None:
@@ -761,7 +764,7 @@ def split_topk(
         value = node.args.get("expression")
         if isinstance(value, exp.Literal) and not value.is_string:
             return int(value.this)
-        raise UnsupportedConstruct("LIMIT/OFFSET that is not a constant", _FULL_ONLY_HINT)
+        raise UnsupportedConstruct("LIMIT/OFFSET that is not a constant", FULL_ONLY_HINT)
 
     limit, offset = literal(tree.args.get("limit")), literal(tree.args.get("offset")) or 0
     order = tree.args.get("order")

@@ -137,11 +137,6 @@ class DeltaPlan:
         }
 
 
-def referenced_sources(query: str) -> list[tuple[str | None, str]]:
-    """Relations the query reads, as written (schema may be None)."""
-    return _sqlglot.referenced_tables(_sqlglot.parse(query))
-
-
 def compile_query(
     query: str, lookup: ir.SchemaLookup, output_names: list[str], target: str
 ) -> DeltaPlan:
@@ -263,7 +258,7 @@ def _union_plan(
         if b.aggregate or b.distinct or b.window_partition is not None:
             raise UnsupportedConstruct(
                 "GROUP BY, aggregates, DISTINCT or windows inside a UNION branch",
-                _FULL_ONLY_HINT,
+                _sqlglot.FULL_ONLY_HINT,
             )
     names = [o.name for o in branches[0].outputs]
     ops = [
@@ -295,9 +290,6 @@ def _union_plan(
         branches=branches,
         union_distinct=is_distinct,
     )
-
-
-_FULL_ONLY_HINT = "use refresh_mode FULL or AUTO, which recomputes the whole query"
 
 
 def topk_backing_name(target: str) -> str:
@@ -469,5 +461,4 @@ __all__ = [
     "DeltaPlan",
     "TooManyChangedInputs",
     "compile_query",
-    "referenced_sources",
 ]

@@ -28,12 +28,12 @@ from psycopg import sql
 
 from ..catalog import records
 from ..catalog.lookup import DatabaseLookup, describe_table
-from ..cdc.triggers import capture_is_installed, repair_capture
+from ..cdc.triggers import repair_capture, sources_missing_capture
 from ..dvm import compiler
 from ..dvm.operators.scan import changes_relation
 from ..errors import LockNotAvailable, PgTrickleError, RefreshError, SourceError
 from ..naming import CHANGES_SCHEMA, buffer_table
-from ..settings import get_setting
+from ..settings import all_settings
 from ._tx import repeatable_read
 
 FULL = "FULL"
@@ -128,10 +128,11 @@ def refresh(
     """
     started = time.perf_counter()
     started_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
-    lock_ms = get_setting(conn, "refresh_lock_timeout_ms")
-    timeout_ms = get_setting(conn, "refresh_statement_timeout_ms")
-    threshold = get_setting(conn, "auto_full_threshold")
-    page_cost = get_setting(conn, "refresh_random_page_cost")
+    settings = all_settings(conn)  # one query for every setting this refresh reads
+    lock_ms = settings["refresh_lock_timeout_ms"]
+    timeout_ms = settings["refresh_statement_timeout_ms"]
+    threshold = settings["auto_full_threshold"]
+    page_cost = settings["refresh_random_page_cost"]
     rec = records.get(conn, schema, name)
     try:
         repaired = _repair_missing_capture(conn, rec)
@@ -233,7 +234,7 @@ def refresh(
     if queued:
         conn.execute(
             "SELECT pgtrickle.flush_notifications(%s, %s)",
-            (get_setting(conn, "notify_coalesce_ms"), rec.pgt_id),
+            (settings["notify_coalesce_ms"], rec.pgt_id),
         )
     cleanup_buffers(conn, [s.stable for s in sources if s.captured])
     return result
@@ -244,24 +245,14 @@ def _repair_missing_capture(
 ) -> list[str]:
     """Reinstall the capture of sources that lost their triggers; returns their names. A source
     that no longer exists at all is an error naming it."""
-    rows = conn.execute(
-        "SELECT t.source_stable_name, t.source_schema, t.source_name "
-        "FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_change_tracking t "
-        "USING (source_stable_name) WHERE d.pgt_id = %s AND t.cdc_mode = 'trigger'",
-        (rec.pgt_id,),
-    ).fetchall()
     repaired = []
-    for stable, src_schema, src_name in rows:
-        if capture_is_installed(conn, src_schema, src_name, stable):
-            continue
-        try:
-            source = describe_table(conn, src_schema, src_name)
-        except SourceError:
+    for src_schema, src_name, exists in sources_missing_capture(conn, rec.pgt_id):
+        if not exists:
             raise SourceError(
                 f"source {src_schema}.{src_name} of stream table {rec.qualified} no longer "
                 "exists; create it again (the next refresh recomputes) or drop the stream table"
-            ) from None
-        repair_capture(conn, source)
+            )
+        repair_capture(conn, describe_table(conn, src_schema, src_name))
         repaired.append(f"{src_schema}.{src_name}")
     return repaired
 

@@ -66,14 +66,13 @@
   {%- else -%}
     {%- set changes = adapter.pgtrickle_config_changes(target_relation, sql, cfg) -%}
     {%- set rebuild_changes = changes | selectattr('how', 'equalto', 'rebuild') | list -%}
-    {%- set broken = adapter.pgtrickle_capture_report(target_relation).rows | selectattr('healthy', 'equalto', false) | list -%}
     {%- set change_list = pgtrickle_describe_changes(changes) -%}
 
-    {%- if existing_relation is none or broken or (rebuild_changes and full_refresh_mode) -%}
+    {#- A source dropped and created again (lost capture) needs nothing here: the refresh below
+        reinstalls its capture and recomputes every stream table reading it. -#}
+    {%- if existing_relation is none or (rebuild_changes and full_refresh_mode) -%}
       {%- if existing_relation is none -%}
         {%- set why = 'it is registered but its table is missing' -%}
-      {%- elif broken -%}
-        {%- set why = 'change capture is broken (' ~ (broken | map(attribute='source') | join(', ')) ~ ': ' ~ broken[0].problem ~ ')' -%}
       {%- else -%}
         {%- set why = pgtrickle_describe_changes(rebuild_changes) -%}
       {%- endif -%}

@@ -99,15 +99,28 @@ def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[An
     assert "JOIN" in pgt.explain_stream_table(db, "st")
 
 
-def test_differential_on_unsupported_query_names_the_construct(db: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize(
+    ("query", "construct"),
+    [
+        ("select id from src order by v desc limit 3", "not an output column"),
+        ("select id from src where v > (select avg(v) from src)", "subquery"),
+        ("select g from src intersect select g from src", "INTERSECT"),
+        ("select g, count(*) as n from src group by rollup (g)", "GROUPING SETS"),
+        ("select id, now() as t from src", "time-varying"),
+        (
+            "with recursive r(n) as (select 1 union all select n + 1 from r where n < 3) "
+            "select n from r",
+            "WITH RECURSIVE",
+        ),
+    ],
+)
+def test_differential_on_unsupported_query_names_the_construct(
+    db: psycopg.Connection[Any], query: str, construct: str
+) -> None:
     before = footprint(db)
-    with pytest.raises(UnsupportedConstruct, match="LIMIT"):
-        pgt.create_stream_table(
-            db,
-            "st",
-            "select id from src order by v desc limit 3",
-            refresh_mode="DIFFERENTIAL",
-        )
+    with pytest.raises(UnsupportedConstruct, match=construct) as info:
+        pgt.create_stream_table(db, "st", query, refresh_mode="DIFFERENTIAL")
+    assert "\n" not in str(info.value)
     assert footprint(db) == before
 
 

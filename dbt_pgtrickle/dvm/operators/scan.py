@@ -9,16 +9,9 @@ The engine materialises the window as a temporary relation; this module names it
 
 from __future__ import annotations
 
-from ..ir import SourceTable
-
 CHANGES_PREFIX = "__pgt_changes_"
 
 
 def changes_relation(stable_name: str) -> str:
     """Name of the temporary relation holding a source's change window during a refresh."""
     return f"{CHANGES_PREFIX}{stable_name}"
-
-
-def captured_columns(source: SourceTable) -> list[str]:
-    """Columns of the source carried by its change window (all of them, in table order)."""
-    return [c.name for c in source.columns]
