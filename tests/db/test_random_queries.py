@@ -5,7 +5,13 @@ refresh. Includes the classic hard case: a join key changes on one side while th
 is deleted on the other, and insert-then-delete of the same row, in one cycle.
 
 Reproducible: ``derandomize=True`` unless ``PGTRICKLE_ORACLE_SEED`` is set;
-``PGTRICKLE_RANDOM_QUERY_EXAMPLES`` sets the budget (default 40).
+``PGTRICKLE_RANDOM_QUERY_EXAMPLES`` sets the budget (default 40) and
+``PGTRICKLE_RANDOM_QUERY_BATCHES`` the most DML batches (refresh cycles) per query (default 4).
+
+Long mode (50,000 refresh cycles; progress every 1,000 cycles on stdout)::
+
+    PGTRICKLE_RANDOM_QUERY_EXAMPLES=5000 PGTRICKLE_RANDOM_QUERY_BATCHES=20 \
+        PGTRICKLE_ORACLE_SEED=50000 python -m pytest -q -s tests/db/test_random_queries.py
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from hypothesis import strategies as st
 import dbt_pgtrickle as pgt
 
 EXAMPLES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_EXAMPLES", "40"))
+BATCHES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_BATCHES", "4"))
 SEED = os.environ.get("PGTRICKLE_ORACLE_SEED")
 STATS = {"queries": 0, "cycles": 0}
 
@@ -120,7 +127,7 @@ def test_random_join_queries_stay_exact(conn: psycopg.Connection[Any]) -> None:
     )
     @given(
         query=queries(),
-        batches=st.lists(st.lists(change, min_size=1, max_size=5), min_size=1, max_size=4),
+        batches=st.lists(st.lists(change, min_size=1, max_size=5), min_size=1, max_size=BATCHES),
     )
     def run(query: str, batches: list[list[tuple[Any, ...]]]) -> None:
         conn.execute("DROP TABLE IF EXISTS st")
@@ -140,6 +147,8 @@ def test_random_join_queries_stay_exact(conn: psycopg.Connection[Any]) -> None:
             check = pgt.verify_stream_table(conn, "st")
             assert check["equal"], f"{query} differs after {batch}: {check['sample']}"
             STATS["cycles"] += 1
+            if STATS["cycles"] % 1000 == 0:
+                print(f"random queries: {STATS['queries']} queries, {STATS['cycles']} cycles")
         STATS["queries"] += 1
 
     if SEED is not None:
