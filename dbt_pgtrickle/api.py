@@ -172,6 +172,8 @@ def _build_table(
                 sql.SQL(plan.topk.order_sql),
             )
         )
+    if plan.counted is not None:  # a set operation's per-branch counts
+        _build_table(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
     conn.execute(
         sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
             target,
@@ -210,10 +212,14 @@ def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> No
             )
 
 
-def _drop_topk_backing(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
-    """Drop the backing table a TopK stream table keeps its whole result in, if any."""
-    backing = compiler.topk_backing_name(sql.Identifier(schema, name).as_string(conn))
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CHANGES_SCHEMA, backing)))
+def _drop_backing(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Drop the backing table a TopK stream table keeps its whole result in, or a set
+    operation its per-branch counts, if any."""
+    target = sql.Identifier(schema, name).as_string(conn)
+    for backing in (compiler.topk_backing_name(target), compiler.setop_backing_name(target)):
+        conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CHANGES_SCHEMA, backing))
+        )
 
 
 def _detach_sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[str]:
@@ -373,7 +379,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                 _lock_sources(c, plan)
             frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             if new_query:
-                _drop_topk_backing(c, schema, rel)  # the new plan builds its own
+                _drop_backing(c, schema, rel)  # the new plan builds its own
                 tmp = f"{rel}__pgt_new"[:63]
                 rows = _build_table(c, schema, tmp, plan, True)
                 c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, rel)))
@@ -535,7 +541,7 @@ def drop_stream_table(conn: Conn, name: str) -> None:
             )
         with c.transaction():
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
-            _drop_topk_backing(c, schema, rel)
+            _drop_backing(c, schema, rel)
             stables = _detach_sources(c, rec.pgt_id)
             c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
             for stable in stables:

@@ -717,33 +717,39 @@ def analyze(tree: exp.Query, lookup: ir.SchemaLookup, output_names: list[str]) -
     return _Analyzer(flatten_subqueries(tree, lookup), lookup, output_names).run()
 
 
-def union_branches(tree: exp.Query) -> tuple[list[exp.Query], bool] | None:
-    """The branches of a top-level chain of ``UNION ALL`` or of ``UNION`` (not mixed), and
-    whether it is the DISTINCT form; None for anything else."""
-    if not isinstance(tree, exp.Union):
+def set_operation(tree: exp.Query) -> tuple[list[exp.Select], ir.SetOp] | None:
+    """For a query whose top level is a set operation (UNION, INTERSECT, EXCEPT, with or without
+    ALL, nested as SQL's precedence and parentheses say): its SELECT branches, left to right, and
+    the operation tree over their indexes. None for anything else."""
+    if not isinstance(tree, exp.SetOperation):
         return None
-    distinct = bool(tree.args.get("distinct"))
-    return _union_chain(tree, distinct), distinct
+    if tree.args.get("with_") or tree.args.get("with"):
+        raise UnsupportedConstruct(
+            "WITH over a set operation", "move the CTEs into the branches, or " + FULL_ONLY_HINT
+        )
+    branches: list[exp.Select] = []
 
-
-def _union_chain(tree: exp.Union, distinct: bool) -> list[exp.Query]:
-    if bool(tree.args.get("distinct")) != distinct:
-        raise UnsupportedConstruct("UNION mixed with UNION ALL", FULL_ONLY_HINT)
-    if tree.args.get("order") or tree.args.get("limit") or tree.args.get("offset"):
-        raise UnsupportedConstruct("ORDER BY/LIMIT on a UNION", FULL_ONLY_HINT)
-    branches: list[exp.Query] = []
-    for side in (tree.this, tree.expression):
-        while isinstance(side, exp.Subquery):
-            side = side.this
-        if isinstance(side, exp.Union):
-            branches.extend(_union_chain(side, distinct))
-        elif isinstance(side, exp.Select):
-            branches.append(side)
-        else:
+    def walk(node: exp.Expr) -> ir.SetOp | int:
+        while isinstance(node, exp.Subquery) and not node.args.get("alias"):
+            node = node.this
+        if isinstance(node, exp.Select):
+            branches.append(node)
+            return len(branches) - 1
+        if not isinstance(node, exp.Union | exp.Intersect | exp.Except):
             raise UnsupportedConstruct(
-                f"set operation {side.key.upper()} inside a UNION", FULL_ONLY_HINT
+                f"{node.key.upper()} as a branch of a set operation", FULL_ONLY_HINT
             )
-    return branches
+        if node.args.get("order") or node.args.get("limit") or node.args.get("offset"):
+            raise UnsupportedConstruct(
+                f"ORDER BY/LIMIT on {node.key.upper()}", "remove it, or " + FULL_ONLY_HINT
+            )
+        left = walk(node.this)
+        right = walk(node.expression)
+        return ir.SetOp(node.key.lower(), not node.args.get("distinct"), left, right)
+
+    root = walk(tree)
+    assert isinstance(root, ir.SetOp)
+    return branches, root
 
 
 def split_topk(

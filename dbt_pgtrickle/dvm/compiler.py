@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UnsupportedConstruct
 from ..naming import stable_name
 from . import _sqlglot, ir
-from .operators import aggregate, distinct, join, project, union, window
+from .operators import aggregate, distinct, join, project, setop, union, window
 from .operators._sql import quote_ident
 
 # Strategies: how a delta is applied to the stream table.
@@ -55,6 +55,18 @@ class TopK:
 
 
 @dataclass
+class Counted:
+    """A set operation with INTERSECT/EXCEPT (or a mix of UNION and UNION ALL): per distinct row,
+    one hidden count per branch in ``backing`` (a table in the changes schema, maintained by
+    ``inner``); the stream table holds as many copies as the operation's multiplicity."""
+
+    inner: DeltaPlan
+    backing: str  # table name in pgtrickle_changes
+    tree: ir.SetOp
+    branches: list[ir.QueryShape]
+
+
+@dataclass
 class DeltaPlan:
     defining_query: str
     strategy: str
@@ -73,6 +85,17 @@ class DeltaPlan:
     # engine indexes the window on them, so each probe is an index scan, not a scan of Δ.
     change_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     topk: TopK | None = None
+    counted: Counted | None = None
+
+    @property
+    def backing(self) -> tuple[str, DeltaPlan] | None:
+        """The hidden table (in the changes schema) this stream table is derived from, with the
+        plan maintaining it: TopK's whole result, a set operation's counts; None otherwise."""
+        if self.topk is not None:
+            return self.topk.backing, self.topk.inner
+        if self.counted is not None:
+            return self.counted.backing, self.counted.inner
+        return None
 
     @property
     def differential(self) -> bool:
@@ -95,6 +118,9 @@ class DeltaPlan:
         Raises :class:`TooManyChangedInputs` when a join would need too many terms."""
         if self.topk is not None:
             return self.topk.inner.delta_for(changed)
+        if self.counted is not None:
+            c = self.counted
+            return setop.delta(c.tree, c.branches, changed, _changes_table(c.backing))
         if self.branches and self.union_distinct:
             return union.distinct_delta(self.branches, changed, self.target)
         if self.branches:
@@ -147,15 +173,21 @@ def compile_query(
         topk = _sqlglot.split_topk(tree, output_names)
         if topk is not None:
             return _topk_plan(topk, lookup, output_names, target, normalized)
-        chain = _sqlglot.union_branches(tree)
-        if chain is not None:
-            branches, is_distinct = chain
-            return _union_plan(
-                [_sqlglot.analyze(b, lookup, output_names) for b in branches],
-                normalized,
-                target,
-                is_distinct,
-            )
+        set_op = _sqlglot.set_operation(tree)
+        if set_op is not None:
+            selects, op_tree = set_op
+            branches = [_sqlglot.analyze(b, lookup, output_names) for b in selects]
+            if any(b.aggregate or b.window_partition is not None for b in branches):
+                raise UnsupportedConstruct(
+                    "GROUP BY, aggregates or windows inside a branch of a set operation",
+                    "compute the grouped branch in its own stream table and combine the stream "
+                    "tables, or " + _sqlglot.FULL_ONLY_HINT,
+                )
+            kinds = _set_op_kinds(op_tree)
+            pure_union = len(kinds) == 1 and kinds <= {("union", True), ("union", False)}
+            if pure_union and not any(b.distinct for b in branches):
+                return _union_plan(branches, normalized, target, kinds == {("union", False)})
+            return _counted_plan(op_tree, branches, normalized, target)
         shape = _sqlglot.analyze(tree, lookup, output_names)
         for item in shape.froms:
             if item.source.column("__pgt_w") is not None:
@@ -254,12 +286,6 @@ def _probed_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
 def _union_plan(
     branches: list[ir.QueryShape], normalized: str, target: str, is_distinct: bool
 ) -> DeltaPlan:
-    for b in branches:
-        if b.aggregate or b.distinct or b.window_partition is not None:
-            raise UnsupportedConstruct(
-                "GROUP BY, aggregates, DISTINCT or windows inside a UNION branch",
-                _sqlglot.FULL_ONLY_HINT,
-            )
     names = [o.name for o in branches[0].outputs]
     ops = [
         OperatorInfo(
@@ -289,6 +315,69 @@ def _union_plan(
         target=target,
         branches=branches,
         union_distinct=is_distinct,
+    )
+
+
+def _set_op_kinds(tree: ir.SetOp) -> set[tuple[str, bool]]:
+    kinds = {(tree.op, tree.all)}
+    for side in (tree.left, tree.right):
+        if isinstance(side, ir.SetOp):
+            kinds |= _set_op_kinds(side)
+    return kinds
+
+
+def _changes_table(name: str) -> str:
+    return f'"pgtrickle_changes".{quote_ident(name)}'
+
+
+def setop_backing_name(target: str) -> str:
+    """Name (in the changes schema) of the table holding a set operation's per-branch counts;
+    derived from the quoted, qualified stream-table name so it is stable."""
+    from ..naming import fnv1a_64
+
+    return f"setop_{fnv1a_64(target.encode()):016x}"
+
+
+def _counted_plan(
+    tree: ir.SetOp, branches: list[ir.QueryShape], normalized: str, target: str
+) -> DeltaPlan:
+    names = [o.name for o in branches[0].outputs]
+    backing = setop_backing_name(target)
+    backing_sql = _changes_table(backing)
+    counts = [setop.count_column(i) for i in range(len(branches))]
+    inner = DeltaPlan(normalized, AGGREGATE, setop.backing_full(branches), names, counts)
+    ops = [
+        OperatorInfo(
+            "Set operation",
+            tree.render(),
+            "O(Δ)",
+            f"a hidden count per distinct row and branch in pgtrickle_changes.{backing}; the "
+            "stream table holds the rows whose multiplicity (a function of the counts) is "
+            "positive, that many copies each",
+        )
+    ]
+    for i, b in enumerate(branches, start=1):
+        detail = ", ".join(f"{f.source.qualified} AS {f.alias}" for f in b.froms)
+        ops.append(OperatorInfo(f"Branch {i}", detail, "O(Δ)", b.where or ""))
+    unique: dict[str, ir.SourceTable] = {}
+    probes: dict[str, list[tuple[str, ...]]] = {}
+    for b in branches:
+        for src in [*(f.source for f in b.froms), *(sj.source for sj in b.semijoins)]:
+            unique.setdefault(src.qualified, src)
+        for stable, cols in _probed_columns(b).items():
+            wanted = probes.setdefault(stable, [])
+            wanted.extend(c for c in cols if c not in wanted)
+    return DeltaPlan(
+        normalized,
+        LINEAR_MULTISET,
+        setop.full(tree, branches, backing_sql),
+        names,
+        [],
+        sources=list(unique.values()),
+        operators=ops,
+        target=target,
+        change_index_columns=probes,
+        counted=Counted(inner, backing, tree, branches),
     )
 
 

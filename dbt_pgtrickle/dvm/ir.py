@@ -136,3 +136,29 @@ class QueryShape:
     def keyed(self) -> bool:
         """Whether every joined source has a primary key (rows get key-based identities)."""
         return all(f.source.primary_key for f in self.froms)
+
+
+@dataclass(frozen=True)
+class SetOp:
+    """A node of a set-operation tree: ``left op [ALL] right``. Leaves are indexes into the list
+    of branch shapes (each a FROM/WHERE block with a projection)."""
+
+    op: str  # union | intersect | except
+    all: bool
+    left: SetOp | int
+    right: SetOp | int
+
+    def leaves(self) -> list[int]:
+        out: list[int] = []
+        for side in (self.left, self.right):
+            out.extend([side] if isinstance(side, int) else side.leaves())
+        return out
+
+    def render(self) -> str:
+        """``(B1 INTERSECT B2) EXCEPT ALL B3`` (branches numbered from 1), for ``explain``."""
+
+        def part(side: SetOp | int) -> str:
+            return f"B{side + 1}" if isinstance(side, int) else f"({side.render()})"
+
+        keyword = self.op.upper() + (" ALL" if self.all else "")
+        return f"{part(self.left)} {keyword} {part(self.right)}"

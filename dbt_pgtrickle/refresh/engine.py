@@ -356,14 +356,15 @@ def _apply_full(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
 ) -> None:
     plan = compile_for(conn, rec)
-    if plan.topk is not None:
-        backing = _backing(plan)
+    if plan.backing is not None:
+        name, inner = plan.backing
+        backing = sql.Identifier(CHANGES_SCHEMA, name)
         conn.execute(sql.SQL("DELETE FROM {}").format(backing))
         conn.execute(
             sql.SQL("INSERT INTO {} ({}) {}").format(
                 backing,
-                sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan.topk.inner)),
-                sql.SQL(plan.topk.inner.full_sql),
+                sql.SQL(", ").join(sql.Identifier(c) for c in _columns(inner)),
+                sql.SQL(inner.full_sql),
             )
         )
     _rewrite(conn, rec, plan, result)
@@ -411,6 +412,16 @@ def _apply_differential(
     # Statistics make the planner join the (small) delta to the stream table through its
     # row-id index instead of scanning the whole stream table.
     conn.execute(sql.SQL("ANALYZE {}").format(apply))
+    if plan.counted is not None:
+        # A set operation: the per-branch counts go to the backing table, the copies (the
+        # apply table's __pgt_w) to the stream table below.
+        _apply_delta(
+            conn,
+            plan.counted.inner,
+            sql.Identifier(CHANGES_SCHEMA, plan.counted.backing),
+            apply,
+            RefreshResult(result.name, DIFFERENTIAL),
+        )
     if plan.topk is None:
         _apply_delta(conn, plan, _target(rec), apply, result)
         return

@@ -120,6 +120,25 @@ QUERIES: dict[str, str] = {
     "union_distinct": (
         "select g, h from src where x > -3 union select g, h from bag union select k, label from dim"
     ),
+    # INTERSECT / EXCEPT [ALL] and chains mixing them with UNION [ALL]: per-branch counts per
+    # distinct row in a backing table, F(counts) copies in the stream table.
+    "intersect": "select g, h from src intersect select g, h from bag",
+    "intersect_all": "select g, x from src where x > -3 intersect all select g, x from bag",
+    "except": "select g, h from bag except select g, h from src where x > 0",
+    "except_all": "select g, h from src except all select g, h from bag",
+    "setop_precedence": (
+        "select g from src union all select k from dim except "
+        "select g from bag where x > 1 intersect select g from src where h is null"
+    ),
+    "setop_nested_mixed": (
+        "select g, h from bag except all (select g, h from src union select k, label from dim "
+        "union all select g, h from src where x < 0)"
+    ),
+    "setop_join_distinct_semijoin": (
+        "select distinct s.g, d.label from src s join dim d on d.k = s.g "
+        "intersect all select b.g, b.h from bag b "
+        "where exists (select 1 from dim e where e.k = b.g and e.label <> 'x')"
+    ),
     # Window functions: touched partitions are recomputed.
     "window_partitioned": (
         "select id, g, x, rank() over (partition by g order by x, id) as r, "
@@ -369,6 +388,15 @@ GROUPS = {
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
     "unions": ["union_all", "union_all_dupes", "union_distinct"],
+    "set_operations": [
+        "intersect",
+        "intersect_all",
+        "except",
+        "except_all",
+        "setop_precedence",
+        "setop_nested_mixed",
+        "setop_join_distinct_semijoin",
+    ],
     "topk": ["topk_rows", "topk_agg", "topk_offset", "topk_join"],
     "windows": [
         "window_partitioned",

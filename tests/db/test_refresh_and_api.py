@@ -366,3 +366,33 @@ def test_topk_backing_table_follows_the_stream_table(db: psycopg.Connection[Any]
     pgt.alter_stream_table(db, "st", query="select id, v from src order by v limit 2")
     pgt.drop_stream_table(db, "st")
     assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)
+
+
+def test_set_operation_counts_follow_the_stream_table(db: psycopg.Connection[Any]) -> None:
+    from dbt_pgtrickle.dvm.compiler import setop_backing_name
+
+    backing = "pgtrickle_changes." + setop_backing_name('"public"."st"')
+    query = "select g from src except all select g from src where v % 2 = 0"
+    pgt.create_stream_table(db, "st", query, refresh_mode="DIFFERENTIAL")
+    counts = db.execute(f"SELECT g, __pgt_c_0, __pgt_c_1 FROM {backing} ORDER BY g").fetchall()
+    assert counts == [("g0", 50, 50), ("g1", 50, 0), ("g2", 50, 50), ("g3", 50, 0)]
+    db.execute("UPDATE src SET v = v + 1 WHERE id IN (4, 5)")  # g0: one copy more; g1: one less
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert db.execute("SELECT g, count(*) FROM st GROUP BY g ORDER BY g").fetchall() == [
+        ("g0", 1),
+        ("g1", 49),
+        ("g3", 50),
+    ]
+    db.execute("TRUNCATE src")
+    db.execute("INSERT INTO src VALUES (1, 'a', 1), (2, 'a', 2)")
+    assert pgt.refresh_stream_table(db, "st").action == "FULL"  # the counts are rebuilt too
+    assert db.execute(f"SELECT g, __pgt_c_0, __pgt_c_1 FROM {backing}").fetchall() == [("a", 2, 1)]
+    db.execute("DELETE FROM src WHERE id = 2")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    pgt.alter_stream_table(db, "st", query="select g from src")
+    assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)
+    pgt.alter_stream_table(db, "st", query=query.replace("except all", "intersect"))
+    assert db.execute("SELECT count(*) FROM st").fetchone() == (0,)
+    pgt.drop_stream_table(db, "st")
+    assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)

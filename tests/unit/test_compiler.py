@@ -136,14 +136,12 @@ REJECTED = [
     ("select o.id from orders o join events e using (id)", "USING"),
     ("select o.id from orders o natural join events e", "NATURAL JOIN"),
     ("select o.id from orders o join (select 1 as x) e on true", "subquery or function in FROM"),
-    ("select id from orders union select n from events union all select 1", "mixed"),
-    ("select id from orders except select n from events", "set operation EXCEPT"),
     ("select id from orders union all select n from events order by 1", "ORDER BY/LIMIT"),
     (
-        "select region from orders union all select kind from events group by kind",
-        "inside a UNION branch",
+        "select region from orders intersect select kind from events group by kind",
+        "GROUP BY, aggregates or windows inside a branch of a set operation",
     ),
-    ("select id from orders intersect select n from events", "INTERSECT"),
+    ("select id from orders except select 1", "SELECT without FROM"),
     ("select id from orders limit 5", "LIMIT"),
     ("select distinct on (region) region from orders", "DISTINCT ON"),
     (
@@ -276,6 +274,48 @@ def test_union_all_adds_branch_deltas() -> None:
     delta = p.delta_for({stable_name("public", "events")})
     assert f"__pgt_changes_{stable_name('public', 'events')}" in delta
     assert "WHERE false" in delta  # the unchanged branch contributes an empty, typed relation
+
+
+@pytest.mark.parametrize(
+    ("query", "tree"),
+    [
+        ("select id from orders intersect select n from events", "B1 INTERSECT B2"),
+        ("select id from orders except all select n from events", "B1 EXCEPT ALL B2"),
+        (
+            "select id from orders union select n from events except select qty from orders "
+            "intersect all select n from events",
+            "(B1 UNION B2) EXCEPT (B3 INTERSECT ALL B4)",
+        ),
+        (
+            "select id from orders union select n from events union all select qty from orders",
+            "(B1 UNION B2) UNION ALL B3",
+        ),
+        ("select distinct id from orders union select n from events", "B1 UNION B2"),
+    ],
+)
+def test_set_operations_keep_per_branch_counts_in_a_backing_table(query: str, tree: str) -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    p = plan(query, ["id"])
+    assert p.strategy == compiler.LINEAR_MULTISET and p.counted is not None
+    assert p.operators[0].operator == "Set operation" and p.operators[0].detail == tree
+    inner = p.counted.inner
+    assert inner.strategy == compiler.AGGREGATE
+    assert inner.hidden_columns == [f"__pgt_c_{i}" for i in range(len(p.counted.branches))]
+    assert p.backing == (p.counted.backing, inner)
+    assert p.counted.backing in p.full_sql  # copies are derived from the stored counts
+    delta = p.delta_for({stable_name("public", "events")})
+    # O(Δ): sources appear only as the typed empty relation of a branch that did not change
+    assert '"public"."events"' not in delta
+    assert delta.count('"public"."orders"') == delta.count(
+        '"public"."orders" AS "orders" WHERE false'
+    )
+    assert p.counted.backing in delta  # old counts are read from the backing table
+
+
+def test_pure_union_keeps_the_counted_distinct_plan() -> None:
+    p = plan("select id from orders union select n from events", ["id"])
+    assert p.branches is not None and p.counted is None and p.backing is None
 
 
 def test_window_functions_recompute_touched_partitions() -> None:
