@@ -595,6 +595,23 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def distribution(values: list[float]) -> dict[str, float]:
+    """p50 (median), p99, max, mean and count of latency samples."""
+    return {
+        "p50": statistics.median(values),
+        "p99": percentile(values, 0.99),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+        "n": len(values),
+    }
+
+
 def render_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-flavoured markdown table (also readable on a terminal)."""
     cells = [[str(c) for c in r] for r in rows]

@@ -1,81 +1,132 @@
 """TPC-H corpus: differential refresh vs full recompute vs REFRESH MATERIALIZED VIEW, per query.
 
-For each scale factor (``--scales``) the script creates a scratch database, loads the corpus of
-``benchmarks/tpch`` (schema, pure-SQL data, ``VACUUM ANALYZE``), and per query creates
+Workload ``tpch`` of the harness (``python -m benchmarks run --workloads tpch``), also runnable on
+its own (``python benchmarks/tpch_refresh.py --dsn … --scales 0.1``).
 
-* a stream table ``tpch_qNN`` (``refresh_mode='AUTO'``; ``auto_full_threshold`` set by
-  ``--auto-full-threshold``, default 1 = never switch to FULL for cost reasons),
+For one scale factor: a scratch database with the corpus of ``benchmarks/tpch`` (schema, pure-SQL
+data, ``VACUUM ANALYZE``; with ``cache_data`` the loaded data is kept in a template database
+``pgt_bench_tpch_tpl_…`` fingerprinted by the generator's source, and cloned for each run), then
+per query
+
+* a stream table ``tpch_qNN`` (``refresh_mode='AUTO'``; the stored ``auto_full_threshold`` is 1 so
+  that every refresh that *can* be differential is, and the differential time is always measured;
+  queries the compiler cannot maintain fall back to FULL, and the tables say so),
 * a materialized view ``mv_qNN`` of the same query, with a unique index on the query's key
   columns where one can be built (then ``REFRESH MATERIALIZED VIEW CONCURRENTLY`` is timed too).
 
-Then for each change rate (``--fractions``) and each of ``--repeats`` repeats: one mutation cycle
-(``benchmarks/tpch/mutations.py``: ~fraction of the orders updated, deleted and inserted with
-their line items, plus the same fraction of customers, parts, suppliers and partsupp updated),
-``CHECKPOINT``, and for every query, in an order rotated per repeat:
+For each change rate and each repeat: one mutation cycle (``benchmarks/tpch/mutations.py``),
+``VACUUM ANALYZE`` of the change buffers, ``CHECKPOINT``, and for every query, in an order rotated
+per repeat:
 
-1. ``refresh_stream_table(tpch_qNN)`` — the differential refresh consuming the cycle's changes
-   (or a FULL one for queries that fall back; the action is recorded), then the exactness check
-   (``benchmarks/tpch/oracle.py``; a mismatch aborts the run);
-2. in a rotated order: ``refresh_stream_table(tpch_qNN, full=True)`` (full recompute of the same
-   stream table after the same changes), ``REFRESH MATERIALIZED VIEW mv_qNN`` and, when possible,
-   ``REFRESH MATERIALIZED VIEW CONCURRENTLY mv_qNN``.
+1. what AUTO *would* choose with the shipped default ``auto_full_threshold`` — the engine's own
+   decision function (``refresh.engine._choose``) evaluated read-only on the pending changes;
+2. ``refresh_stream_table(tpch_qNN)`` — the differential refresh consuming the cycle (timed),
+   then the exactness check (``benchmarks/tpch/oracle.py``; a mismatch aborts the run);
+3. in a rotated order: ``refresh_stream_table(tpch_qNN, full=True)`` (full recompute of the same
+   stream table), ``REFRESH MATERIALIZED VIEW`` and ``… CONCURRENTLY``.
 
-The 22 stream tables share one change buffer per source; buffer rows are deleted by the refresh
-of the last consumer, so rotating the query order spreads that cost. Reports median/min/max
-per measurement and the ratio full/differential; ``--json-out`` writes every sample with machine,
-versions and settings.
+AUTO's time for a cycle is the differential time when AUTO would refresh differentially and the
+full recompute time when it would recompute, so AUTO/full is measured side by side.
 
-    PYTHONPATH=. python benchmarks/tpch_refresh.py --dsn "$DSN" --scales 0.1 \\
-        --fractions 0.001,0.01,0.1 --repeats 5 --json-out benchmarks/results/tpch_refresh_sf0.1.json
+At the end, one more cycle at the largest change rate, and the ``profiles`` slowest differential
+queries are refreshed once more under ``auto_explain`` (ANALYZE, BUFFERS, nested statements); the
+plans go to ``<results>/profiles/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import _common as C  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
+from benchmarks import _common as C  # noqa: E402
 from benchmarks.tpch import UNIQUE_KEYS, Query, datagen, load_queries, mutations  # noqa: E402
 from benchmarks.tpch.oracle import mismatches  # noqa: E402
 from dbt_pgtrickle import (  # noqa: E402
     create_stream_table,
     explain_stream_table,
     install,
+    refresh_stream_table,
     set_setting,
 )
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dsn", required=True, help="superuser DSN of the server (any database)")
-    p.add_argument("--scales", default="0.1", help="comma-separated scale factors (0.1,1)")
-    p.add_argument("--fractions", default="0.01", help="comma-separated change rates")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--queries", default="", help="comma-separated subset, e.g. q01,q03")
-    p.add_argument("--seed", type=int, default=7, help="seed of the mutation cycles")
-    p.add_argument("--auto-full-threshold", type=float, default=1.0)
-    p.add_argument("--no-matview", action="store_true", help="skip the materialized views")
-    p.add_argument("--no-verify", action="store_true", help="skip the exactness checks")
-    p.add_argument("--set", action="append", help="NAME=VALUE server setting for the session")
-    p.add_argument("--json-out")
-    p.add_argument("--keep", action="store_true", help="keep the scratch database")
-    return p.parse_args(argv)
+KINDS = ("diff", "full", "mv", "mvc")
 
 
 def timed(fn: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+# --------------------------------------------------------------------------------------------
+# the data, cached in a template database
+
+
+def corpus_fingerprint() -> str:
+    h = hashlib.sha256()
+    for path in (Path(datagen.__file__), datagen.HERE / "schema.sql"):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _template_name(scale: float, seed: int) -> str:
+    return f"pgt_bench_tpch_tpl_sf{scale:g}_s{seed}".replace(".", "_")
+
+
+def corpus_database(
+    admin_dsn: str, scale: float, seed: int, target: str, *, cache: bool, log: Any
+) -> tuple[str, dict[str, Any]]:
+    """A database ``target`` holding the loaded, analysed corpus; returns its DSN and how it
+    was made (``load_s`` of the generator, or ``clone_s`` of a cached template)."""
+    if not cache:
+        dsn = C.create_database(admin_dsn, target)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            t, _ = timed(lambda: datagen.load(conn, scale, seed=seed))
+        return dsn, {"load_s": t, "cached": False}
+    tpl = _template_name(scale, seed)
+    fp = corpus_fingerprint()
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (tpl,),
+        ).fetchone()
+    info: dict[str, Any] = {"cached": True, "template_fingerprint": fp}
+    if row is None or row[0] != fp:
+        log(f"SF {scale:g}: loading the corpus into template {tpl}")
+        tdsn = C.create_database(admin_dsn, tpl)
+        with psycopg.connect(tdsn, autocommit=True) as conn:
+            t, _ = timed(lambda: datagen.load(conn, scale, seed=seed))
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(tpl), fp))
+        info["load_s"] = t
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target))
+        )
+        t, _ = timed(
+            lambda: admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(target), sql.Identifier(tpl)
+                )
+            )
+        )
+    info["clone_s"] = t
+    return C.with_dbname(admin_dsn, target), info
+
+
+# --------------------------------------------------------------------------------------------
+# per query objects
 
 
 def build_matview(conn: psycopg.Connection[Any], q: Query) -> dict[str, Any]:
@@ -102,24 +153,52 @@ def build_matview(conn: psycopg.Connection[Any], q: Query) -> dict[str, Any]:
     return info
 
 
-def run_scale(
-    args: argparse.Namespace, scale: float, fractions: list[float], names: list[str] | None
-) -> dict[str, Any]:
-    db = f"pgt_bench_tpch_{os.getpid()}"
-    dsn = C.create_database(args.dsn, db)
-    out: dict[str, Any] = {"scale": scale, "database": db, "runs": []}
+def default_auto_threshold() -> float:
+    from dbt_pgtrickle.settings import REGISTRY
+
+    return float(REGISTRY["auto_full_threshold"].default)
+
+
+def auto_choice(conn: psycopg.Connection[Any], name: str, threshold: float) -> tuple[str, str]:
+    """What a refresh in AUTO mode would do now with ``threshold`` (read-only, the engine's own
+    decision function). ``("?", reason)`` if the engine's internals changed shape."""
+    try:
+        from dbt_pgtrickle.catalog import records
+        from dbt_pgtrickle.refresh import engine
+
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            schema, rel = records.split_name(name)
+            rec = records.get(conn, schema, rel)
+            sources = engine._sources(conn, rec.pgt_id)
+            action, reason, _ = engine._choose(conn, rec, sources, False, threshold)
+        return action, reason or ""
+    except Exception as exc:  # the benchmark must not break on a refactored engine
+        return "?", f"could not evaluate AUTO's choice: {type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------------------
+# the workload
+
+
+def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
+    scale = float(p["scale"])
+    seed = int(p.get("seed", 1))
+    target = ctx.scratch_name(f"tpch_sf{scale:g}".replace(".", "_"))
+    dsn, data_info = corpus_database(
+        ctx.admin_dsn, scale, seed, target, cache=bool(p.get("cache_data")), log=ctx.log
+    )
+    out: dict[str, Any] = {"scale": scale, "data": data_info, "runs": []}
     try:
         conn = C.connect(dsn)
-        out["session_settings"] = C.session_settings(conn, args.set)
-        C.log(f"SF {scale}: loading data")
-        t_load, sizes = timed(lambda: datagen.load(conn, scale, seed=1))
-        out["sizes"] = vars(sizes)
+        out["session_settings"] = C.session_settings(conn, ctx.session_settings)
         out["table_rows"] = datagen.table_counts(conn)
-        out["load_s"] = t_load
-        C.log(f"SF {scale}: {out['table_rows']} in {t_load:.1f}s")
+        ctx.log(f"SF {scale:g}: {out['table_rows']}")
         install(conn)
-        set_setting(conn, "auto_full_threshold", args.auto_full_threshold)
-        queries = load_queries(names)
+        set_setting(conn, "auto_full_threshold", 1)
+        threshold = float(p.get("auto_threshold") or default_auto_threshold())
+        out["auto_threshold_evaluated"] = threshold
+        queries = load_queries(p.get("queries") or None)
         plans: dict[str, dict[str, Any]] = {}
         for name, q in queries.items():
             t_create, _ = timed(
@@ -128,59 +207,70 @@ def run_scale(
             ex = explain_stream_table(conn, q.stream_table, "json")
             plans[name] = {
                 "effective_mode": ex["effective_mode"],
-                "strategy": ex["strategy"],
-                "fallback_reason": ex["fallback_reason"],
+                "strategy": ex.get("strategy"),
+                "fallback_reason": ex.get("fallback_reason"),
                 "create_s": t_create,
-                "matview": None if args.no_matview else build_matview(conn, q),
+                "matview": build_matview(conn, q) if p.get("matview", True) else None,
             }
         out["queries"] = plans
         C.vacuum_analyze(conn, *[q.stream_table for q in queries.values()])
         datagen.analyze(conn)
         out["runtime_settings"] = C.runtime_settings(conn)
-        mutator = mutations.Mutator(conn, sizes, seed=args.seed)
-        for fraction in fractions:
-            out["runs"].append(run_fraction(args, conn, queries, plans, mutator, fraction))
+        mutator = mutations.Mutator(conn, datagen.Sizes.at(scale), seed=int(p.get("mseed", 7)))
+        verify = p.get("verify", "all")
+        for fraction in p["fractions"]:
+            out["runs"].append(
+                run_fraction(ctx, conn, queries, plans, mutator, fraction, p, threshold, verify)
+            )
+        n_prof = int(p.get("profiles", 0))
+        if n_prof and out["runs"]:
+            out["profiles"] = profile_slowest(ctx, conn, queries, mutator, out, n_prof)
         conn.close()
     finally:
-        if not args.keep:
-            C.drop_database(args.dsn, db)
+        if not p.get("keep"):
+            C.drop_database(ctx.admin_dsn, target)
     return out
 
 
 def run_fraction(
-    args: argparse.Namespace,
+    ctx: Any,
     conn: C.TimedConnection,
     queries: dict[str, Query],
     plans: dict[str, dict[str, Any]],
     mutator: mutations.Mutator,
     fraction: float,
+    p: dict[str, Any],
+    threshold: float,
+    verify: str,
 ) -> dict[str, Any]:
-    from dbt_pgtrickle import refresh_stream_table
-
     samples: dict[str, dict[str, list[Any]]] = {
-        n: {"diff": [], "full": [], "mv": [], "mvc": [], "action": [], "rows_in": []}
-        for n in queries
+        n: {k: [] for k in (*KINDS, "action", "rows_in", "auto", "auto_reason")} for n in queries
     }
     cycles = []
     names = list(queries)
-    for rep in range(args.repeats):
+    repeats = int(p["repeats"])
+    for rep in range(repeats):
         t_mut, stats = timed(lambda: mutator.cycle(fraction))
         cycles.append({"seconds": t_mut, "rows": stats.rows, "orders": stats.orders_touched})
         C.vacuum_analyze(conn, *C.change_buffers(conn))
         conn.execute("CHECKPOINT")
-        C.log(
-            f"  fraction {fraction:g} repeat {rep + 1}/{args.repeats}: "
+        ctx.log(
+            f"  SF change rate {fraction:g} repeat {rep + 1}/{repeats}: "
             f"{stats.total} source rows changed in {t_mut:.1f}s"
         )
+        check = verify == "all" or (verify == "first" and rep == 0)
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
             q = queries[name]
             s = samples[name]
+            choice, why = auto_choice(conn, q.stream_table, threshold)
+            s["auto"].append(choice)
+            s["auto_reason"].append(why)
             wall, result = timed(lambda q=q: refresh_stream_table(conn, q.stream_table))
             s["diff"].append(wall)
             s["action"].append(result.action)
             s["rows_in"].append(result.rows_in)
-            if not args.no_verify:
+            if check:
                 bad = mismatches(conn, q)
                 if bad:
                     raise C.MismatchError(f"{name} differs from its query: {bad}")
@@ -212,33 +302,131 @@ def run_fraction(
                 s[label].append(timed(fn)[0])
     report: dict[str, Any] = {"fraction": fraction, "cycles": cycles, "queries": {}}
     for name, s in samples.items():
-        entry: dict[str, Any] = {
-            "actions": s["action"],
-            "rows_in": s["rows_in"],
-            "samples_s": {k: s[k] for k in ("diff", "full", "mv", "mvc")},
-        }
-        for k in ("diff", "full", "mv", "mvc"):
-            entry[f"{k}_ms"] = (
-                {key: v * 1000 if key != "n" else v for key, v in C.summary(s[k]).items()}
-                if s[k]
-                else None
-            )
-        if s["diff"] and s["full"]:
-            entry["full_over_diff"] = entry["full_ms"]["median"] / entry["diff_ms"]["median"]
-        report["queries"][name] = entry
+        report["queries"][name] = summarize_query(s)
     return report
+
+
+def summarize_query(s: dict[str, list[Any]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "actions": s["action"],
+        "rows_in": s["rows_in"],
+        "auto_choice": s["auto"],
+        "auto_reason": sorted({r for r in s["auto_reason"] if r}),
+        "samples_s": {k: s[k] for k in KINDS},
+    }
+    for k in KINDS:
+        entry[f"{k}_ms"] = C.summary([v * 1000 for v in s[k]]) if s[k] else None
+    # AUTO's time per cycle: the variant it would have run
+    auto = [
+        (d if choice == "DIFFERENTIAL" else f)
+        for d, f, choice in zip(s["diff"], s["full"], s["auto"], strict=True)
+        if choice in ("DIFFERENTIAL", "FULL")
+    ]
+    entry["auto_ms"] = C.summary([v * 1000 for v in auto]) if auto else None
+    if s["diff"] and s["full"]:
+        ratios = [f / d for d, f in zip(s["diff"], s["full"], strict=True) if d > 0]
+        entry["full_over_diff"] = entry["full_ms"]["median"] / entry["diff_ms"]["median"]
+        entry["full_over_diff_per_cycle"] = ratios
+    if auto and s["full"]:
+        entry["auto_over_full"] = entry["auto_ms"]["median"] / entry["full_ms"]["median"]
+        entry["auto_over_full_worst_cycle"] = max(
+            (a / f for a, f in zip(auto, s["full"], strict=False) if f > 0), default=None
+        )
+    if s["mv"]:
+        entry["mv_over_diff"] = entry["mv_ms"]["median"] / entry["diff_ms"]["median"]
+    return entry
+
+
+def profile_slowest(
+    ctx: Any,
+    conn: C.TimedConnection,
+    queries: dict[str, Query],
+    mutator: mutations.Mutator,
+    out: dict[str, Any],
+    n: int,
+) -> list[dict[str, Any]]:
+    """One more cycle at the largest change rate; the ``n`` slowest differential queries of the
+    1% run (or the last run) refreshed under ``auto_explain``; plans written to files."""
+    runs = out["runs"]
+    run = next((r for r in runs if abs(r["fraction"] - 0.01) < 1e-9), runs[-1])
+    diff_q = [
+        (e["diff_ms"]["median"], name)
+        for name, e in run["queries"].items()
+        if "DIFFERENTIAL" in e["actions"]
+    ]
+    chosen = [name for _, name in sorted(diff_q, reverse=True)[:n]]
+    if not chosen:
+        return []
+    fraction = run["fraction"]
+    mutator.cycle(fraction)
+    C.vacuum_analyze(conn, *C.change_buffers(conn))
+    conn.execute("CHECKPOINT")
+    prof_dir = ctx.results_dir / "profiles"
+    prof_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    scale = out["scale"]
+    for name in chosen:
+        q = queries[name]
+        ex = C.explained_refresh(conn, q.stream_table)
+        if "skipped" in ex:
+            done.append({"query": name, **ex})
+            continue
+        stem = f"tpch_sf{scale:g}_{fraction:g}_{name}"
+        lines = [
+            f"-- {name} at SF {scale:g}, change rate {fraction:.2%}: one differential refresh "
+            f"under auto_explain (ANALYZE, BUFFERS, nested statements)",
+            f"-- wall {ex['wall_ms']:.1f} ms (instrumented), action {ex['action']}, "
+            f"rows_in {ex['rows_in']}",
+            "-- phases (ms): "
+            + ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(ex["phases_ms"].items(), key=lambda i: -i[1])
+            ),
+            "",
+        ]
+        for pl in ex["plans"]:
+            if (pl["duration_ms"] or 0) < 1.0:
+                continue
+            lines += [f"-- {pl['duration_ms']:.1f} ms", pl["query"], pl["plan"], ""]
+        (prof_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+        top = ex["plans"][0] if ex["plans"] else None
+        done.append(
+            {
+                "query": name,
+                "file": f"profiles/{stem}.txt",
+                "wall_ms": ex["wall_ms"],
+                "action": ex["action"],
+                "rows_in": ex["rows_in"],
+                "phases_ms": ex["phases_ms"],
+                "slowest_statement_ms": top["duration_ms"] if top else None,
+                "slowest_statement": (top["query"][:300] if top else None),
+                "temp_spill": any(
+                    "temp read" in pl["plan"] or "temp written" in pl["plan"] for pl in ex["plans"]
+                ),
+            }
+        )
+    # the remaining stream tables consume this cycle too, untimed
+    for name, q in queries.items():
+        if name not in chosen:
+            refresh_stream_table(conn, q.stream_table)
+    return done
+
+
+# --------------------------------------------------------------------------------------------
+# stand-alone use
 
 
 def print_run(scale: float, plans: dict[str, dict[str, Any]], run: dict[str, Any]) -> None:
     headers = [
         "query",
         "mode",
-        "refresh action",
+        "action",
         "diff ms",
         "full ms",
         "matview ms",
-        "matview conc. ms",
+        "conc. ms",
         "full/diff",
+        "AUTO",
+        "AUTO/full",
     ]
     rows = []
     for name, e in run["queries"].items():
@@ -246,49 +434,61 @@ def print_run(scale: float, plans: dict[str, dict[str, Any]], run: dict[str, Any
         def med(key: str, e: dict[str, Any] = e) -> str:
             return f"{e[key]['median']:.1f}" if e.get(key) else "—"
 
-        actions = sorted(set(e["actions"]))
         rows.append(
             [
                 name,
                 plans[name]["effective_mode"],
-                "/".join(actions),
+                "/".join(sorted(set(e["actions"]))),
                 med("diff_ms"),
                 med("full_ms"),
                 med("mv_ms"),
                 med("mvc_ms"),
                 f"{e['full_over_diff']:.2f}" if "full_over_diff" in e else "—",
+                "/".join(sorted(set(e["auto_choice"]))),
+                f"{e['auto_over_full']:.2f}" if "auto_over_full" in e else "—",
             ]
         )
-    print(f"\n### SF {scale}, change rate {run['fraction']:.2%} (medians)\n")
+    print(f"\n### SF {scale:g}, change rate {run['fraction']:.2%} (medians)\n")
     print(C.render_table(headers, rows))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    scales = [float(x) for x in args.scales.split(",") if x]
-    fractions = [float(x) for x in args.fractions.split(",") if x]
-    names = [x.strip() for x in args.queries.split(",") if x.strip()] or None
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        env = {
-            "machine": C.machine_info(),
-            "versions": C.versions(admin),
-            "server_settings": C.server_settings(admin),
+    from benchmarks.harness import Context
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dsn", required=True, help="superuser DSN of the server (any database)")
+    ap.add_argument("--scales", default="0.1")
+    ap.add_argument("--fractions", default="0.01")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--queries", default="")
+    ap.add_argument("--verify", choices=("all", "first", "none"), default="all")
+    ap.add_argument("--no-matview", action="store_true")
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--profiles", type=int, default=0)
+    ap.add_argument("--json-out")
+    ap.add_argument("--keep", action="store_true")
+    C.add_session_settings_option(ap)
+    a = ap.parse_args(argv)
+    ctx = Context(a.dsn, Path("benchmarks/results"), "adhoc", a.set or [])
+    report: dict[str, Any] = {"benchmark": "tpch_refresh", "scales": []}
+    for scale in (float(x) for x in a.scales.split(",") if x):
+        p = {
+            "scale": scale,
+            "fractions": [float(x) for x in a.fractions.split(",") if x],
+            "repeats": a.repeats,
+            "queries": [x.strip() for x in a.queries.split(",") if x.strip()] or None,
+            "verify": a.verify,
+            "matview": not a.no_matview,
+            "cache_data": not a.no_cache,
+            "profiles": a.profiles,
+            "keep": a.keep,
         }
-    report: dict[str, Any] = {
-        "benchmark": "tpch_refresh",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "args": vars(args),
-        **env,
-        "scales": [],
-    }
-    for scale in scales:
-        result = run_scale(args, scale, fractions, names)
-        report["scales"].append(result)
-        for run in result["runs"]:
-            print_run(scale, result["queries"], run)
-        if args.json_out:  # written after every scale, so a long run keeps what it measured
-            with open(args.json_out, "w", encoding="utf-8") as fh:
-                json.dump(report, fh, indent=1, default=str)
+        res = run_workload(ctx, p)
+        report["scales"].append(res)
+        for run in res["runs"]:
+            print_run(scale, res["queries"], run)
+        if a.json_out:
+            Path(a.json_out).write_text(json.dumps(report, indent=1, default=str))
     return 0
 
 
