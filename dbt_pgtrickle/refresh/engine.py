@@ -34,6 +34,7 @@ from ..dvm.operators.scan import changes_relation
 from ..errors import LockNotAvailable, PgTrickleError, RefreshError, SourceError
 from ..naming import CHANGES_SCHEMA, buffer_table
 from ..settings import all_settings
+from . import plan_cache
 from ._tx import repeatable_read
 
 FULL = "FULL"
@@ -77,12 +78,16 @@ def target_text(conn: psycopg.Connection[Any], schema: str, name: str) -> str:
 def compile_for(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord
 ) -> compiler.DeltaPlan:
-    """Compile the stream table's defining query against the database as it is now."""
-    lookup = DatabaseLookup(conn)
-    names = describe_query(conn, rec.defining_query)
-    return compiler.compile_query(
-        rec.defining_query, lookup, names, target_text(conn, rec.pgt_schema, rec.pgt_name)
-    )
+    """Compile the stream table's defining query against the database as it is now (inside a
+    transaction, a cached plan is reused while its sources' definitions are unchanged; see
+    :mod:`.plan_cache`)."""
+    target = target_text(conn, rec.pgt_schema, rec.pgt_name)
+
+    def compile_now(lookup: DatabaseLookup) -> compiler.DeltaPlan:
+        names = describe_query(conn, rec.defining_query)
+        return compiler.compile_query(rec.defining_query, lookup, names, target)
+
+    return plan_cache.compiled(conn, rec.defining_query, target, compile_now)
 
 
 def describe_query(conn: psycopg.Connection[Any], query: str) -> list[str]:
@@ -294,20 +299,23 @@ def _choose(
     """The action for this refresh, why (when not the obvious one), and pending change rows
     (also stored per source in ``src.pending``)."""
     pending, truncated = 0, []
-    if rec.frontier is not None:
-        for src in sources:
-            if not src.captured:
-                continue
-            row = conn.execute(
+    captured = [src for src in sources if src.captured]
+    if rec.frontier is not None and captured:
+        # One statement for every source's window (a round trip each adds up on wide joins).
+        counts = conn.execute(
+            sql.SQL(" UNION ALL ").join(
                 sql.SQL(
-                    "SELECT count(*), coalesce(bool_or(b.__pgt_action = 'T'), false) {}"
-                ).format(_window(src)),
-                {"f": rec.frontier},
-            ).fetchone()
-            assert row is not None
-            src.pending = row[0]
-            pending += row[0]
-            if row[1]:
+                    "SELECT {}::int, count(*), coalesce(bool_or(b.__pgt_action = 'T'), false) {}"
+                ).format(sql.Literal(i), _window(src))
+                for i, src in enumerate(captured)
+            ),
+            {"f": rec.frontier},
+        ).fetchall()
+        for i, n, was_truncated in counts:
+            src = captured[i]
+            src.pending = n
+            pending += n
+            if was_truncated:
                 truncated.append(f"{src.schema}.{src.name}")
     if full:
         return FULL, "full refresh requested", pending
@@ -338,14 +346,12 @@ def _choose(
 
 def _estimated_rows(conn: psycopg.Connection[Any], sources: list[_Source]) -> float:
     """Planner estimate of the sources' total row count (0 when never analysed)."""
-    total = 0.0
-    for src in sources:
-        row = conn.execute(
-            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)",
-            (sql.Identifier(src.schema, src.name).as_string(conn),),
-        ).fetchone()
-        total += float(row[0]) if row and row[0] is not None else 0.0
-    return total
+    row = conn.execute(
+        "SELECT sum(greatest(c.reltuples, 0)) FROM unnest(%s::text[]) AS u(r) "
+        "JOIN pg_class c ON c.oid = to_regclass(u.r)",
+        ([sql.Identifier(src.schema, src.name).as_string(conn) for src in sources],),
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
 
 
 def _columns(plan: compiler.DeltaPlan) -> list[str]:
@@ -672,30 +678,36 @@ def _record_failure(
 
 
 def cleanup_buffers(conn: psycopg.Connection[Any], stables: list[str]) -> int:
-    """Delete buffer rows that every consumer's frontier has seen. Returns rows deleted."""
+    """Delete buffer rows that every consumer's frontier has seen. Returns rows deleted.
+
+    ``conn`` is in autocommit mode: each DELETE is its own short READ COMMITTED transaction."""
+    if not stables:
+        return 0
+    consumers: dict[str, list[str | None]] = {}
+    for stable, frontier in conn.execute(
+        "SELECT d.source_stable_name, st.frontier::text FROM pgtrickle.pgt_dependencies d "
+        "JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) "
+        "WHERE d.source_stable_name = ANY(%s::text[])",
+        (stables,),
+    ).fetchall():
+        consumers.setdefault(stable, []).append(frontier)
     deleted = 0
     for stable in stables:
-        frontiers = conn.execute(
-            "SELECT st.frontier::text FROM pgtrickle.pgt_dependencies d "
-            "JOIN pgtrickle.pgt_stream_tables st USING (pgt_id) WHERE d.source_stable_name = %s",
-            (stable,),
-        ).fetchall()
-        if not frontiers or any(f[0] is None for f in frontiers):
+        frontiers = consumers.get(stable)
+        if not frontiers or any(f is None for f in frontiers):
             continue
         conds = sql.SQL(" AND ").join(
-            sql.SQL("pg_visible_in_snapshot(__pgt_xid, {}::pg_snapshot)").format(sql.Literal(f[0]))
+            sql.SQL("pg_visible_in_snapshot(__pgt_xid, {}::pg_snapshot)").format(sql.Literal(f))
             for f in frontiers
         )
         # A row visible in a snapshot has an xid below its xmax; the xid index bounds the scan.
         xmaxs = sql.SQL(", ").join(
-            sql.SQL("pg_snapshot_xmax({}::pg_snapshot)").format(sql.Literal(f[0]))
-            for f in frontiers
+            sql.SQL("pg_snapshot_xmax({}::pg_snapshot)").format(sql.Literal(f)) for f in frontiers
         )
-        with conn.transaction():
-            cur = conn.execute(
-                sql.SQL("DELETE FROM {} WHERE __pgt_xid < least({}) AND {}").format(
-                    sql.Identifier(CHANGES_SCHEMA, buffer_table(stable)), xmaxs, conds
-                )
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE __pgt_xid < least({}) AND {}").format(
+                sql.Identifier(CHANGES_SCHEMA, buffer_table(stable)), xmaxs, conds
             )
+        )
         deleted += max(cur.rowcount, 0)
     return deleted
