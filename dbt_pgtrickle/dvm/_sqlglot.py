@@ -7,6 +7,7 @@ by sqlglot from the parsed tree with every identifier quoted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import sqlglot
@@ -113,7 +114,10 @@ def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:
 
 
 def _construct_of(
-    tree: exp.Select, allow_windows: bool = False, allow_distinct_on: bool = False
+    tree: exp.Select,
+    allow_windows: bool = False,
+    allow_distinct_on: bool = False,
+    allow_grouping_sets: bool = False,
 ) -> tuple[str, str] | None:
     """The first construct the compiler does not handle, with a hint."""
     with_ = tree.args.get("with_") or tree.args.get("with")
@@ -159,7 +163,12 @@ def _construct_of(
     group = tree.args.get("group")
     if group is not None and (
         any(group.args.get(k) for k in ("grouping_sets", "rollup", "cube", "totals"))
-        or any(isinstance(g, exp.GroupingSets | exp.Rollup | exp.Cube) for g in group.expressions)
+        or (
+            not allow_grouping_sets
+            and any(
+                isinstance(g, exp.GroupingSets | exp.Rollup | exp.Cube) for g in group.expressions
+            )
+        )
     ):
         return "GROUPING SETS/ROLLUP/CUBE", FULL_ONLY_HINT
     for node in tree.walk():
@@ -256,7 +265,9 @@ class _Analyzer:
         windowed = any(isinstance(n, exp.Window) for e in tree.expressions for n in e.walk())
         distinct_node = tree.args.get("distinct")
         distinct_on = distinct_node.args.get("on") if distinct_node is not None else None
-        problem = _construct_of(tree, allow_windows=windowed, allow_distinct_on=True)
+        problem = _construct_of(
+            tree, allow_windows=windowed, allow_distinct_on=True, allow_grouping_sets=True
+        )
         if problem:
             raise UnsupportedConstruct(*problem)
 
@@ -360,6 +371,21 @@ class _Analyzer:
                 "DISTINCT together with GROUP BY or aggregates",
                 "remove DISTINCT (grouped rows are already distinct) or " + FULL_ONLY_HINT,
             )
+        sets = _expand_grouping_sets(group)
+        if sets is not None or any(
+            isinstance(n, exp.Grouping) for e in select_exprs for n in e.walk()
+        ):
+            shape = self._grouping_sets(
+                sets or [group_exprs],
+                aggs,
+                select_exprs,
+                having.this if having else None,
+                where_sql,
+                notes,
+            )
+            for part in [shape, *(shape.grouping_sets or [])]:
+                part.semijoins = semijoins
+            return shape
         keys = [self._resolve_group_key(g, select_exprs) for g in group_exprs]
         shape = self._grouped(
             keys, aggs, select_exprs, having.this if having else None, where_sql, notes
@@ -587,6 +613,8 @@ class _Analyzer:
         return found
 
     def _is_aggregate_node(self, node: exp.Expr) -> bool:
+        if isinstance(node, exp.Grouping):  # GROUPING(…) is a function of the grouping set
+            return False
         if isinstance(node, exp.Filter | exp.WithinGroup):
             return True
         if isinstance(node, exp.AggFunc):
@@ -643,8 +671,9 @@ class _Analyzer:
         where_sql: str | None,
         notes: list[str],
         distinct: bool = False,
+        classified: list[ir.AggCall] | None = None,
     ) -> ir.QueryShape:
-        aggs = [self._classify(n) for n in agg_nodes]
+        aggs = classified if classified is not None else [self._classify(n) for n in agg_nodes]
 
         def rewrite(node: exp.Expr) -> exp.Expr:
             def swap(n: exp.Expr) -> exp.Expr:
@@ -687,6 +716,118 @@ class _Analyzer:
             having=having_sql,
             notes=notes,
         )
+
+    def _grouping_sets(
+        self,
+        sets: list[list[exp.Expr]],
+        agg_nodes: list[exp.Expr],
+        select_exprs: list[exp.Expr],
+        having: exp.Expr | None,
+        where_sql: str | None,
+        notes: list[str],
+    ) -> ir.QueryShape:
+        """``GROUP BY GROUPING SETS / ROLLUP / CUBE``: one aggregate shape per grouping set, in
+        which the grouping expressions outside the set are typed NULLs and ``GROUPING(…)`` is a
+        constant; the set's index goes into its row ids (see operators/grouping_sets.py)."""
+        if len(sets) > MAX_GROUPING_SETS:
+            raise UnsupportedConstruct(
+                f"{len(sets)} grouping sets (at most {MAX_GROUPING_SETS} are maintained)",
+                FULL_ONLY_HINT,
+            )
+        keys: list[exp.Expr] = []
+        members: list[set[int]] = []
+        for grouping_set in sets:
+            indexes = set()
+            for e in grouping_set:
+                key = self._resolve_group_key(e, select_exprs)
+                if key not in keys:
+                    keys.append(key)
+                indexes.add(keys.index(key))
+            members.append(indexes)
+        key_types = self.lookup.expression_types(self.from_sql, [render(k) for k in keys])
+        having_q = self._qualify(having) if having is not None else None
+        classified = [self._classify(n) for n in agg_nodes]
+
+        def masked(node: exp.Expr, member: set[int]) -> exp.Expr:
+            def swap(n: exp.Expr) -> exp.Expr:
+                if isinstance(n, exp.Grouping):
+                    bits = 0
+                    for arg in n.expressions:
+                        arg = self._qualify(arg)
+                        if arg not in keys:
+                            raise QueryError(
+                                f"GROUPING({render(arg)}): the argument is not a grouping "
+                                "expression"
+                            )
+                        bits = bits * 2 + (0 if keys.index(arg) in member else 1)
+                    return exp.Literal.number(bits)
+                if self._is_aggregate_node(n):
+                    return n.copy()  # a new node: transform() does not descend into it
+                if n in keys:
+                    i = keys.index(n)
+                    if i in member:
+                        return n.copy()
+                    kind = exp.DataType(this=exp.DataType.Type.USERDEFINED, kind=key_types[i])
+                    return exp.Cast(this=exp.Null(), to=kind)
+                return n
+
+            return node.transform(swap)
+
+        shapes = []
+        for set_id, member in enumerate(members):
+            shape = self._grouped(
+                [keys[i] for i in sorted(member)],
+                agg_nodes,
+                [masked(e, member) for e in select_exprs],
+                masked(having_q, member) if having_q is not None else None,
+                where_sql,
+                notes,
+                classified=classified,
+            )
+            shape.grouping_set_id = set_id
+            shapes.append(shape)
+        return dataclasses.replace(shapes[0], grouping_sets=shapes, grouping_set_id=None)
+
+
+MAX_GROUPING_SETS = 64
+
+
+def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | None:
+    """The grouping sets of a ``GROUP BY`` with ``GROUPING SETS``, ``ROLLUP``, ``CUBE`` or ``()``
+    (as PostgreSQL expands them: the cross product of the items' sets, duplicates kept); None
+    for a plain ``GROUP BY``."""
+    if group is None:
+        return None
+    items = list(group.expressions)
+    special = (exp.GroupingSets, exp.Rollup, exp.Cube)
+    if not any(
+        isinstance(i, special) or (isinstance(i, exp.Tuple) and not i.expressions) for i in items
+    ):
+        return None
+    if group.args.get("all") is False:
+        raise UnsupportedConstruct("GROUP BY DISTINCT", "remove DISTINCT, or " + FULL_ONLY_HINT)
+
+    def unit(e: exp.Expr) -> list[exp.Expr]:
+        return list(e.expressions) if isinstance(e, exp.Tuple) else [e]
+
+    def expand(item: exp.Expr) -> list[list[exp.Expr]]:
+        if isinstance(item, exp.Rollup):
+            units = [unit(e) for e in item.expressions]
+            return [[e for u in units[:n] for e in u] for n in range(len(units), -1, -1)]
+        if isinstance(item, exp.Cube):
+            units = [unit(e) for e in item.expressions]
+            return [
+                [e for b, u in enumerate(units) if mask >> b & 1 for e in u]
+                for mask in range(2 ** len(units) - 1, -1, -1)
+            ]
+        if isinstance(item, exp.GroupingSets):
+            return [s for e in item.expressions for s in expand(e)]
+        return [unit(item)]
+
+    sets: list[list[exp.Expr]] = [[]]
+    for item in items:
+        sets = [a + b for a in sets for b in expand(item)]
+    return sets
 
 
 _EXACT_NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric"}

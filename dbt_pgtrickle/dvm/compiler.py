@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UnsupportedConstruct
 from ..naming import stable_name
 from . import _sqlglot, ir
-from .operators import aggregate, distinct, join, project, setop, union, window
+from .operators import aggregate, distinct, grouping_sets, join, project, setop, union, window
 from .operators._sql import quote_ident
 
 # Strategies: how a delta is applied to the stream table.
@@ -136,6 +136,8 @@ class DeltaPlan:
             return project.multiset_delta(shape, changed)
         if shape.distinct:
             return distinct.delta(shape, changed, self.target)
+        if shape.grouping_sets:
+            return grouping_sets.delta(shape.grouping_sets, changed, self.target)
         return aggregate.delta(shape, changed, self.target)
 
     @property
@@ -505,8 +507,22 @@ def _grouped_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
         )
         full_sql = distinct.full(shape)
     else:
-        keys = ", ".join(shape.group_keys) or "(no GROUP BY: one row)"
-        ops.append(OperatorInfo("Aggregate", f"GROUP BY {keys}", "O(Δ)", "row id = hash(keys)"))
+        if shape.grouping_sets:
+            sets = ", ".join(f"({', '.join(s.group_keys)})" for s in shape.grouping_sets)
+            ops.append(
+                OperatorInfo(
+                    "Grouping sets",
+                    f"GROUPING SETS ({sets})",
+                    f"O(Δ) per grouping set ({len(shape.grouping_sets)} sets)",
+                    "each set is an aggregate of its own over the same input delta; "
+                    "row id = hash(set index, the set's keys)",
+                )
+            )
+            full_sql = grouping_sets.full(shape.grouping_sets)
+        else:
+            keys = ", ".join(shape.group_keys) or "(no GROUP BY: one row)"
+            ops.append(OperatorInfo("Aggregate", f"GROUP BY {keys}", "O(Δ)", "row id = hash(keys)"))
+            full_sql = aggregate.full(shape)
         for agg in shape.aggs:
             ops.append(_agg_info(agg, shape))
         if shape.having:
@@ -519,7 +535,6 @@ def _grouped_plan(shape: ir.QueryShape, ops: list[OperatorInfo]) -> DeltaPlan:
                     "recomputed from its base rows",
                 )
             )
-        full_sql = aggregate.full(shape)
     return DeltaPlan("", AGGREGATE, full_sql, names, aggregate.hidden_columns(shape), operators=ops)
 
 

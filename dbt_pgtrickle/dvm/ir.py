@@ -122,6 +122,10 @@ class QueryShape:
     window_partition: list[str] | None = None
     # DISTINCT ON: the ORDER BY that picks each partition's first row (window_partition = keys).
     distinct_on_order: str | None = None
+    # GROUPING SETS / ROLLUP / CUBE: one aggregate shape per grouping set; each has its index in
+    # grouping_set_id (part of its row ids) and only the set's keys as group_keys.
+    grouping_sets: list[QueryShape] | None = None
+    grouping_set_id: int | None = None
 
     @property
     def source(self) -> SourceTable:

@@ -139,6 +139,27 @@ QUERIES: dict[str, str] = {
         "intersect all select b.g, b.h from bag b "
         "where exists (select 1 from dim e where e.k = b.g and e.label <> 'x')"
     ),
+    # GROUPING SETS / ROLLUP / CUBE: one aggregate per grouping set, row id = hash(set, keys);
+    # g and h hold NULLs, so data NULLs and masked keys must stay apart.
+    "rollup": (
+        "select g, h, count(*) as n, sum(x) as sx, min(y) as my, grouping(g, h) as gr "
+        "from src group by rollup(g, h)"
+    ),
+    "cube_having": (
+        "select g, h, count(*) as n, avg(x) as ax, grouping(h) as gh from src "
+        "group by cube(g, h) having count(*) > 1"
+    ),
+    "grouping_sets_dupes": (
+        "select g, x, count(*) as n, string_agg(h, ',' order by h) as s from bag "
+        "group by grouping sets ((g, x), g, (), ())"
+    ),
+    "rollup_join_expression": (
+        "select d.label, s.g + 1 as g1, count(*) as n, max(s.x) as mx "
+        "from src s join dim d on d.k = s.g group by rollup(d.label, s.g + 1)"
+    ),
+    "group_by_item_and_rollup": (
+        "select g, h, sum(x) as s, count(x) as c from src where x > 2 group by g, rollup(h)"
+    ),
     # Window functions: touched partitions are recomputed.
     "window_partitioned": (
         "select id, g, x, rank() over (partition by g order by x, id) as r, "
@@ -396,6 +417,13 @@ GROUPS = {
         "setop_precedence",
         "setop_nested_mixed",
         "setop_join_distinct_semijoin",
+    ],
+    "grouping_sets": [
+        "rollup",
+        "cube_having",
+        "grouping_sets_dupes",
+        "rollup_join_expression",
+        "group_by_item_and_rollup",
     ],
     "topk": ["topk_rows", "topk_agg", "topk_offset", "topk_join"],
     "windows": [

@@ -159,7 +159,15 @@ REJECTED = [
     ("select id from orders o where exists (select 1 from orders o)", "repeats an alias"),
     ("select n from (select count(*) as n from orders) s", "subquery or function in FROM"),
     ("with recursive q as (select id from orders) select id from q", "WITH"),
-    ("select region from orders group by rollup(region)", "GROUPING SETS"),
+    ("select region from orders group by distinct rollup(region)", "GROUP BY DISTINCT"),
+    (
+        "select count(*) from orders group by cube(id, region, amount, qty, score, id + 1, 1 - id)",
+        "128 grouping sets (at most 64",
+    ),
+    (
+        "select id from orders o where exists (select 1 from events e group by rollup(e.kind))",
+        "GROUPING SETS/ROLLUP/CUBE inside an EXISTS/IN subquery",
+    ),
     ("select id, now() as t from orders", "time-varying"),
     ("select id, random() as r from orders", "time-varying"),
     ("select id, my_random() as r from orders", "my_random"),
@@ -316,6 +324,34 @@ def test_set_operations_keep_per_branch_counts_in_a_backing_table(query: str, tr
 def test_pure_union_keeps_the_counted_distinct_plan() -> None:
     p = plan("select id from orders union select n from events", ["id"])
     assert p.branches is not None and p.counted is None and p.backing is None
+
+
+def test_grouping_sets_are_one_aggregate_per_set_with_the_set_in_the_row_id() -> None:
+    p = plan(
+        "select region, qty, grouping(region, qty) as gr, count(*) as n, min(amount) as m "
+        "from orders group by region, cube(qty) having count(*) > 1",
+        ["region", "qty", "gr", "n", "m"],
+    )
+    assert p.strategy == compiler.AGGREGATE and p.shape and p.shape.grouping_sets
+    sets = p.shape.grouping_sets
+    assert [len(s.group_keys) for s in sets] == [2, 1]
+    assert [s.grouping_set_id for s in sets] == [0, 1]
+    assert [o.sql for o in sets[1].outputs][:3] == ['"__pgt_key_0"', "CAST(NULL AS integer)", "1"]
+    assert "hash_record_extended(ROW(1, " in p.full_sql  # set index, then the set's keys
+    delta = p.delta_sql or ""
+    assert delta.count("UNION ALL") == 1  # one aggregate delta per set
+    assert delta.count('"__pgt_rescan"') >= 2  # MIN is rescanned per set, for flagged groups
+    assert p.operators[1].operator == "Grouping sets"
+
+
+def test_rollup_expands_as_postgresql_does() -> None:
+    p = plan(
+        "select region, count(*) as n from orders "
+        "group by grouping sets ((region, qty), ()), rollup(amount)",
+        ["region", "n"],
+    )
+    assert p.shape and p.shape.grouping_sets
+    assert [len(s.group_keys) for s in p.shape.grouping_sets] == [3, 2, 1, 0]
 
 
 def test_window_functions_recompute_touched_partitions() -> None:

@@ -118,6 +118,15 @@ def _key_refs(shape: QueryShape, rel: str) -> list[str]:
     return [f"{rel}.{_key(i)}" for i in range(len(shape.group_keys))]
 
 
+def _row_id(shape: QueryShape, rel: str) -> str:
+    """Row id of a group: hash(keys), preceded by the grouping set's index under GROUPING SETS
+    (a key that is NULL in the data and one masked by the set are different groups)."""
+    keys = _key_refs(shape, rel)
+    if shape.grouping_set_id is not None:
+        keys = [str(shape.grouping_set_id), *keys]
+    return row_hash(keys)
+
+
 def full(shape: QueryShape) -> str:
     """All groups: ``(row id, visible columns, hidden state)``."""
     z, f = q("__pgt_z"), q("__pgt_f")
@@ -129,7 +138,7 @@ def full(shape: QueryShape) -> str:
     )
     having = f" WHERE coalesce(({shape.having}), false)" if shape.having else ""
     return (
-        f"SELECT {row_hash(_key_refs(shape, z))} AS {ROW_ID}, {_visible(shape)}, {hidden} "
+        f"SELECT {_row_id(shape, z)} AS {ROW_ID}, {_visible(shape)}, {hidden} "
         f"FROM ({_grouped_base(shape)}) AS {z}{lateral}{having}"
     )
 
@@ -221,7 +230,7 @@ def delta(shape: QueryShape, changed: set[str], target: str) -> str:
     )
     states, rescan_conds = _new_states(shape)
     rescan = " OR ".join(rescan_conds) if rescan_conds else "false"
-    g_row_id = row_hash(_key_refs(shape, g))
+    g_row_id = _row_id(shape, g)
     new = (
         f"SELECT {', '.join(_key_refs(shape, g) + [f'{g_row_id} AS {ROW_ID}'])}, "
         f"({rescan}) AS {q('__pgt_rescan')}, {', '.join(states)} "
@@ -267,7 +276,7 @@ def _rescanned(shape: QueryShape) -> str:
     else:
         flagged = f"EXISTS (SELECT 1 FROM {n} WHERE {n}.{q('__pgt_rescan')})"
         base = _grouped_base(shape, extra_where=flagged)
-    return f"SELECT {row_hash(_key_refs(shape, rb))} AS {ROW_ID}, {rb}.* FROM ({base}) AS {rb}"
+    return f"SELECT {_row_id(shape, rb)} AS {ROW_ID}, {rb}.* FROM ({base}) AS {rb}"
 
 
 def _rescan_pick(shape: QueryShape) -> list[str]:
