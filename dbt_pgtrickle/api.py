@@ -19,6 +19,7 @@ from .catalog import records
 from .catalog.lookup import DatabaseLookup
 from .cdc.triggers import ensure_capture, release_capture
 from .dvm import _sqlglot, compiler
+from .dvm.operators import recursive
 from .errors import (
     ConfigError,
     PgTrickleError,
@@ -160,6 +161,17 @@ def _build_table(
 ) -> int:
     """Create the storage table of a plan (and fill it); returns rows inserted."""
     target = sql.Identifier(schema, name)
+    if plan.recursive is not None:
+        # The recursive CTE's fixpoint lives in a backing table; the stream table is the query
+        # over it.
+        for statement in recursive.backing_ddl(plan.recursive):
+            conn.execute(sql.SQL(statement))
+        if populate:
+            conn.execute(
+                sql.SQL("INSERT INTO {} {}").format(
+                    sql.SQL(plan.recursive.backing), sql.SQL(recursive.full_r(plan.recursive))
+                )
+            )
     if plan.topk is not None:
         # The whole result lives in a backing table (maintained like any stream table); the
         # stream table holds its top rows.
@@ -213,10 +225,14 @@ def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> No
 
 
 def _drop_backing(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
-    """Drop the backing table a TopK stream table keeps its whole result in, or a set
-    operation its per-branch counts, if any."""
+    """Drop the backing table a TopK stream table keeps its whole result in, a set operation
+    its per-branch counts, or a recursive one its recursive CTE, if any."""
     target = sql.Identifier(schema, name).as_string(conn)
-    for backing in (compiler.topk_backing_name(target), compiler.setop_backing_name(target)):
+    for backing in (
+        compiler.topk_backing_name(target),
+        compiler.setop_backing_name(target),
+        compiler.recursive_backing_name(target),
+    ):
         conn.execute(
             sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CHANGES_SCHEMA, backing))
         )

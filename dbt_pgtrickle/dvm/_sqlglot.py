@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
@@ -999,3 +1000,119 @@ def flatten_subqueries(tree: exp.Query, lookup: ir.SchemaLookup) -> exp.Query:
         return tree
     assert isinstance(merged, exp.Query)
     return merged
+
+
+def _reads(node: exp.Expr, name: str) -> int:
+    """How many times ``node`` reads the unqualified relation ``name``."""
+    return sum(1 for t in node.find_all(exp.Table) if not t.db and t.name == name)
+
+
+def without_needless_recursive(tree: exp.Query) -> exp.Query:
+    """``WITH RECURSIVE`` whose CTEs never read themselves is an ordinary ``WITH`` (so it can be
+    inlined like one)."""
+    with_ = tree.args.get("with_")
+    if with_ is None or not with_.args.get("recursive") or with_.args.get("search"):
+        return tree
+    if any(_reads(cte.this, cte.alias_or_name) for cte in with_.expressions):
+        return tree
+    tree = tree.copy()
+    tree.args["with_"].set("recursive", False)
+    return tree
+
+
+@dataclass
+class RecursiveParts:
+    """``WITH RECURSIVE name(columns) AS (base₁ UNION … UNION step) outer``."""
+
+    name: str
+    columns: list[str] | None  # the CTE's column list, if written
+    bases: list[exp.Select]  # the non-recursive term (one or more blocks)
+    step: exp.Select  # the recursive term: reads ``name`` exactly once
+    outer: exp.Select  # the query over ``name`` (without the WITH)
+
+
+_RECURSIVE_HINT = "see docs/internals.md (Recursive CTEs) for the maintained form, or " + (
+    FULL_ONLY_HINT
+)
+
+
+def split_recursive(tree: exp.Query) -> RecursiveParts | None:
+    """The parts of a query whose WITH RECURSIVE has a self-referencing CTE; None for every other
+    query. Forms outside ``WITH RECURSIVE r AS (base UNION step) SELECT … FROM r …`` raise
+    :class:`UnsupportedConstruct` naming the construct and the rewrite."""
+    with_ = tree.args.get("with_")
+    if with_ is None or not with_.args.get("recursive"):
+        return None
+    ctes = list(with_.expressions)
+    recursive = [c for c in ctes if _reads(c.this, c.alias_or_name)]
+    if not recursive:
+        return None
+    if with_.args.get("search"):
+        return _reject("WITH RECURSIVE … SEARCH/CYCLE clause", "remove it; " + _RECURSIVE_HINT)
+    if len(ctes) > 1:
+        return _reject(
+            "WITH RECURSIVE with several CTEs",
+            "keep the recursive CTE alone in its WITH (write the other CTEs into it, or make "
+            "them stream tables); " + _RECURSIVE_HINT,
+        )
+    cte = recursive[0]
+    name = cte.alias_or_name
+    body = cte.this
+    if not isinstance(body, exp.Union) or any(
+        body.args.get(k) for k in ("order", "limit", "offset")
+    ):
+        return _reject(
+            f"recursive CTE {name} that is not `base UNION step`",
+            "write it as `base UNION recursive step`; " + _RECURSIVE_HINT,
+        )
+    if not body.args.get("distinct"):
+        return _reject(
+            f"WITH RECURSIVE … UNION ALL (recursive CTE {name})",
+            "write UNION instead of UNION ALL (set semantics; the same result whenever no row "
+            "is derived twice, e.g. a tree walk), or " + FULL_ONLY_HINT,
+        )
+    step = body.expression
+    while isinstance(step, exp.Subquery):
+        step = step.this
+    if not isinstance(step, exp.Select) or _reads(step, name) != 1:
+        return _reject(
+            f"recursive term of {name} that is not one SELECT reading {name} once",
+            "write the recursive term as one SELECT … FROM " + name + " JOIN …; " + _RECURSIVE_HINT,
+        )
+    bases: list[exp.Select] = []
+    pending: list[exp.Expr] = [body.this]
+    while pending:
+        node = pending.pop(0)
+        while isinstance(node, exp.Subquery):
+            node = node.this
+        if isinstance(node, exp.Union) and not any(
+            node.args.get(k) for k in ("order", "limit", "offset")
+        ):
+            pending[:0] = [node.this, node.expression]
+        elif isinstance(node, exp.Select):
+            bases.append(node)
+        else:
+            return _reject(
+                f"{node.key.upper()} in the non-recursive term of {name}",
+                "use plain SELECT blocks joined by UNION; " + _RECURSIVE_HINT,
+            )
+    alias = cte.args.get("alias")
+    columns = [c.name for c in alias.columns] if alias is not None and alias.columns else None
+    outer = tree.copy()
+    outer.set("with_", None)
+    if not isinstance(outer, exp.Select):
+        return _reject(
+            f"set operation over the recursive CTE {name}",
+            "select from it in one SELECT; " + _RECURSIVE_HINT,
+        )
+    return RecursiveParts(name, columns, bases, step, outer)
+
+
+def _reject(construct: str, hint: str) -> RecursiveParts:
+    raise UnsupportedConstruct(construct, hint)
+
+
+def output_names_of(block: exp.Select) -> list[str]:
+    """Output column names of a SELECT block as PostgreSQL names them (a star or an unnamed
+    expression gives an empty name)."""
+    return [e.output_name if not isinstance(e, exp.Star) else "" for e in block.expressions]

@@ -16,8 +16,18 @@ from typing import Any
 from ..errors import UnsupportedConstruct
 from ..naming import stable_name
 from . import _sqlglot, ir
-from .operators import aggregate, distinct, grouping_sets, join, project, setop, union, window
-from .operators._sql import quote_ident
+from .operators import (
+    aggregate,
+    distinct,
+    grouping_sets,
+    join,
+    project,
+    recursive,
+    setop,
+    union,
+    window,
+)
+from .operators._sql import from_clause_sql, quote_ident
 
 # Strategies: how a delta is applied to the stream table.
 LINEAR_KEYED = "linear_keyed"  # MERGE consolidated rows by primary-key row id
@@ -25,6 +35,7 @@ LINEAR_MULTISET = "linear_multiset"  # delete/insert copies by content hash
 AGGREGATE = "aggregate"  # MERGE recomputed groups
 WINDOW_PARTITIONS = "window_partitions"  # delete and recompute touched window partitions
 TOPK = "topk"  # maintain the whole result in a backing table, keep its top rows
+RECURSIVE = "recursive"  # WITH RECURSIVE: r kept in a backing table, the query over it as copies
 FULL_ONLY = "full_only"  # no delta: every refresh recomputes
 
 MERGE_STRATEGIES = (LINEAR_KEYED, AGGREGATE)
@@ -86,6 +97,7 @@ class DeltaPlan:
     change_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     topk: TopK | None = None
     counted: Counted | None = None
+    recursive: recursive.Recursion | None = None
 
     @property
     def backing(self) -> tuple[str, DeltaPlan] | None:
@@ -121,6 +133,8 @@ class DeltaPlan:
         if self.counted is not None:
             c = self.counted
             return setop.delta(c.tree, c.branches, changed, _changes_table(c.backing))
+        if self.recursive is not None:
+            return recursive.delta(self.recursive)
         if self.branches and self.union_distinct:
             return union.distinct_delta(self.branches, changed, self.target)
         if self.branches:
@@ -140,12 +154,21 @@ class DeltaPlan:
             return grouping_sets.delta(shape.grouping_sets, changed, self.target)
         return aggregate.delta(shape, changed, self.target)
 
+    def prepare_for(self, changed: set[str]) -> list[str]:
+        """Statements the engine runs after creating the change windows and before the delta
+        (a recursive CTE updates its backing table and leaves D and N for the delta)."""
+        if self.recursive is not None:
+            return recursive.maintain(self.recursive, changed)
+        return []
+
     @property
     def delta_sql(self) -> str | None:
         """The delta when every source changed (what ``explain`` shows)."""
         if not self.differential:
             return None
         try:
+            if self.recursive is not None:
+                return ";\n".join([*self.prepare_for(self.source_stables), self.delta_for(set())])
             return self.delta_for(self.source_stables)
         except TooManyChangedInputs as exc:
             return f"-- {exc}"
@@ -172,6 +195,10 @@ def compile_query(
     tree = _sqlglot.parse(query)
     normalized = _sqlglot.render(tree)
     try:
+        tree = _sqlglot.without_needless_recursive(tree)
+        rec = _sqlglot.split_recursive(tree)
+        if rec is not None:
+            return _recursive_plan(rec, lookup, output_names, target, normalized)
         topk = _sqlglot.split_topk(tree, output_names)
         if topk is not None:
             return _topk_plan(topk, lookup, output_names, target, normalized)
@@ -555,11 +582,168 @@ def _agg_info(agg: ir.AggCall, shape: ir.QueryShape) -> OperatorInfo:
     return OperatorInfo("Aggregate call", agg.sql, f"rescans {scope} on every change", why)
 
 
+def recursive_backing_name(target: str) -> str:
+    """Name (in the changes schema) of the table holding the recursive CTE of a stream table."""
+    from ..naming import fnv1a_64
+
+    return f"rec_{fnv1a_64(target.encode()):016x}"
+
+
+class _WithCte:
+    """A schema lookup that also knows the recursive CTE, as a table of the given columns."""
+
+    def __init__(self, lookup: ir.SchemaLookup, name: str, columns: tuple[ir.Column, ...]):
+        self.lookup, self.name, self.columns = lookup, name, columns
+
+    def table(self, schema: str | None, name: str) -> ir.SourceTable:
+        if schema is None and name == self.name:
+            return ir.SourceTable("", name, self.columns, None)
+        return self.lookup.table(schema, name)
+
+    def expression_types(self, from_clause: str, exprs: list[str]) -> list[str]:
+        return self.lookup.expression_types(from_clause, exprs)
+
+    def is_volatile_function(self, name: str) -> bool:
+        return self.lookup.is_volatile_function(name)
+
+    def is_aggregate_function(self, name: str) -> bool:
+        return self.lookup.is_aggregate_function(name)
+
+
+def _plain_block(shape: ir.QueryShape, what: str) -> None:
+    """A block of a recursive CTE must be monotone: inner joins, WHERE, a projection."""
+    problem = None
+    if shape.aggregate or shape.distinct:
+        problem = "GROUP BY, aggregates or DISTINCT"
+    elif shape.window_partition is not None:
+        problem = "window functions"
+    elif shape.semijoins:
+        problem = "EXISTS/IN subqueries"
+    elif any(f.join not in ("from", "inner", "cross") for f in shape.froms):
+        problem = "outer joins"
+    if problem:
+        raise UnsupportedConstruct(
+            f"{problem} in {what}",
+            "keep the recursive CTE to inner joins, WHERE and a select list, and put the rest "
+            "in a stream table reading this one, or " + _sqlglot.FULL_ONLY_HINT,
+        )
+    for item in shape.froms:
+        if item.source.schema and item.source.column("__pgt_w") is not None:
+            raise UnsupportedConstruct(
+                f"source column {item.source.qualified}.__pgt_w collides with the change-window "
+                "weight",
+                "rename the column",
+            )
+
+
+def _recursive_plan(
+    parts: _sqlglot.RecursiveParts,
+    lookup: ir.SchemaLookup,
+    output_names: list[str],
+    target: str,
+    normalized: str,
+) -> DeltaPlan:
+    name = parts.name
+    columns = parts.columns or _sqlglot.output_names_of(parts.bases[0])
+    if not all(columns) or len(set(columns)) != len(columns):
+        raise UnsupportedConstruct(
+            f"recursive CTE {name} without distinct column names",
+            f"name its columns: WITH RECURSIVE {name}(col1, col2, …)",
+        )
+    bases = [_sqlglot.analyze(b, lookup, columns) for b in parts.bases]
+    for b in bases:
+        _plain_block(b, f"the non-recursive term of {name}")
+    first = bases[0]
+    types = [
+        "text" if t == "unknown" else t
+        for t in lookup.expression_types(
+            from_clause_sql(first.froms), [o.sql for o in first.outputs]
+        )
+    ]
+    cte_lookup = _WithCte(
+        lookup, name, tuple(ir.Column(c, t) for c, t in zip(columns, types, strict=True))
+    )
+    step = _sqlglot.analyze(parts.step, cte_lookup, columns)
+    _plain_block(step, f"the recursive term of {name}")
+    outer = _sqlglot.analyze(parts.outer, cte_lookup, output_names)
+    if (
+        len(outer.froms) != 1
+        or outer.froms[0].source.schema
+        or outer.aggregate
+        or outer.distinct
+        or outer.window_partition is not None
+        or outer.semijoins
+    ):
+        raise UnsupportedConstruct(
+            f"a query over the recursive CTE {name} other than SELECT … FROM {name} WHERE …",
+            f"make SELECT … FROM {name} a stream table and join, group or aggregate it in "
+            "another stream table reading it, or " + _sqlglot.FULL_ONLY_HINT,
+        )
+    (step_alias,) = [f.alias for f in step.froms if not f.source.schema]
+    backing = f'"pgtrickle_changes".{quote_ident(recursive_backing_name(target))}'
+    rec = recursive.Recursion(
+        name, tuple(columns), tuple(types), tuple(bases), step, step_alias, outer, backing
+    )
+    unique: dict[str, ir.SourceTable] = {}
+    for shape in [*bases, step]:
+        for f in shape.froms:
+            if f.source.schema:
+                unique.setdefault(f.source.qualified, f.source)
+    names = [o.name for o in outer.outputs]
+    ops = [
+        OperatorInfo(
+            "Recursive CTE",
+            f"{name}({', '.join(columns)}): {len(bases)} base block(s) UNION step over "
+            + ", ".join(f.source.qualified for f in step.froms if f.source.schema),
+            "set semantics (UNION)",
+            "the fixpoint is kept in pgtrickle_changes." + recursive_backing_name(target),
+        ),
+        OperatorInfo(
+            "Semi-naive insertion",
+            "facts using inserted rows, and what the step derives from them",
+            "O(Δ + new facts), through the backing table's indexes on the step's join columns",
+            "a recursive query seeded by the change, minus the facts already present",
+        ),
+        OperatorInfo(
+            "Over-deletion (DRed)",
+            "facts derivable from deleted rows, closed under the step",
+            "everything reachable from the deleted rows (up to all of r)",
+            "runs only when a source lost rows",
+        ),
+        OperatorInfo(
+            "Rederivation (DRed)",
+            "over-deleted facts that still have a derivation",
+            "the base and step blocks over the current sources, filtered to the over-deleted "
+            "facts (may scan the sources)",
+            "then the semi-naive closure from them",
+        ),
+        OperatorInfo(
+            "Project",
+            ", ".join(names) + (f" WHERE {outer.where}" if outer.where else ""),
+            "O(Δr)",
+            "applied to the facts added (+1) and removed (−1); rows kept as copies by content",
+        ),
+    ]
+    return DeltaPlan(
+        normalized,
+        RECURSIVE,
+        recursive.full(rec),
+        names,
+        [],
+        sources=list(unique.values()),
+        operators=ops,
+        notes=outer.notes,
+        target=target,
+        recursive=rec,
+    )
+
+
 __all__ = [
     "AGGREGATE",
     "FULL_ONLY",
     "LINEAR_KEYED",
     "LINEAR_MULTISET",
+    "RECURSIVE",
     "TOPK",
     "WINDOW_PARTITIONS",
     "DeltaPlan",

@@ -30,6 +30,7 @@ from ..catalog import records
 from ..catalog.lookup import DatabaseLookup, describe_table
 from ..cdc.triggers import repair_capture, sources_missing_capture
 from ..dvm import compiler
+from ..dvm.operators import recursive
 from ..dvm.operators.scan import changes_relation
 from ..errors import LockNotAvailable, PgTrickleError, RefreshError, SourceError
 from ..naming import CHANGES_SCHEMA, buffer_table
@@ -362,6 +363,13 @@ def _apply_full(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
 ) -> None:
     plan = compile_for(conn, rec)
+    if plan.recursive is not None:
+        conn.execute(sql.SQL("DELETE FROM {}").format(sql.SQL(plan.recursive.backing)))
+        conn.execute(
+            sql.SQL("INSERT INTO {} {}").format(
+                sql.SQL(plan.recursive.backing), sql.SQL(recursive.full_r(plan.recursive))
+            )
+        )
     if plan.backing is not None:
         name, inner = plan.backing
         backing = sql.Identifier(CHANGES_SCHEMA, name)
@@ -408,6 +416,8 @@ def _apply_differential(
             except psycopg.errors.UndefinedObject:
                 pass  # no default operator class: the probes scan the (small) window instead
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(changes_relation(src.stable))))
+    for statement in plan.prepare_for({src.stable for src in changed}):
+        conn.execute(sql.SQL(statement))
     apply = sql.Identifier("__pgt_apply")
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(

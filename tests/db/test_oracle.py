@@ -192,6 +192,27 @@ QUERIES: dict[str, str] = {
         "with pos as (select * from src where x > 0) "
         "select g, count(*) as n, max(h) as mh from pos group by g"
     ),
+    # WITH RECURSIVE (UNION: set semantics), over a graph with cycles, self-loops, duplicate
+    # edges and NULLs: semi-naive insertion, delete-and-rederive for deletions.
+    "recursive_closure": (
+        "with recursive r(a, b) as (select a, b from edge "
+        "union select r.a, e.b from r join edge e on e.a = r.b) select a, b from r"
+    ),
+    "recursive_reach_projected": (
+        "with recursive r(a, b) as (select a, b from edge "
+        "union select r.a, e.b from r join edge e on e.a = r.b) select b from r where a <> b"
+    ),
+    "recursive_from_root": (
+        "with recursive r(n) as (select b from edge where a = 0 union select id from node "
+        "where name = 'root' union select e.b from edge e join r on e.a = r.n "
+        "join node v on v.id = e.b where v.name is distinct from 'x') "
+        "select n, n * 2 as n2 from r where n is not null"
+    ),
+    "recursive_hierarchy_depth": (
+        "with recursive t(id, name, depth) as (select id, name, 0 from node where parent is null "
+        "union select n.id, n.name, t.depth + 1 from node n join t on n.parent = t.id "
+        "where t.depth < 4) select id, name, depth from t"
+    ),
 }
 
 GS = st.one_of(st.none(), st.integers(0, 3))
@@ -222,6 +243,25 @@ op = st.one_of(
 batch = st.tuples(st.lists(op, min_size=1, max_size=6), st.booleans())
 cycles = st.lists(batch, min_size=1, max_size=5)
 
+NODES = st.one_of(st.none(), st.integers(0, 6))
+EDGE = st.tuples(NODES, NODES)
+NAMES = st.one_of(st.none(), st.sampled_from(["root", "x", "y"]))
+graph_op = st.one_of(
+    st.tuples(st.just("edge_insert"), st.lists(EDGE, min_size=1, max_size=4)),
+    st.tuples(st.just("edge_delete"), NODES, NODES),
+    st.tuples(st.just("edge_delete_one"), NODES),
+    st.tuples(st.just("edge_update"), NODES, NODES, NODES),
+    st.tuples(st.just("edge_insert_then_delete"), NODES, NODES),
+    st.tuples(st.just("node_insert"), st.integers(0, 8), NODES, NAMES),
+    st.tuples(st.just("node_reparent"), st.integers(0, 8), NODES),
+    st.tuples(st.just("node_rename"), st.integers(0, 8), NAMES),
+    st.tuples(st.just("node_delete"), st.integers(0, 8)),
+    st.tuples(st.just("node_move_key"), st.integers(0, 8), st.integers(0, 8)),
+)
+graph_cycles = st.lists(
+    st.tuples(st.lists(graph_op, min_size=1, max_size=5), st.booleans()), min_size=1, max_size=5
+)
+
 SETUP = """
 CREATE TABLE src (id int PRIMARY KEY, g int, h text, x int, y numeric, f float8);
 CREATE TABLE bag (g int, h text, x int);
@@ -231,6 +271,12 @@ INSERT INTO src SELECT i, i % 3, (ARRAY['a','b',NULL])[i % 3 + 1], i - 5,
                        (i * 0.5)::numeric, i * 0.25 FROM generate_series(1, 12) i;
 INSERT INTO bag SELECT i % 2, 'a', i % 3 FROM generate_series(1, 8) i;
 INSERT INTO bag SELECT 1, 'a', 1 FROM generate_series(1, 3);
+CREATE TABLE edge (a int, b int);
+INSERT INTO edge VALUES (0, 1), (1, 2), (2, 0), (1, 2), (2, 3), (3, 3), (4, NULL), (NULL, 5),
+                        (5, 6);
+CREATE TABLE node (id int PRIMARY KEY, parent int, name text);
+INSERT INTO node VALUES (0, NULL, 'root'), (1, 0, 'x'), (2, 0, 'y'), (3, 1, NULL), (4, 3, 'y'),
+                        (5, 6, 'x'), (6, 5, 'y');
 """
 
 STATS = {"cycles": 0, "examples": 0}
@@ -293,6 +339,46 @@ def apply_op(cur: psycopg.Cursor[Any], o: tuple[Any, ...]) -> None:
         cur.execute("DELETE FROM dim WHERE k = %s", (o[2],))
         if before and before[0] is not None:
             cur.execute("DELETE FROM dim WHERE k = %s", (before[0],))
+    elif kind == "edge_insert":
+        cur.executemany("INSERT INTO edge VALUES (%s, %s)", o[1])
+    elif kind == "edge_delete":
+        cur.execute(
+            "DELETE FROM edge WHERE a IS NOT DISTINCT FROM %s AND b IS NOT DISTINCT FROM %s",
+            (o[1], o[2]),
+        )
+    elif kind == "edge_delete_one":
+        cur.execute(
+            "DELETE FROM edge WHERE ctid = (SELECT ctid FROM edge WHERE a IS NOT DISTINCT FROM "
+            "%s LIMIT 1)",
+            (o[1],),
+        )
+    elif kind == "edge_update":
+        cur.execute(
+            "UPDATE edge SET b = %s WHERE ctid = (SELECT ctid FROM edge WHERE a IS NOT DISTINCT "
+            "FROM %s AND b IS DISTINCT FROM %s LIMIT 1)",
+            (o[3], o[1], o[2]),
+        )
+    elif kind == "edge_insert_then_delete":
+        cur.execute("INSERT INTO edge VALUES (%s, %s)", (o[1], o[2]))
+        cur.execute(
+            "DELETE FROM edge WHERE a IS NOT DISTINCT FROM %s AND b IS NOT DISTINCT FROM %s",
+            (o[1], o[2]),
+        )
+    elif kind == "node_insert":
+        cur.execute(
+            "INSERT INTO node VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING", (o[1], o[2], o[3])
+        )
+    elif kind == "node_reparent":
+        cur.execute("UPDATE node SET parent = %s WHERE id = %s", (o[2], o[1]))
+    elif kind == "node_rename":
+        cur.execute("UPDATE node SET name = %s WHERE id = %s", (o[2], o[1]))
+    elif kind == "node_delete":
+        cur.execute("DELETE FROM node WHERE id = %s", (o[1],))
+    elif kind == "node_move_key":
+        cur.execute(
+            "UPDATE node SET id = %s WHERE id = %s AND NOT EXISTS (SELECT 1 FROM node WHERE id = %s)",
+            (o[2], o[1], o[2]),
+        )
     elif kind == "insert_then_delete":
         cur.execute(
             "INSERT INTO src VALUES (%s, 1, 'a', 1, 1, 1) ON CONFLICT (id) DO NOTHING", (o[1],)
@@ -330,7 +416,7 @@ def oracle_db(conn: psycopg.Connection[Any], dsn: str) -> tuple[psycopg.Connecti
 def _run_cycles(
     conn: psycopg.Connection[Any], dsn: str, names: dict[str, str], plan: list[Any]
 ) -> None:
-    conn.execute("DROP TABLE IF EXISTS src, bag, dim CASCADE")
+    conn.execute("DROP TABLE IF EXISTS src, bag, dim, edge, node CASCADE")
     for name in names:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
     conn.execute(
@@ -363,14 +449,14 @@ def _run_cycles(
     STATS["examples"] += 1
 
 
-def _given(test: Any) -> Any:
+def _given(test: Any, plans: Any = cycles) -> Any:
     wrapped = settings(
         max_examples=EXAMPLES,
         deadline=None,
         derandomize=SEED is None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         database=None,
-    )(given(plan=cycles)(test))
+    )(given(plan=plans)(test))
     return seed(int(SEED))(wrapped) if SEED is not None else wrapped
 
 
@@ -434,7 +520,15 @@ GROUPS = {
         "distinct_on_join",
     ],
     "subqueries": ["exists", "not_exists_agg", "in_subquery", "not_in_nulls", "exists_with_join"],
+    "recursive": [
+        "recursive_closure",
+        "recursive_reach_projected",
+        "recursive_from_root",
+        "recursive_hierarchy_depth",
+    ],
 }
+# Groups whose tables the src/bag/dim mutations do not touch draw their own mutations.
+GROUP_PLANS = {"recursive": graph_cycles}
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -442,11 +536,10 @@ def test_differential_equals_query(oracle_db: tuple[Any, str], group: str) -> No
     conn, dsn = oracle_db
     names = {f"st_{n}": QUERIES[n] for n in GROUPS[group]}
 
-    @_given
     def check(plan: list[Any]) -> None:
         _run_cycles(conn, dsn, names, plan)
 
-    check()
+    _given(check, GROUP_PLANS.get(group, cycles))()
     print(f"\noracle[{group}]: {STATS['examples']} examples, {STATS['cycles']} cycles so far")
 
 
