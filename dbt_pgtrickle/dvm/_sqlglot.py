@@ -1096,6 +1096,13 @@ def split_recursive(tree: exp.Query) -> RecursiveParts | None:
                 f"{node.key.upper()} in the non-recursive term of {name}",
                 "use plain SELECT blocks joined by UNION; " + _RECURSIVE_HINT,
             )
+    for block, what in [*((b, "non-recursive") for b in bases), (step, "recursive")]:
+        if any(j.args.get("side") for j in block.args.get("joins") or []):
+            return _reject(
+                f"outer joins in the {what} term of {name}",
+                "keep the recursive CTE to inner joins, WHERE and a select list; "
+                + _RECURSIVE_HINT,
+            )
     alias = cte.args.get("alias")
     columns = [c.name for c in alias.columns] if alias is not None and alias.columns else None
     outer = tree.copy()

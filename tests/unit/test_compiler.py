@@ -27,8 +27,18 @@ TABLES = {
         "public", "events", (Column("kind", "text"), Column("n", "integer")), None
     ),
     "v_orders": SourceTable("public", "v_orders", (Column("id", "integer"),), None, kind="view"),
+    "edges": SourceTable(
+        "public", "edges", (Column("src", "integer"), Column("dst", "integer")), None
+    ),
 }
-TYPES = {"amount": "numeric", "qty": "integer", "score": "double precision", "n": "integer"}
+TYPES = {
+    "amount": "numeric",
+    "qty": "integer",
+    "score": "double precision",
+    "n": "integer",
+    "src": "integer",
+    "dst": "integer",
+}
 
 
 class StaticLookup:
@@ -158,7 +168,6 @@ REJECTED = [
     ),
     ("select id from orders o where exists (select 1 from orders o)", "repeats an alias"),
     ("select n from (select count(*) as n from orders) s", "subquery or function in FROM"),
-    ("with recursive q as (select id from orders) select id from q", "WITH"),
     ("select region from orders group by distinct rollup(region)", "GROUP BY DISTINCT"),
     (
         "select count(*) from orders group by cube(id, region, amount, qty, score, id + 1, 1 - id)",
@@ -398,3 +407,112 @@ def test_distinct_on_keeps_the_first_row_per_key() -> None:
     assert p.strategy == compiler.WINDOW_PARTITIONS
     assert "row_number() OVER (PARTITION BY" in p.full_sql and '"__pgt_rn" = 1' in p.full_sql
     assert [o.operator for o in p.operators][-1] == "Distinct on"
+
+
+CLOSURE = (
+    "with recursive r(a, b) as (select src, dst from edges "
+    "union select r.a, e.dst from r join edges e on e.src = r.b)"
+)
+
+
+def test_recursive_cte_is_maintained_from_a_backing_table() -> None:
+    from dbt_pgtrickle.dvm.operators import recursive
+
+    p = plan(CLOSURE + " select b from r where a <> b", ["b"])
+    assert p.strategy == compiler.RECURSIVE
+    assert p.storage_columns == ["__pgt_row_id", "b"]
+    assert [s.qualified for s in p.sources] == ["public.edges"]  # r itself is no source
+    assert p.recursive is not None
+    backing = p.recursive.backing
+    assert backing.startswith('"pgtrickle_changes"."rec_')
+    assert f"FROM {backing}" in p.full_sql and "edges" not in p.full_sql
+    ddl = recursive.backing_ddl(p.recursive)
+    # The step joins r on column b: the semi-naive probes use an index on it.
+    assert f'CREATE INDEX ON {backing} ("b")' in ddl
+    assert "WITH RECURSIVE" in recursive.full_r(p.recursive)
+    assert [o.operator for o in p.operators] == [
+        "Recursive CTE",
+        "Semi-naive insertion",
+        "Over-deletion (DRed)",
+        "Rederivation (DRed)",
+        "Project",
+    ]
+    steps = p.prepare_for(p.source_stables)
+    assert steps[0].startswith('CREATE TEMP TABLE "__pgt_rec_d"')
+    assert steps[2].startswith(f"DELETE FROM {backing}")
+    assert steps[3].startswith('CREATE TEMP TABLE "__pgt_rec_n"')
+    assert steps[-1].startswith(f"INSERT INTO {backing}")
+    # Over-deletion starts from rows whose net weight is negative; insertion from positive ones.
+    assert 'HAVING sum("__pgt_w") < 0' in steps[0] and 'HAVING sum("__pgt_w") > 0' not in steps[0]
+    assert 'HAVING sum("__pgt_w") > 0' in steps[3]
+    delta = p.delta_for(p.source_stables)
+    assert '"__pgt_rec_n"' in delta and '"__pgt_rec_d"' in delta and "edges" not in delta
+
+
+def test_with_recursive_without_self_reference_is_an_ordinary_cte() -> None:
+    p = plan("with recursive q as (select id from orders) select id from q", ["id"])
+    assert p.strategy == compiler.LINEAR_KEYED
+
+
+RECURSIVE_REJECTED = [
+    (
+        "with recursive r(a, b) as (select src, dst from edges "
+        "union all select r.a, e.dst from r join edges e on e.src = r.b) select a, b from r",
+        "WITH RECURSIVE … UNION ALL",
+        "write UNION instead of UNION ALL",
+    ),
+    (
+        "with recursive s as (select src from edges), r(a) as (select src from s "
+        "union select e.dst from r join edges e on e.src = r.a) select a from r",
+        "WITH RECURSIVE with several CTEs",
+        "keep the recursive CTE alone",
+    ),
+    (
+        CLOSURE + " search depth first by a set o select a, b from r",
+        "SEARCH/CYCLE",
+        "remove it",
+    ),
+    (
+        CLOSURE + " select a, count(*) as n from r group by a",
+        "a query over the recursive CTE r",
+        "make SELECT … FROM r a stream table",
+    ),
+    (
+        CLOSURE + " select r.a, e.dst from r join edges e on e.src = r.a",
+        "a query over the recursive CTE r",
+        "join, group or aggregate it in another stream table",
+    ),
+    (
+        "with recursive r(a, b) as (select src, dst from edges "
+        "union select r.a, e.dst from r left join edges e on e.src = r.b) select a, b from r",
+        "outer joins in the recursive term of r",
+        "keep the recursive CTE to inner joins",
+    ),
+    (
+        "with recursive r(a, b) as (select src, dst from edges union select r.a, r.b + 1 "
+        "from r where not exists (select 1 from edges e where e.src = r.b)) select a, b from r",
+        "EXISTS/IN subqueries in the recursive term of r",
+        "keep the recursive CTE to inner joins",
+    ),
+    (
+        "with recursive r(a, b) as (select src, max(dst) from edges group by src "
+        "union select r.a, e.dst from r join edges e on e.src = r.b) select a, b from r",
+        "GROUP BY, aggregates or DISTINCT in the non-recursive term of r",
+        "keep the recursive CTE to inner joins",
+    ),
+    (
+        "with recursive r as (select src + 1 from edges "
+        "union select e.dst from r join edges e on e.src = r.src) select * from r",
+        "recursive CTE r without distinct column names",
+        "name its columns: WITH RECURSIVE r(col1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "construct", "rewrite"), RECURSIVE_REJECTED)
+def test_rejected_recursive_forms_name_the_construct_and_the_rewrite(
+    query: str, construct: str, rewrite: str
+) -> None:
+    p = plan(query, ["a", "b"] if "n from r" not in query else ["a", "n"])
+    assert p.strategy == compiler.FULL_ONLY
+    assert p.unsupported and construct in p.unsupported and rewrite in p.unsupported
