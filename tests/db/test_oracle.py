@@ -536,6 +536,11 @@ def test_differential_equals_query(oracle_db: tuple[Any, str], group: str) -> No
     conn, dsn = oracle_db
     names = {f"st_{n}": QUERIES[n] for n in GROUPS[group]}
 
+    if group == "recursive":
+        # The planner's size guess for a recursive CTE is large enough to JIT-compile every
+        # oracle query, which then costs far more than running it on these small graphs.
+        conn.execute("SET jit = off")
+
     def check(plan: list[Any]) -> None:
         _run_cycles(conn, dsn, names, plan)
 

@@ -438,13 +438,13 @@ def test_recursive_cte_is_maintained_from_a_backing_table() -> None:
         "Project",
     ]
     steps = p.prepare_for(p.source_stables)
-    assert steps[0].startswith('CREATE TEMP TABLE "__pgt_rec_d"')
-    assert steps[2].startswith(f"DELETE FROM {backing}")
-    assert steps[3].startswith('CREATE TEMP TABLE "__pgt_rec_n"')
+    assert steps[1].startswith('CREATE TEMP TABLE "__pgt_rec_d"')
+    assert steps[3].startswith(f"DELETE FROM {backing}")
+    assert steps[4].startswith('CREATE TEMP TABLE "__pgt_rec_n"')
     assert steps[-1].startswith(f"INSERT INTO {backing}")
     # Over-deletion starts from rows whose net weight is negative; insertion from positive ones.
-    assert 'HAVING sum("__pgt_w") < 0' in steps[0] and 'HAVING sum("__pgt_w") > 0' not in steps[0]
-    assert 'HAVING sum("__pgt_w") > 0' in steps[3]
+    assert 'HAVING sum("__pgt_w") < 0' in steps[1] and 'HAVING sum("__pgt_w") > 0' not in steps[1]
+    assert 'HAVING sum("__pgt_w") > 0' in steps[4]
     delta = p.delta_for(p.source_stables)
     assert '"__pgt_rec_n"' in delta and '"__pgt_rec_d"' in delta and "edges" not in delta
 

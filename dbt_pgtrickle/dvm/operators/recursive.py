@@ -230,6 +230,9 @@ def maintain(rec: Recursion, changed: set[str]) -> list[str]:
     )
     cols = _cte_columns(rec)
     return [
+        # The planner sizes a recursive CTE at many times its seed, enough to JIT-compile these
+        # statements, which costs more than running them on a delta-sized seed.
+        "SET LOCAL jit = off",
         over_delete,
         f"ANALYZE {d}",
         remove,
