@@ -80,6 +80,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "verify": "all",
             "cache_data": True,
             "profiles": 3,
+            "diff_timeout_s": 120,
         },
         "write_path": {
             "base_rows": 1_000_000,
@@ -174,16 +175,20 @@ def _runner(name: str) -> Callable[[Context, dict[str, Any]], dict[str, Any]]:
     raise SystemExit(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
 
 
-def jobs(workloads: list[str], params: dict[str, dict[str, Any]]) -> list[tuple[str, str, dict]]:
-    """``(workload, result file stem, parameters)``; the TPC-H corpus runs once per scale."""
+def jobs(
+    workloads: list[str], params: dict[str, dict[str, Any]], tag: str = ""
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(workload, result file stem, parameters)``; the TPC-H corpus runs once per scale.
+    ``tag`` is appended to the stems (``tpch_sf0.1-jit_off``)."""
+    tag = f"-{tag}" if tag else ""
     out: list[tuple[str, str, dict[str, Any]]] = []
     for w in workloads:
         p = params[w]
         if w == "tpch":
             for scale in p["scales"]:
-                out.append((w, f"tpch_sf{scale:g}", {**p, "scale": scale}))
+                out.append((w, f"tpch_sf{scale:g}{tag}", {**p, "scale": scale}))
         else:
-            out.append((w, w, dict(p)))
+            out.append((w, f"{w}{tag}", dict(p)))
     return out
 
 
@@ -206,6 +211,8 @@ def resolve_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         tp["verify"] = args.verify
     if args.no_cache:
         tp["cache_data"] = False
+    if args.diff_timeout_s is not None:
+        tp["diff_timeout_s"] = args.diff_timeout_s
     return params
 
 
@@ -216,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     params = resolve_params(args)
     ctx = Context(args.dsn, results_dir, args.profile, args.set or [])
     failed: list[str] = []
-    for workload, stem, p in jobs(workloads, params):
+    for workload, stem, p in jobs(workloads, params, args.tag):
         ctx.log(f"=== {stem} ({args.profile})")
         started = time.time()
         env = environment(args.dsn)
@@ -233,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             "harness": HARNESS_FORMAT,
             "workload": workload,
             "name": stem,
+            "tag": args.tag or None,
             "profile": args.profile,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -279,6 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         help="TPC-H exactness check after every refresh, after the first repeat only, or never",
     )
     r.add_argument("--no-cache", action="store_true", help="load TPC-H data afresh every time")
+    r.add_argument(
+        "--diff-timeout-s",
+        type=float,
+        help="cap one statement of a TPC-H differential refresh (refresh_statement_timeout_ms); "
+        "a refresh cut off counts as the cap, shown as ≥",
+    )
+    r.add_argument(
+        "--tag", default="", help="suffix of the result file names, e.g. jit_off (a variant run)"
+    )
     r.add_argument("--fail-fast", action="store_true", help="stop at the first failing workload")
     C.add_session_settings_option(r)
     rep = sub.add_parser("report", help="regenerate the docs tables from the JSON files")

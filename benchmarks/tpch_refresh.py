@@ -54,6 +54,7 @@ from benchmarks import _common as C  # noqa: E402
 from benchmarks.tpch import UNIQUE_KEYS, Query, datagen, load_queries, mutations  # noqa: E402
 from benchmarks.tpch.oracle import mismatches  # noqa: E402
 from dbt_pgtrickle import (  # noqa: E402
+    PgTrickleError,
     create_stream_table,
     explain_stream_table,
     install,
@@ -249,6 +250,7 @@ def run_fraction(
     cycles = []
     names = list(queries)
     repeats = int(p["repeats"])
+    timeout_ms = round(float(p.get("diff_timeout_s") or 0) * 1000)
     for rep in range(repeats):
         t_mut, stats = timed(lambda: mutator.cycle(fraction))
         cycles.append({"seconds": t_mut, "rows": stats.rows, "orders": stats.orders_touched})
@@ -266,11 +268,28 @@ def run_fraction(
             choice, why = auto_choice(conn, q.stream_table, threshold)
             s["auto"].append(choice)
             s["auto_reason"].append(why)
-            wall, result = timed(lambda q=q: refresh_stream_table(conn, q.stream_table))
-            s["diff"].append(wall)
-            s["action"].append(result.action)
-            s["rows_in"].append(result.rows_in)
-            if check:
+            if timeout_ms:
+                set_setting(conn, "refresh_statement_timeout_ms", timeout_ms)
+            try:
+                wall, result = timed(lambda q=q: refresh_stream_table(conn, q.stream_table))
+            except PgTrickleError as exc:
+                if getattr(exc, "sqlstate", None) != "57014":
+                    raise
+                # slower than the cap: recorded as censored; the full recompute below consumes
+                # the cycle's changes
+                s["diff"].append(None)
+                s["action"].append("TIMEOUT")
+                s["rows_in"].append(None)
+                check_this = False
+            else:
+                s["diff"].append(wall)
+                s["action"].append(result.action)
+                s["rows_in"].append(result.rows_in)
+                check_this = check
+            finally:
+                if timeout_ms:
+                    set_setting(conn, "refresh_statement_timeout_ms", 0)
+            if check_this:
                 bad = mismatches(conn, q)
                 if bad:
                     raise C.MismatchError(f"{name} differs from its query: {bad}")
@@ -302,6 +321,7 @@ def run_fraction(
                 s[label].append(timed(fn)[0])
     report: dict[str, Any] = {"fraction": fraction, "cycles": cycles, "queries": {}}
     for name, s in samples.items():
+        s["cap_s"] = [timeout_ms / 1000 if timeout_ms else None]
         report["queries"][name] = summarize_query(s)
     return report
 
@@ -314,6 +334,12 @@ def summarize_query(s: dict[str, list[Any]]) -> dict[str, Any]:
         "auto_reason": sorted({r for r in s["auto_reason"] if r}),
         "samples_s": {k: s[k] for k in KINDS},
     }
+    # a differential refresh cut off by the cap counts as the cap (a lower bound)
+    cap = s.get("cap_s", [None])[0]
+    censored = sum(1 for v in s["diff"] if v is None)
+    s = {**s, "diff": [cap if v is None else v for v in s["diff"]]}
+    entry["diff_censored"] = censored
+    entry["samples_s"]["diff"] = s["diff"]
     for k in KINDS:
         entry[f"{k}_ms"] = C.summary([v * 1000 for v in s[k]]) if s[k] else None
     # AUTO's time per cycle: the variant it would have run
@@ -404,11 +430,7 @@ def profile_slowest(
                 ),
             }
         )
-    # the remaining stream tables consume this cycle too, untimed
-    for name, q in queries.items():
-        if name not in chosen:
-            refresh_stream_table(conn, q.stream_table)
-    return done
+    return done  # the other stream tables never consume this cycle: nothing runs after it
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-matview", action="store_true")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--profiles", type=int, default=0)
+    ap.add_argument("--diff-timeout-s", type=float, default=0.0)
     ap.add_argument("--json-out")
     ap.add_argument("--keep", action="store_true")
     C.add_session_settings_option(ap)
@@ -481,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             "matview": not a.no_matview,
             "cache_data": not a.no_cache,
             "profiles": a.profiles,
+            "diff_timeout_s": a.diff_timeout_s,
             "keep": a.keep,
         }
         res = run_workload(ctx, p)
