@@ -66,12 +66,17 @@ def tpch_reports(data: dict[str, Report]) -> list[Report]:
 # sections
 
 
+def _commit(r: Report) -> str:
+    rt = r["versions"].get("runtime_source_at_start") or {}
+    head = str(rt.get("git_head") or "")[:7]
+    return f"`{head}`" + (" (modified)" if rt.get("modified_files") else "") if head else "–"
+
+
 def render_environment(data: dict[str, Report]) -> str:
     if not data:
         return "_No harness results yet: run `python -m benchmarks run`._"
     first = next(iter(data.values()))
     m, v = first["machine"], first["versions"]
-    rt = v.get("runtime_source_at_start") or {}
     rows = [
         ["CPU", f"{m.get('cpu_model')} — {m.get('cpu_count')} cores visible"],
         ["memory", f"{m.get('memory_gib')} GiB"],
@@ -86,12 +91,8 @@ def render_environment(data: dict[str, Report]) -> str:
         ["pg_ivm", v.get("pg_ivm_available") or "not available"],
         [
             "runtime measured",
-            f"dbt-pgtrickle {v.get('dbt_pgtrickle')} at commit `{str(rt.get('git_head', ''))[:7]}`"
-            + (
-                f" with uncommitted changes in {len(rt.get('modified_files', []))} file(s)"
-                if rt.get("modified_files")
-                else ", clean working tree"
-            ),
+            f"dbt-pgtrickle {v.get('dbt_pgtrickle')}; the git commit of each run is in the "
+            "table below",
         ],
         [
             "server settings",
@@ -107,6 +108,7 @@ def render_environment(data: dict[str, Report]) -> str:
             " / ".join(f"{x:.1f}" for x in r["machine"].get("loadavg_at_start", [])[:1])
             + " → "
             + " / ".join(f"{x:.1f}" for x in r.get("loadavg_at_end", [])[:1]),
+            _commit(r),
             "ok" if not r.get("error") else f"FAILED: {r['error'][:80]}",
         ]
         for name, r in sorted(data.items(), key=lambda i: i[1]["started_at"])
@@ -114,7 +116,10 @@ def render_environment(data: dict[str, Report]) -> str:
     return (
         table(["", ""], rows)
         + "\n\nRuns (load average = 1-minute load at start → end of the workload):\n\n"
-        + table(["result file", "profile", "started (UTC)", "took", "load", "status"], runs)
+        + table(
+            ["result file", "profile", "started (UTC)", "took", "load", "runtime commit", "status"],
+            runs,
+        )
     )
 
 
@@ -218,6 +223,7 @@ def render_tpch(data: dict[str, Report]) -> str:
                     x["query"],
                     f1(x.get("wall_ms")),
                     f1(x.get("slowest_statement_ms")),
+                    f1(x.get("jit_ms")),
                     "yes" if x.get("temp_spill") else "no",
                     f"`benchmarks/results/{x['file']}`" if x.get("file") else x.get("skipped", ""),
                 ]
@@ -227,7 +233,14 @@ def render_tpch(data: dict[str, Report]) -> str:
                 "Profiles of the slowest differential refreshes (one more cycle, under "
                 "`auto_explain` with ANALYZE and BUFFERS, so slower than above):\n\n"
                 + table(
-                    ["query", "instrumented ms", "slowest statement ms", "temp spill", "plans"],
+                    [
+                        "query",
+                        "instrumented ms",
+                        "slowest statement ms",
+                        "JIT compile ms (all statements)",
+                        "temp spill",
+                        "plans",
+                    ],
                     prow,
                 )
             )

@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -215,7 +216,6 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
             }
         out["queries"] = plans
         C.vacuum_analyze(conn, *[q.stream_table for q in queries.values()])
-        datagen.analyze(conn)
         out["runtime_settings"] = C.runtime_settings(conn)
         mutator = mutations.Mutator(conn, datagen.Sizes.at(scale), seed=int(p.get("mseed", 7)))
         verify = p.get("verify", "all")
@@ -425,6 +425,11 @@ def profile_slowest(
                 "phases_ms": ex["phases_ms"],
                 "slowest_statement_ms": top["duration_ms"] if top else None,
                 "slowest_statement": (top["query"][:300] if top else None),
+                "jit_ms": sum(
+                    float(m)
+                    for pl in ex["plans"]
+                    for m in re.findall(r"Timing: Generation .*?Total ([\d.]+) ms", pl["plan"])
+                ),
                 "temp_spill": any(
                     "temp read" in pl["plan"] or "temp written" in pl["plan"] for pl in ex["plans"]
                 ),
