@@ -809,6 +809,8 @@ def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | Non
         raise UnsupportedConstruct("GROUP BY DISTINCT", "remove DISTINCT, or " + FULL_ONLY_HINT)
 
     def unit(e: exp.Expr) -> list[exp.Expr]:
+        while isinstance(e, exp.Paren):  # (a) is the set {a}
+            e = e.this
         return list(e.expressions) if isinstance(e, exp.Tuple) else [e]
 
     def expand(item: exp.Expr) -> list[list[exp.Expr]]:
@@ -823,6 +825,8 @@ def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | Non
             ]
         if isinstance(item, exp.GroupingSets):
             return [s for e in item.expressions for s in expand(e)]
+        if isinstance(item, exp.Paren) and isinstance(item.this, special):
+            return expand(item.this)
         return [unit(item)]
 
     sets: list[list[exp.Expr]] = [[]]

@@ -361,6 +361,15 @@ def test_rollup_expands_as_postgresql_does() -> None:
     )
     assert p.shape and p.shape.grouping_sets
     assert [len(s.group_keys) for s in p.shape.grouping_sets] == [3, 2, 1, 0]
+    p = plan(
+        "select region, count(*) as n, grouping(region) as g from orders "
+        "group by grouping sets ((region), (), cube((region, qty)))",
+        ["region", "n", "g"],
+    )
+    assert p.shape and p.shape.grouping_sets
+    sets = p.shape.grouping_sets
+    assert [len(s.group_keys) for s in sets] == [1, 0, 2, 0]
+    assert [s.outputs[2].sql for s in sets] == ["0", "1", "0", "1"]
 
 
 def test_window_functions_recompute_touched_partitions() -> None:
