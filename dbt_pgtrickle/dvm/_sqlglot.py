@@ -863,12 +863,17 @@ def analyze(tree: exp.Query, lookup: ir.SchemaLookup, output_names: list[str]) -
     return _Analyzer(flatten_subqueries(tree, lookup), lookup, output_names).run()
 
 
-def set_operation(tree: exp.Query) -> tuple[list[exp.Select], ir.SetOp] | None:
+def set_operation(tree: exp.Query) -> tuple[list[exp.Select], ir.SetOp, list[str]] | None:
     """For a query whose top level is a set operation (UNION, INTERSECT, EXCEPT, with or without
-    ALL, nested as SQL's precedence and parentheses say): its SELECT branches, left to right, and
-    the operation tree over their indexes. None for anything else."""
+    ALL, nested as SQL's precedence and parentheses say): its SELECT branches, left to right, the
+    operation tree over their indexes, and notes. None for anything else."""
     if not isinstance(tree, exp.SetOperation):
         return None
+    notes = []
+    if tree.args.get("order") and not (tree.args.get("limit") or tree.args.get("offset")):
+        tree = tree.copy()
+        tree.set("order", None)
+        notes.append("ORDER BY dropped: a stream table is an unordered set of rows")
     if tree.args.get("with_") or tree.args.get("with"):
         raise UnsupportedConstruct(
             "WITH over a set operation", "move the CTEs into the branches, or " + FULL_ONLY_HINT
@@ -895,7 +900,7 @@ def set_operation(tree: exp.Query) -> tuple[list[exp.Select], ir.SetOp] | None:
 
     root = walk(tree)
     assert isinstance(root, ir.SetOp)
-    return branches, root
+    return branches, root, notes
 
 
 def split_topk(

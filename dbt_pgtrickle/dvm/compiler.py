@@ -204,7 +204,7 @@ def compile_query(
             return _topk_plan(topk, lookup, output_names, target, normalized)
         set_op = _sqlglot.set_operation(tree)
         if set_op is not None:
-            selects, op_tree = set_op
+            selects, op_tree, set_op_notes = set_op
             branches = [_sqlglot.analyze(b, lookup, output_names) for b in selects]
             if any(b.aggregate or b.window_partition is not None for b in branches):
                 raise UnsupportedConstruct(
@@ -215,8 +215,11 @@ def compile_query(
             kinds = _set_op_kinds(op_tree)
             pure_union = len(kinds) == 1 and kinds <= {("union", True), ("union", False)}
             if pure_union and not any(b.distinct for b in branches):
-                return _union_plan(branches, normalized, target, kinds == {("union", False)})
-            return _counted_plan(op_tree, branches, normalized, target)
+                plan = _union_plan(branches, normalized, target, kinds == {("union", False)})
+            else:
+                plan = _counted_plan(op_tree, branches, normalized, target)
+            plan.notes = set_op_notes
+            return plan
         shape = _sqlglot.analyze(tree, lookup, output_names)
         for item in shape.froms:
             if item.source.column("__pgt_w") is not None:

@@ -146,7 +146,7 @@ REJECTED = [
     ("select o.id from orders o join events e using (id)", "USING"),
     ("select o.id from orders o natural join events e", "NATURAL JOIN"),
     ("select o.id from orders o join (select 1 as x) e on true", "subquery or function in FROM"),
-    ("select id from orders union all select n from events order by 1", "ORDER BY/LIMIT"),
+    ("select id from orders union all select n from events order by 1 limit 3", "ORDER BY/LIMIT"),
     (
         "select region from orders intersect select kind from events group by kind",
         "GROUP BY, aggregates or windows inside a branch of a set operation",
@@ -328,6 +328,14 @@ def test_set_operations_keep_per_branch_counts_in_a_backing_table(query: str, tr
         '"public"."orders" AS "orders" WHERE false'
     )
     assert p.counted.backing in delta  # old counts are read from the backing table
+
+
+def test_order_by_on_a_set_operation_is_dropped_with_a_note() -> None:
+    p = plan("select id from orders except select n from events order by 1", ["id"])
+    assert p.counted is not None and p.notes == [
+        "ORDER BY dropped: a stream table is an unordered set of rows"
+    ]
+    assert "ORDER BY" not in p.counted.inner.full_sql
 
 
 def test_pure_union_keeps_the_counted_distinct_plan() -> None:
