@@ -745,7 +745,9 @@ class _Analyzer:
                     keys.append(key)
                 indexes.add(keys.index(key))
             members.append(indexes)
-        key_types = self.lookup.expression_types(self.from_sql, [render(k) for k in keys])
+        key_types = (
+            self.lookup.expression_types(self.from_sql, [render(k) for k in keys]) if keys else []
+        )
         having_q = self._qualify(having) if having is not None else None
         classified = [self._classify(n) for n in agg_nodes]
 
