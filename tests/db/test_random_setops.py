@@ -8,7 +8,7 @@ filter, join, project to duplicate-rich values or use ``DISTINCT``; or a ``GROUP
 updates, deletes, a key change while the matching row is deleted, insert-then-delete).
 
 Reproducible: ``derandomize=True`` unless ``PGTRICKLE_ORACLE_SEED`` is set;
-``PGTRICKLE_RANDOM_SETOPS_EXAMPLES`` sets the budget (default 25 per test).
+``PGTRICKLE_RANDOM_SETOPS_EXAMPLES`` sets the budget (default 15 per test).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from test_random_queries import SETUP, apply, change
 
 import dbt_pgtrickle as pgt
 
-EXAMPLES = int(os.environ.get("PGTRICKLE_RANDOM_SETOPS_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("PGTRICKLE_RANDOM_SETOPS_EXAMPLES", "15"))
 SEED = os.environ.get("PGTRICKLE_ORACLE_SEED")
 STATS = {"queries": 0, "cycles": 0}
 
