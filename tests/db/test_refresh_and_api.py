@@ -416,3 +416,46 @@ def test_rollup_keeps_the_grand_total_over_an_empty_input(db: psycopg.Connection
     assert db.execute("SELECT g, n, s, m, gr FROM st").fetchall() == [(None, 0, None, None, 1)]
     assert pgt.verify_stream_table(db, "st")["equal"]
     assert "Grouping sets" in pgt.explain_stream_table(db, "st")
+
+
+def test_recursive_cte_backing_table_follows_the_stream_table(db: psycopg.Connection[Any]) -> None:
+    from dbt_pgtrickle.dvm.compiler import recursive_backing_name
+
+    backing = "pgtrickle_changes." + recursive_backing_name('"public"."st"')
+    db.execute("CREATE TABLE edge (a int, b int)")
+    db.execute("INSERT INTO edge VALUES (1, 2), (2, 3), (1, 3), (3, 4)")
+    query = (
+        "with recursive r(a, b) as (select a, b from edge "
+        "union select r.a, e.b from r join edge e on e.a = r.b) select a, b from r where a = 1"
+    )
+    pgt.create_stream_table(db, "st", query, refresh_mode="DIFFERENTIAL")
+    assert db.execute(f"SELECT count(*) FROM {backing}").fetchone() == (6,)  # all of r
+    text = pgt.explain_stream_table(db, "st")
+    assert "Over-deletion (DRed)" in text and "O(Δ + new facts)" in text
+    db.execute("INSERT INTO edge VALUES (4, 5)")
+    r = pgt.refresh_stream_table(db, "st")
+    assert (r.action, r.rows_inserted, r.rows_deleted) == ("DIFFERENTIAL", 1, 0)  # (1, 5)
+    db.execute("DELETE FROM edge WHERE a = 2 AND b = 3")  # 1 → 3 still holds through (1, 3)
+    r = pgt.refresh_stream_table(db, "st")
+    assert (r.action, r.rows_inserted, r.rows_deleted) == ("DIFFERENTIAL", 0, 0)
+    assert db.execute("SELECT b FROM st ORDER BY b").fetchall() == [(2,), (3,), (4,), (5,)]
+    db.execute("TRUNCATE edge")
+    db.execute("INSERT INTO edge VALUES (1, 7)")
+    assert pgt.refresh_stream_table(db, "st").action == "FULL"  # the backing table is rebuilt
+    assert db.execute(f"SELECT a, b FROM {backing}").fetchall() == [(1, 7)]
+    db.execute("INSERT INTO edge VALUES (7, 1)")  # a cycle
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert db.execute("SELECT b FROM st ORDER BY b").fetchall() == [(1,), (7,)]
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    pgt.alter_stream_table(db, "st", query="select a, b from edge")
+    assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)
+    union_all = (
+        "with recursive r(a, b, d) as (select a, b, 0 from edge union all "
+        "select r.a, e.b, r.d + 1 from r join edge e on e.a = r.b where r.d < 3) select a, b from r"
+    )
+    info = pgt.alter_stream_table(db, "st", query=union_all, refresh_mode="AUTO")
+    assert info["effective_mode"] == "FULL" and "UNION ALL" in info["fallback_reason"]
+    pgt.alter_stream_table(db, "st", query=query, refresh_mode="DIFFERENTIAL")
+    assert db.execute("SELECT to_regclass(%s) IS NOT NULL", (backing,)).fetchone() == (True,)
+    pgt.drop_stream_table(db, "st")
+    assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)

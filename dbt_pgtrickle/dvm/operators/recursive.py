@@ -100,6 +100,24 @@ def _select(
     )
 
 
+def _rederive(rec: Recursion, shape: QueryShape, relations: dict[str, str]) -> list[str]:
+    """The facts of D the block still produces. Facts without NULLs are found by equality with
+    the block's outputs, so the database drives the block from D through the inputs' indexes;
+    the (rarer) facts with a NULL column by a membership test gated on D holding any."""
+    d, o = q(OVER_DELETED), q("__pgt_o")
+    exprs = _casts(rec, shape)
+    cols = ", ".join(f"{e} AS {q(n)}" for e, n in _row(rec, shape))
+    equal = " AND ".join(f"{e} = {o}.{q(c)}" for c, e in zip(rec.columns, exprs, strict=True))
+    by_equality = (
+        f"SELECT {cols} FROM {d} AS {o}, {from_clause_sql(shape.froms, relations)}"
+        f"{where_clause(shape, equal)}"
+    )
+    any_null = " OR ".join(f"{q(c)} IS NULL" for c in rec.columns)
+    gate = f"EXISTS (SELECT 1 FROM {d} WHERE {any_null})"
+    with_nulls = _select(rec, shape, relations, f"{gate} AND {_member(rec, shape, d)}")
+    return [by_equality, with_nulls]
+
+
 def _used_columns(shape: QueryShape, alias: str) -> list[str]:
     """Columns of ``alias`` the block reads (rendered SQL always quotes and qualifies them)."""
     text = " ".join(
@@ -214,7 +232,7 @@ def maintain(rec: Recursion, changed: set[str]) -> list[str]:
     seeds = []
     for shape, r_alias in rec._blocks():
         base = {r_alias: rb} if r_alias else {}
-        seeds.append(_select(rec, shape, base, _member(rec, shape, d)))
+        seeds.extend(_rederive(rec, shape, base))
         for alias in _changed(shape, changed, r_alias):
             relations = {**base, alias: _window(shape, alias, ">")}
             seeds.append(_select(rec, shape, relations))
@@ -230,16 +248,32 @@ def maintain(rec: Recursion, changed: set[str]) -> list[str]:
     )
     cols = _cte_columns(rec)
     return [
-        # The planner sizes a recursive CTE at many times its seed, enough to JIT-compile these
-        # statements, which costs more than running them on a delta-sized seed.
-        "SET LOCAL jit = off",
+        *_DRIVE_FROM_THE_DELTA,
         over_delete,
         f"ANALYZE {d}",
         remove,
         derive,
+        *_RESTORE_PLANNER,
         f"ANALYZE {n}",
         f"INSERT INTO {rb} ({cols}) SELECT {cols} FROM {n}",
     ]
+
+
+# The planner sizes a recursive CTE's working table at ten times its seed per level, so for a
+# delta-sized seed it picks hash joins that read all of R (and all of the step's sources) to
+# answer a few index probes, and JIT-compiles the statement besides. While D and N are built,
+# joins are nested loops driven from the seed through the indexes; the settings are restored
+# (they are transaction-local in any case) before the rest of the refresh.
+_PLANNER_SETTINGS = ("jit", "enable_hashjoin", "enable_mergejoin")
+_DRIVE_FROM_THE_DELTA = tuple(
+    f"SELECT set_config('pgtrickle.saved_{g}', current_setting('{g}'), true), "
+    f"set_config('{g}', 'off', true)"
+    for g in _PLANNER_SETTINGS
+)
+_RESTORE_PLANNER = tuple(
+    f"SELECT set_config('{g}', current_setting('pgtrickle.saved_{g}'), true)"
+    for g in _PLANNER_SETTINGS
+)
 
 
 def delta(rec: Recursion) -> str:
