@@ -159,8 +159,10 @@ def _modes(plan: compiler.DeltaPlan, requested: str) -> tuple[str, str | None]:
 def _build_table(
     conn: psycopg.Connection[Any], schema: str, name: str, plan: compiler.DeltaPlan, populate: bool
 ) -> int:
-    """Create the storage table of a plan (and fill it); returns rows inserted."""
-    target = sql.Identifier(schema, name)
+    """Create the storage table of a plan, and of its stages and backing tables (and fill
+    them); returns rows inserted into the storage table."""
+    for stage in plan.stages:  # innermost first
+        _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
     if plan.recursive is not None:
         # The recursive CTE's fixpoint lives in a backing table; the stream table is the query
         # over it.
@@ -176,7 +178,7 @@ def _build_table(
         # The whole result lives in a backing table (maintained like any stream table); the
         # stream table holds its top rows.
         inner = plan.topk.inner
-        _build_table(conn, CHANGES_SCHEMA, plan.topk.backing, inner, populate)
+        _build_storage(conn, CHANGES_SCHEMA, plan.topk.backing, inner, populate)
         conn.execute(
             sql.SQL("CREATE INDEX {} ON {} ({})").format(
                 sql.Identifier(f"{plan.topk.backing}_order"),
@@ -185,7 +187,14 @@ def _build_table(
             )
         )
     if plan.counted is not None:  # a set operation's per-branch counts
-        _build_table(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
+        _build_storage(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
+    return _build_storage(conn, schema, name, plan, populate)
+
+
+def _build_storage(
+    conn: psycopg.Connection[Any], schema: str, name: str, plan: compiler.DeltaPlan, populate: bool
+) -> int:
+    target = sql.Identifier(schema, name)
     conn.execute(
         sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
             target,
@@ -224,9 +233,10 @@ def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> No
             )
 
 
-def _drop_backing(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
-    """Drop the backing table a TopK stream table keeps its whole result in, a set operation
-    its per-branch counts, or a recursive one its recursive CTE, if any."""
+def _drop_internal_tables(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Drop the tables a stream table keeps beside its own: the backing table of a TopK stream
+    table, of a set operation's per-branch counts or of a recursive CTE, and the stages
+    (materialised subqueries)."""
     target = sql.Identifier(schema, name).as_string(conn)
     for backing in (
         compiler.topk_backing_name(target),
@@ -236,6 +246,12 @@ def _drop_backing(conn: psycopg.Connection[Any], schema: str, name: str) -> None
         conn.execute(
             sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CHANGES_SCHEMA, backing))
         )
+    stages = conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s AND starts_with(tablename, %s)",
+        (CHANGES_SCHEMA, compiler.stage_prefix(target)),
+    ).fetchall()
+    for (stage,) in stages:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(CHANGES_SCHEMA, stage)))
 
 
 def _detach_sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[str]:
@@ -395,7 +411,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                 _lock_sources(c, plan)
             frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             if new_query:
-                _drop_backing(c, schema, rel)  # the new plan builds its own
+                _drop_internal_tables(c, schema, rel)  # the new plan builds its own
                 tmp = f"{rel}__pgt_new"[:63]
                 rows = _build_table(c, schema, tmp, plan, True)
                 c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, rel)))
@@ -557,7 +573,7 @@ def drop_stream_table(conn: Conn, name: str) -> None:
             )
         with c.transaction():
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
-            _drop_backing(c, schema, rel)
+            _drop_internal_tables(c, schema, rel)
             stables = _detach_sources(c, rec.pgt_id)
             c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
             for stable in stables:
@@ -594,7 +610,10 @@ def verify_stream_table(conn: Conn, name: str, *, limit: int = 20) -> dict[str, 
             counts = dict(
                 c.execute("SELECT __pgt_side, count(*) FROM __pgt_verify GROUP BY 1").fetchall()
             )
-            sample = c.execute("SELECT * FROM __pgt_verify LIMIT %s", (limit,)).fetchall()
+            # Not prepared: the temporary table has other columns for each stream table.
+            sample = c.execute(
+                "SELECT * FROM __pgt_verify LIMIT %s", (limit,), prepare=False
+            ).fetchall()
     extra, missing = counts.get("extra", 0), counts.get("missing", 0)
     return {
         "equal": not (extra or missing),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlglot
@@ -975,6 +976,13 @@ def flatten_subqueries(tree: exp.Query, lookup: ir.SchemaLookup) -> exp.Query:
     reject."""
     if not isinstance(tree, exp.Select) or not _has_subqueries_to_flatten(tree):
         return tree
+    return _qualify_and_merge(tree, lookup) or tree
+
+
+def _qualify_and_merge(tree: exp.Query, lookup: ir.SchemaLookup) -> exp.Query | None:
+    """CTEs inlined, every table schema-qualified, every column qualified by its alias (also in
+    correlated subqueries, by SQL's scoping), derived tables merged where equivalent. None when
+    sqlglot cannot qualify the query."""
     from sqlglot.errors import OptimizeError
     from sqlglot.optimizer.merge_subqueries import merge_subqueries
     from sqlglot.optimizer.qualify import qualify
@@ -1008,7 +1016,7 @@ def flatten_subqueries(tree: exp.Query, lookup: ir.SchemaLookup) -> exp.Query:
         qualified = qualify(tree, schema=schema, dialect=DIALECT, quote_identifiers=True)
         merged = merge_subqueries(qualified)
     except OptimizeError:
-        return tree
+        return None
     assert isinstance(merged, exp.Query)
     return merged
 
@@ -1134,3 +1142,304 @@ def output_names_of(block: exp.Select) -> list[str]:
     """Output column names of a SELECT block as PostgreSQL names them (a star or an unnamed
     expression gives an empty name)."""
     return [e.output_name if not isinstance(e, exp.Star) else "" for e in block.expressions]
+
+
+# -- stages: subqueries maintained as tables of their own -----------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A subquery the compiler maintains in a table of its own (a *stage*), which the rewritten
+    query reads like a source: ``query`` is its SQL (columns named ``columns``)."""
+
+    schema: str
+    name: str
+    query: str
+    columns: tuple[str, ...]
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+# Nodes of a scalar subquery's select expression that keep it NULL when every aggregate in it is
+# NULL (an aggregate over no rows): then a comparison with it is not true, as for a missing row.
+_NULL_PRESERVING = (
+    exp.Sum,
+    exp.Avg,
+    exp.Min,
+    exp.Max,
+    exp.Column,
+    exp.Literal,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Paren,
+    exp.Neg,
+    exp.Cast,
+    exp.DataType,
+    exp.Identifier,
+)
+
+
+def _strip_parens(node: exp.Expr) -> exp.Expr:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _defined_aliases(query: exp.Expr) -> set[str]:
+    """Aliases of the relations a (sub)query and the subqueries inside it define."""
+    names = {t.alias_or_name for t in query.find_all(exp.Table)}
+    names |= {s.alias_or_name for s in query.find_all(exp.Subquery) if s.alias_or_name}
+    return names
+
+
+def _outer_columns(query: exp.Expr) -> list[exp.Column]:
+    """Column references of a qualified subquery to relations defined outside it."""
+    inner = _defined_aliases(query)
+    return [c for c in query.find_all(exp.Column) if c.table and c.table not in inner]
+
+
+def _is_simple_subquery(select: exp.Expr) -> bool:
+    """A one-table subquery without grouping or nested subqueries (what the semi-join rule reads
+    directly)."""
+    return (
+        isinstance(select, exp.Select)
+        and not select.args.get("joins")
+        and not select.args.get("group")
+        and not select.args.get("having")
+        and not select.args.get("with_")
+        and not any(isinstance(n, exp.AggFunc) for n in select.walk())
+        and not any(isinstance(n, exp.Subquery | exp.Exists) for n in select.walk())
+        and not any(isinstance(n, exp.Select) and n is not select for n in select.walk())
+    )
+
+
+def _is_one_row_aggregate(select: exp.Select) -> bool:
+    """A select that always yields exactly one row: aggregates without GROUP BY or HAVING."""
+    return (
+        len(select.expressions) == 1
+        and not select.args.get("group")
+        and not select.args.get("having")
+        and not select.args.get("limit")
+        and not select.args.get("offset")
+        and not select.args.get("distinct")
+        and not any(isinstance(n, exp.Window) for n in select.walk())
+        and any(isinstance(n, exp.AggFunc) for n in select.expressions[0].walk())
+    )
+
+
+def _scalar_subqueries(node: exp.Expr) -> list[exp.Subquery]:
+    """Outermost scalar subqueries inside an expression (not IN lists' or EXISTS' queries)."""
+    found = []
+    for sub in node.find_all(exp.Subquery):
+        if not isinstance(sub.this, exp.Select) or isinstance(sub.parent, exp.In | exp.Exists):
+            continue
+        parent = sub.parent
+        nested = False
+        while parent is not None and parent is not node:
+            if isinstance(parent, exp.Subquery | exp.Select):
+                nested = True
+                break
+            parent = parent.parent
+        if not nested:
+            found.append(sub)
+    return found
+
+
+def has_stage_candidates(tree: exp.Query) -> bool:
+    """Whether a SELECT has a subquery that only a stage can maintain: a derived table or CTE
+    that does not merge, a scalar subquery, or an IN subquery with joins or grouping."""
+    if not isinstance(tree, exp.Select):
+        return False
+    if _has_subqueries_to_flatten(tree):
+        return True
+    for node in tree.walk():
+        if isinstance(node, exp.Subquery) and not isinstance(node.parent, exp.In | exp.Exists):
+            return True
+        if isinstance(node, exp.In) and node.args.get("query") is not None:
+            query = node.args["query"]
+            if not _is_simple_subquery(query.this if isinstance(query, exp.Subquery) else query):
+                return True
+    return False
+
+
+class _StageExtractor:
+    """Rewrites a qualified SELECT so each stage-able subquery becomes a table reference."""
+
+    def __init__(self, name_for: Callable[[str], tuple[str, str]]) -> None:
+        self.name_for = name_for
+        self.specs: list[StageSpec] = []
+        self.count = 0
+
+    def stage(self, query: exp.Query, columns: list[str]) -> exp.Table:
+        query = query.copy()
+        if isinstance(query, exp.Select):
+            query.set(
+                "expressions",
+                [
+                    exp.alias_(_unalias(e), exp.to_identifier(c, quoted=True))
+                    for e, c in zip(query.expressions, columns, strict=True)
+                ],
+            )
+        text = render(query)
+        schema, name = self.name_for(text)
+        if all(s.name != name for s in self.specs):
+            self.specs.append(StageSpec(schema, name, text, tuple(columns)))
+        alias = f"__pgt_s{self.count}"
+        self.count += 1
+        return exp.Table(
+            this=exp.to_identifier(name, quoted=True),
+            db=exp.to_identifier(schema, quoted=True),
+            alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)),
+        )
+
+    def derived_tables(self, tree: exp.Select) -> None:
+        from_ = tree.args.get("from_") or tree.args.get("from")
+        items = [from_.this] if from_ is not None else []
+        items += [j.this for j in tree.args.get("joins") or []]
+        for item in items:
+            if isinstance(item, exp.Subquery) and isinstance(item.this, exp.Query):
+                columns = [e.alias_or_name for e in item.this.selects]
+                table = self.stage(item.this, columns)
+                table.set("alias", exp.TableAlias(this=exp.to_identifier(item.alias, quoted=True)))
+                item.replace(table)
+
+    def in_subquery(self, node: exp.In) -> None:
+        """``x [NOT] IN (complex uncorrelated subquery)`` → ``x IN (SELECT v FROM stage)``."""
+        query = node.args["query"]
+        select = query.this if isinstance(query, exp.Subquery) else query
+        if _is_simple_subquery(select) or _outer_columns(select) or len(select.selects) != 1:
+            return
+        table = self.stage(select, ["v"])
+        column = exp.column("v", table=table.alias, quoted=True)
+        node.set("query", exp.Subquery(this=exp.select(column).from_(table)))
+
+    def scalar(self, tree: exp.Select, sub: exp.Subquery, conjunct: exp.Expr | None) -> None:
+        """A scalar subquery: uncorrelated one-row aggregates are cross-joined; a correlated
+        aggregate compared in a WHERE conjunct is grouped by its correlation columns and joined
+        on them (an empty group yields NULL, and the comparison is then not true either)."""
+        select = sub.this
+        if not isinstance(select, exp.Select) or len(select.expressions) != 1:
+            return
+        outer = _outer_columns(select)
+        if not outer:
+            if not _is_one_row_aggregate(select):
+                return
+            table = self.stage(select, ["v"])
+            tree.append("joins", exp.Join(this=table, kind="CROSS"))
+            sub.replace(exp.column("v", table=table.alias, quoted=True))
+            return
+        value = _unalias(select.expressions[0])
+        if (
+            conjunct is None
+            or not isinstance(_strip_parens(conjunct), _COMPARISONS)
+            or sub.parent is not _strip_parens(conjunct)
+            or select.args.get("group")
+            or select.args.get("having")
+            or select.args.get("limit")
+            or select.args.get("distinct")
+            or not any(isinstance(n, exp.AggFunc) for n in value.walk())
+            or not all(isinstance(n, _NULL_PRESERVING) for n in value.walk())
+        ):
+            return
+        inner_aliases = _defined_aliases(select)
+        where = select.args.get("where")
+        keys: list[tuple[exp.Expr, exp.Expr]] = []  # (inner side, outer side)
+        rest: list[exp.Expr] = []
+        for c in _conjuncts(where.this) if where is not None else []:
+            cols = list(c.find_all(exp.Column))
+            if all(col.table in inner_aliases for col in cols):
+                rest.append(c)
+                continue
+            c = _strip_parens(c)
+            if not isinstance(c, exp.EQ):
+                return
+            sides = []
+            for side in (c.this, c.expression):
+                refs = {col.table in inner_aliases for col in side.find_all(exp.Column)}
+                if refs == {True}:
+                    sides.append("inner")
+                elif refs == {False}:
+                    sides.append("outer")
+                else:
+                    return
+            if sorted(sides) != ["inner", "outer"]:
+                return
+            inner_side, outer_side = (
+                (c.this, c.expression) if sides[0] == "inner" else (c.expression, c.this)
+            )
+            if any(isinstance(n, exp.Subquery) for n in outer_side.walk()):
+                return
+            keys.append((inner_side, outer_side))
+        grouped = select.copy()
+        grouped.set("where", exp.Where(this=exp.and_(*[r.copy() for r in rest])) if rest else None)
+        names = [f"k{i}" for i in range(len(keys))]
+        grouped.set("expressions", [k.copy() for k, _ in keys] + [value.copy()])
+        grouped.set("group", exp.Group(expressions=[k.copy() for k, _ in keys]))
+        table = self.stage(grouped, [*names, "v"])
+        on = exp.and_(
+            *[
+                exp.EQ(this=exp.column(n, table=table.alias, quoted=True), expression=o.copy())
+                for n, (_, o) in zip(names, keys, strict=True)
+            ]
+        )
+        tree.append("joins", exp.Join(this=table, on=on))
+        sub.replace(exp.column("v", table=table.alias, quoted=True))
+
+    def run(self, tree: exp.Select) -> None:
+        self.derived_tables(tree)
+        where = tree.args.get("where")
+        for conjunct in _conjuncts(where.this) if where is not None else []:
+            form = _semijoin_form(conjunct)
+            if form is not None:
+                node = _strip_parens(conjunct)
+                node = _strip_parens(node.this) if isinstance(node, exp.Not) else node
+                if isinstance(node, exp.In):
+                    self.in_subquery(node)
+                continue
+            for sub in _scalar_subqueries(conjunct):
+                self.scalar(tree, sub, conjunct)
+        # Uncorrelated one-row subqueries in the select list or HAVING of a grouped query: the
+        # value is constant, so grouping by it as well changes nothing.
+        having = tree.args.get("having")
+        roots = [*tree.expressions, *([having.this] if having is not None else [])]
+        grouped = tree.args.get("group") is not None
+        has_aggs = any(isinstance(n, exp.AggFunc) for e in tree.expressions for n in e.walk())
+        for root in roots:
+            for sub in _scalar_subqueries(root):
+                if (
+                    isinstance(sub.this, exp.Select)
+                    and not _outer_columns(sub.this)
+                    and _is_one_row_aggregate(sub.this)
+                    and (grouped or not (has_aggs or having is not None))
+                ):
+                    before = len(tree.args.get("joins") or [])
+                    self.scalar(tree, sub, None)
+                    joins = tree.args.get("joins") or []
+                    if grouped and len(joins) > before:
+                        alias = joins[-1].this.alias
+                        tree.args["group"].append(
+                            "expressions", exp.column("v", table=alias, quoted=True)
+                        )
+
+
+def extract_stages(
+    tree: exp.Query, lookup: ir.SchemaLookup, name_for: Callable[[str], tuple[str, str]]
+) -> tuple[exp.Query, list[StageSpec]]:
+    """Rewrite ``tree`` so subqueries the delta rules cannot read directly become references to
+    stage tables (named by ``name_for(query text)``): derived tables and CTEs that do not merge,
+    uncorrelated one-row scalar subqueries (cross-joined), correlated aggregate subqueries
+    compared in WHERE (grouped by the correlation columns and joined on them), and IN
+    subqueries with joins or grouping. Returns the tree unchanged and no stages when there is
+    nothing to extract (or sqlglot cannot qualify the query)."""
+    if not has_stage_candidates(tree):
+        return tree, []
+    assert isinstance(tree, exp.Select)
+    qualified = _qualify_and_merge(tree, lookup)
+    if not isinstance(qualified, exp.Select):
+        return tree, []
+    extractor = _StageExtractor(name_for)
+    extractor.run(qualified)
+    if not extractor.specs:
+        return tree, []
+    return qualified, extractor.specs

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedConstruct
-from ..naming import stable_name
+from ..naming import CHANGES_SCHEMA, fnv1a_64, stable_name
 from . import _sqlglot, ir
 from .operators import (
     aggregate,
@@ -78,6 +78,26 @@ class Counted:
 
 
 @dataclass
+class Stage:
+    """A subquery maintained in a table of its own (in the changes schema) inside the refresh of
+    the stream table that reads it: the stage is refreshed first, in the same transaction, and
+    what it changed becomes its change window for the query above it."""
+
+    name: str  # table name in pgtrickle_changes
+    plan: DeltaPlan
+    source: ir.SourceTable  # how the query above sees it
+
+    @property
+    def stable(self) -> str:
+        return stable_name(self.source.schema, self.source.name)
+
+    @property
+    def key(self) -> str:
+        """The column that identifies what one delta row replaces."""
+        return "__pgt_part" if self.plan.strategy == WINDOW_PARTITIONS else "__pgt_row_id"
+
+
+@dataclass
 class DeltaPlan:
     defining_query: str
     strategy: str
@@ -108,6 +128,11 @@ class DeltaPlan:
         if self.counted is not None:
             return self.counted.backing, self.counted.inner
         return None
+
+    # Stages this plan reads, innermost first (a stage's own stages come before it).
+    stages: list[Stage] = field(default_factory=list)
+    # Stable names of every relation the delta reads (sources and stages).
+    inputs: set[str] = field(default_factory=set)
 
     @property
     def differential(self) -> bool:
@@ -188,12 +213,90 @@ class DeltaPlan:
         }
 
 
+def stage_prefix(owner: str) -> str:
+    """Prefix of the names of the stage tables of the stream table ``owner`` (quoted and
+    qualified), so they can be found and dropped without compiling its query."""
+    return f"stage_{fnv1a_64(owner.encode()):016x}_"
+
+
+class _StagedLookup:
+    """A :class:`~ir.SchemaLookup` that also knows the stage tables of the query being compiled
+    (they need not exist yet: expression types are asked of the stage's query instead)."""
+
+    def __init__(self, base: ir.SchemaLookup, stages: dict[str, tuple[ir.SourceTable, str]]):
+        self.base = base
+        self.stages = stages
+
+    def table(self, schema: str | None, name: str) -> ir.SourceTable:
+        if schema in (None, CHANGES_SCHEMA) and name in self.stages:
+            return self.stages[name][0]
+        return self.base.table(schema, name)
+
+    def expression_types(self, from_clause: str, exprs: list[str]) -> list[str]:
+        for name, (_, query) in self.stages.items():
+            ref = f"{quote_ident(CHANGES_SCHEMA)}.{quote_ident(name)}"
+            from_clause = from_clause.replace(ref, f"({query})")
+        return self.base.expression_types(from_clause, exprs)
+
+    def is_volatile_function(self, name: str) -> bool:
+        return self.base.is_volatile_function(name)
+
+    def is_aggregate_function(self, name: str) -> bool:
+        return self.base.is_aggregate_function(name)
+
+
+def _compile_stages(
+    specs: list[_sqlglot.StageSpec], lookup: ir.SchemaLookup, owner: str
+) -> tuple[list[Stage], _StagedLookup]:
+    stages: list[Stage] = []
+    known: dict[str, tuple[ir.SourceTable, str]] = {}
+    for spec in specs:
+        table_sql = f"{quote_ident(spec.schema)}.{quote_ident(spec.name)}"
+        plan = compile_query(spec.query, lookup, list(spec.columns), table_sql, owner=owner)
+        if not plan.differential or plan.topk is not None:
+            exc = UnsupportedConstruct("a subquery that cannot be maintained differentially")
+            exc.full_reason = (  # type: ignore[attr-defined]
+                f"subquery: {plan.unsupported}" if plan.unsupported else "LIMIT in a subquery"
+            )
+            raise exc
+        types = lookup.expression_types(
+            f"({spec.query}) AS {quote_ident('__pgt_t')}",
+            [f"{quote_ident('__pgt_t')}.{quote_ident(c)}" for c in spec.columns],
+        )
+        keyed = plan.strategy in MERGE_STRATEGIES
+        source = ir.SourceTable(
+            spec.schema,
+            spec.name,
+            (
+                ir.Column("__pgt_row_id", "bigint", keyed),
+                *(ir.Column(c, t) for c, t in zip(spec.columns, types, strict=True)),
+            ),
+            ("__pgt_row_id",) if keyed else None,
+        )
+        for inner in plan.stages:
+            if all(s.name != inner.name for s in stages):
+                stages.append(inner)
+        if all(s.name != spec.name for s in stages):
+            stages.append(Stage(spec.name, plan, source))
+        known[spec.name] = (source, spec.query)
+    return stages, _StagedLookup(lookup, known)
+
+
 def compile_query(
-    query: str, lookup: ir.SchemaLookup, output_names: list[str], target: str
+    query: str,
+    lookup: ir.SchemaLookup,
+    output_names: list[str],
+    target: str,
+    *,
+    owner: str | None = None,
 ) -> DeltaPlan:
-    """Compile ``query`` for the stream table ``target`` (quoted and qualified)."""
-    tree = _sqlglot.parse(query)
+    """Compile ``query`` for the stream table ``target`` (quoted and qualified). ``owner``: the
+    stream table whose refresh maintains this plan (default ``target``; it names stages)."""
+    owner = owner or target
+    tree = parsed = _sqlglot.parse(query)
     normalized = _sqlglot.render(tree)
+    base_lookup = lookup
+    stages: list[Stage] = []
     try:
         tree = _sqlglot.without_needless_recursive(tree)
         rec = _sqlglot.split_recursive(tree)
@@ -201,7 +304,15 @@ def compile_query(
             return _recursive_plan(rec, lookup, output_names, target, normalized)
         topk = _sqlglot.split_topk(tree, output_names)
         if topk is not None:
-            return _topk_plan(topk, lookup, output_names, target, normalized)
+            return _topk_plan(topk, lookup, output_names, target, normalized, owner)
+        prefix = stage_prefix(owner)
+
+        def name_for(text: str) -> tuple[str, str]:
+            return CHANGES_SCHEMA, f"{prefix}{fnv1a_64(text.encode()):016x}"
+
+        tree, specs = _sqlglot.extract_stages(tree, lookup, name_for)
+        if specs:
+            stages, lookup = _compile_stages(specs, lookup, owner)
         set_op = _sqlglot.set_operation(tree)
         if set_op is not None:
             selects, op_tree, set_op_notes = set_op
@@ -229,7 +340,7 @@ def compile_query(
                     "rename the column",
                 )
     except UnsupportedConstruct as exc:
-        sources = [lookup.table(s, n) for s, n in _sqlglot.referenced_tables(tree)]
+        sources = [base_lookup.table(s, n) for s, n in _sqlglot.referenced_tables(parsed)]
         reason = getattr(exc, "full_reason", None) or str(exc)
         return DeltaPlan(
             defining_query=normalized,
@@ -279,14 +390,31 @@ def compile_query(
     else:
         plan = _linear_plan(shape, ops)
     plan.defining_query = normalized
+    read = [*(f.source for f in shape.froms), *(sj.source for sj in shape.semijoins)]
+    stage_names = {st.name for st in stages}
     unique: dict[str, ir.SourceTable] = {}
-    for src in [*(f.source for f in shape.froms), *(sj.source for sj in shape.semijoins)]:
-        unique.setdefault(src.qualified, src)
+    for src in read:
+        if not (src.schema == CHANGES_SCHEMA and src.name in stage_names):
+            unique.setdefault(src.qualified, src)
+    for st in stages:
+        for src in st.plan.sources:
+            unique.setdefault(src.qualified, src)
     plan.sources = list(unique.values())
+    plan.inputs = {stable_name(src.schema, src.name) for src in read}
     plan.notes = shape.notes
     plan.shape = shape
     plan.target = target
     plan.change_index_columns = _probed_columns(shape)
+    plan.stages = stages
+    if stages:
+        plan.operators = [
+            *(
+                OperatorInfo(f"Stage {st.name}: {op.operator}", op.detail, op.delta_cost, op.why)
+                for st in stages
+                for op in st.plan.operators
+            ),
+            *plan.operators,
+        ]
     return plan
 
 
@@ -347,6 +475,7 @@ def _union_plan(
         target=target,
         branches=branches,
         union_distinct=is_distinct,
+        inputs={stable_name(s.schema, s.name) for s in unique.values()},
     )
 
 
@@ -410,14 +539,13 @@ def _counted_plan(
         target=target,
         change_index_columns=probes,
         counted=Counted(inner, backing, tree, branches),
+        inputs={stable_name(s.schema, s.name) for s in unique.values()},
     )
 
 
 def topk_backing_name(target: str) -> str:
     """Name (in the changes schema) of the table holding the whole result of a TopK stream
     table; derived from the quoted, qualified stream-table name so it is stable."""
-    from ..naming import fnv1a_64
-
     return f"topk_{fnv1a_64(target.encode()):016x}"
 
 
@@ -427,11 +555,14 @@ def _topk_plan(
     output_names: list[str],
     target: str,
     normalized: str,
+    owner: str,
 ) -> DeltaPlan:
     inner_tree, keys, limit, offset = parts
     backing = topk_backing_name(target)
     backing_sql = f'"pgtrickle_changes".{quote_ident(backing)}'
-    inner = compile_query(_sqlglot.render(inner_tree), lookup, output_names, backing_sql)
+    inner = compile_query(
+        _sqlglot.render(inner_tree), lookup, output_names, backing_sql, owner=owner
+    )
     if not inner.differential:
         exc = UnsupportedConstruct("the query under ORDER BY … LIMIT")
         exc.full_reason = inner.unsupported  # type: ignore[attr-defined]
@@ -466,6 +597,8 @@ def _topk_plan(
         target=target,
         change_index_columns=inner.change_index_columns,
         topk=TopK(inner, backing, order_sql, limit, offset),
+        stages=inner.stages,
+        inputs=inner.inputs,
     )
 
 

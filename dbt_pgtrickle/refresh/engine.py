@@ -363,6 +363,8 @@ def _apply_full(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
 ) -> None:
     plan = compile_for(conn, rec)
+    for stage in plan.stages:  # innermost first: each reads only stages before it
+        _recompute(conn, stage.name, stage.plan)
     if plan.recursive is not None:
         conn.execute(sql.SQL("DELETE FROM {}").format(sql.SQL(plan.recursive.backing)))
         conn.execute(
@@ -371,17 +373,39 @@ def _apply_full(
             )
         )
     if plan.backing is not None:
-        name, inner = plan.backing
-        backing = sql.Identifier(CHANGES_SCHEMA, name)
-        conn.execute(sql.SQL("DELETE FROM {}").format(backing))
-        conn.execute(
-            sql.SQL("INSERT INTO {} ({}) {}").format(
-                backing,
-                sql.SQL(", ").join(sql.Identifier(c) for c in _columns(inner)),
-                sql.SQL(inner.full_sql),
-            )
-        )
+        _recompute(conn, *plan.backing)
     _rewrite(conn, rec, plan, result)
+
+
+def _index_window(
+    conn: psycopg.Connection[Any], stable: str, probes: list[tuple[str, ...]]
+) -> None:
+    """Index a change window on the columns correlated lookups probe, then analyse it."""
+    window = sql.Identifier(changes_relation(stable))
+    for probed in probes:
+        try:
+            with conn.transaction():  # a savepoint: a type without btree support is fine
+                conn.execute(
+                    sql.SQL("CREATE INDEX ON {} ({})").format(
+                        window, sql.SQL(", ").join(sql.Identifier(c) for c in probed)
+                    )
+                )
+        except psycopg.errors.UndefinedObject:
+            pass  # no default operator class: the probes scan the (small) window instead
+    conn.execute(sql.SQL("ANALYZE {}").format(window))
+
+
+def _recompute(conn: psycopg.Connection[Any], name: str, plan: compiler.DeltaPlan) -> None:
+    """Replace the rows of a hidden table (in the changes schema) by its plan's full query."""
+    table = sql.Identifier(CHANGES_SCHEMA, name)
+    conn.execute(sql.SQL("DELETE FROM {}").format(table))
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) {}").format(
+            table,
+            sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan)),
+            sql.SQL(plan.full_sql),
+        )
+    )
 
 
 def _apply_differential(
@@ -394,7 +418,11 @@ def _apply_differential(
     if not plan.differential:
         raise RefreshError(f"stream table {rec.qualified} cannot be refreshed differentially")
     changed = [src for src in sources if src.pending]
-    delta_sql = plan.delta_for({src.stable for src in changed})
+    probes: dict[str, list[tuple[str, ...]]] = {}
+    for p in [plan, *(stage.plan for stage in plan.stages)]:
+        for stable, probed in p.change_index_columns.items():
+            known = probes.setdefault(stable, [])
+            known.extend(c for c in probed if c not in known)
     for src in changed:
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in src.columns)
         conn.execute(
@@ -404,20 +432,17 @@ def _apply_differential(
             ).format(sql.Identifier(changes_relation(src.stable)), cols, _window(src)),
             {"f": rec.frontier},
         )
-        for probed in plan.change_index_columns.get(src.stable, []):
-            try:
-                with conn.transaction():  # a savepoint: a type without btree support is fine
-                    conn.execute(
-                        sql.SQL("CREATE INDEX ON {} ({})").format(
-                            sql.Identifier(changes_relation(src.stable)),
-                            sql.SQL(", ").join(sql.Identifier(c) for c in probed),
-                        )
-                    )
-            except psycopg.errors.UndefinedObject:
-                pass  # no default operator class: the probes scan the (small) window instead
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(changes_relation(src.stable))))
-    for statement in plan.prepare_for({src.stable for src in changed}):
+        _index_window(conn, src.stable, probes.get(src.stable, []))
+    changed_stables = {src.stable for src in changed}
+    for stage in plan.stages:
+        if stage.plan.inputs & changed_stables and _refresh_stage(conn, stage, changed_stables):
+            _index_window(conn, stage.stable, probes.get(stage.stable, []))
+            changed_stables.add(stage.stable)
+    if not (plan.inputs or plan.source_stables) & changed_stables:
+        return  # the changes did not reach what the query reads (e.g. a stage kept its rows)
+    for statement in plan.prepare_for(changed_stables):
         conn.execute(sql.SQL(statement))
+    delta_sql = plan.delta_for(changed_stables)
     apply = sql.Identifier("__pgt_apply")
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
@@ -446,6 +471,42 @@ def _apply_differential(
     _apply_delta(conn, plan.topk.inner, _backing(plan), apply, inner)
     if inner.rows_inserted or inner.rows_updated or inner.rows_deleted:
         _rewrite(conn, rec, plan, result)
+
+
+def _refresh_stage(conn: psycopg.Connection[Any], stage: compiler.Stage, changed: set[str]) -> bool:
+    """Apply a stage's delta to its table and leave what changed there as the stage's change
+    window (old rows weighted -1, new rows +1) for the plans reading it. Returns whether the
+    stage's rows changed."""
+    table = sql.Identifier(CHANGES_SCHEMA, stage.name)
+    apply = sql.Identifier(f"__pgt_apply_{stage.stable}")
+    window = sql.Identifier(changes_relation(stage.stable))
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
+            apply, sql.SQL(stage.plan.delta_for(changed))
+        )
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(apply))
+    cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in stage.source.columns)
+    touched = sql.SQL("{} IN (SELECT {} FROM {})").format(
+        sql.Identifier(stage.key), sql.Identifier(stage.key), apply
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT (-1)::smallint AS __pgt_w, {} "
+            "FROM {} WHERE {}"
+        ).format(window, cols, table, touched)
+    )
+    result = RefreshResult(stage.name, DIFFERENTIAL)
+    _apply_delta(conn, stage.plan, table, apply, result)
+    if not (result.rows_inserted or result.rows_updated or result.rows_deleted):
+        conn.execute(sql.SQL("DROP TABLE {}").format(window))
+        return False
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT 1::smallint, {} FROM {} WHERE {}").format(
+            window, cols, table, touched
+        )
+    )
+    return True
 
 
 def _backing(plan: compiler.DeltaPlan) -> sql.Identifier:

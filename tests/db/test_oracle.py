@@ -213,6 +213,43 @@ QUERIES: dict[str, str] = {
         "union select n.id, n.name, t.depth + 1 from node n join t on n.parent = t.id "
         "where t.depth < 4) select id, name, depth from t"
     ),
+    # Stages: subqueries maintained in tables of their own, refreshed first in the same
+    # transaction; what they changed is the change window of the query above them.
+    "derived_grouped": (
+        "select n, count(*) as c from (select g, count(*) as n from src group by g) s group by n"
+    ),
+    "derived_left_join_grouped": (
+        "select c, count(*) as k from (select d.k, count(s.id) as c from dim d "
+        "left join src s on s.g = d.k group by d.k) x group by c"
+    ),
+    "window_over_group": (
+        "select g, n, rank() over (order by n, g) as r "
+        "from (select g, count(*) as n from src group by g) s"
+    ),
+    "cte_twice_scalar_max": (
+        "with r as (select g, sum(x) as t from src group by g) "
+        "select r.g, r.t from r where r.t = (select max(t) from r)"
+    ),
+    "scalar_uncorrelated": "select id, x from src where x > (select avg(x) from bag)",
+    "scalar_correlated": (
+        "select s.id, s.x from src s where s.x >= (select max(b.x) - 1 from bag b where b.g = s.g)"
+    ),
+    "scalar_correlated_join": (
+        "select d.label, sum(s.x) as t, count(*) as n from src s join dim d on d.k = s.g "
+        "where s.x < (select avg(t.x) from src t where t.g = d.k) group by d.label"
+    ),
+    "scalar_in_having": (
+        "select g, sum(x) as s from src group by g having sum(x) > (select avg(x) from bag)"
+    ),
+    "scalar_select_list": (
+        "select g, count(*) as n, (select count(*) from dim) as total from src group by g"
+    ),
+    "in_grouped": (
+        "select k, label from dim where k in (select g from src group by g having sum(x) > 0)"
+    ),
+    "not_in_grouped": (
+        "select k from dim where k not in (select g from bag group by g having count(*) > 2)"
+    ),
 }
 
 GS = st.one_of(st.none(), st.integers(0, 3))
@@ -525,6 +562,21 @@ GROUPS = {
         "recursive_reach_projected",
         "recursive_from_root",
         "recursive_hierarchy_depth",
+    ],
+    "stages_derived": [
+        "derived_grouped",
+        "derived_left_join_grouped",
+        "window_over_group",
+        "cte_twice_scalar_max",
+    ],
+    "stages_scalar": [
+        "scalar_uncorrelated",
+        "scalar_correlated",
+        "scalar_correlated_join",
+        "scalar_in_having",
+        "scalar_select_list",
+        "in_grouped",
+        "not_in_grouped",
     ],
 }
 # Groups whose tables the src/bag/dim mutations do not touch draw their own mutations.

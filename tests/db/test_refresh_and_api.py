@@ -103,7 +103,7 @@ def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[An
     ("query", "construct"),
     [
         ("select id from src order by v desc limit 3", "not an output column"),
-        ("select id from src where v > (select avg(v) from src)", "subquery"),
+        ("select id, (select max(v) from src s where s.g = src.g) as m from src", "subquery"),
         (
             "select g, count(*) as n from src group by g intersect select g, 1 from src",
             "aggregates or windows inside a branch of a set operation",

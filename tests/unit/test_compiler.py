@@ -145,7 +145,7 @@ REJECTED = [
     ),
     ("select o.id from orders o join events e using (id)", "USING"),
     ("select o.id from orders o natural join events e", "NATURAL JOIN"),
-    ("select o.id from orders o join (select 1 as x) e on true", "subquery or function in FROM"),
+    ("select o.id from orders o join (select 1 as x) e on true", "SELECT without FROM"),
     ("select id from orders union all select n from events order by 1 limit 3", "ORDER BY/LIMIT"),
     (
         "select region from orders intersect select kind from events group by kind",
@@ -161,13 +161,21 @@ REJECTED = [
     ),
     ("select region, rank() over (order by count(*)) as r from orders group by 1", "window"),
     ("select id, rank() over w as r from orders window w as (order by id)", "WINDOW clause"),
-    ("select id from orders where qty > (select max(n) from events)", "subquery"),
+    (
+        "select id, (select max(n) from events e where e.n = o.qty) as m from orders o",
+        "subquery",
+    ),
+    ("select id from orders where qty > (select n from events limit 1)", "subquery"),
+    (
+        "select id from orders o where qty > (select count(*) from events e where e.n = o.id)",
+        "subquery",
+    ),
     (
         "select id from orders o where exists (select 1 from events e group by e.kind)",
         "inside an EXISTS/IN subquery",
     ),
     ("select id from orders o where exists (select 1 from orders o)", "repeats an alias"),
-    ("select n from (select count(*) as n from orders) s", "subquery or function in FROM"),
+    ("select n from (select n from events limit 3) s", "LIMIT without ORDER BY"),
     ("select region from orders group by distinct rollup(region)", "GROUP BY DISTINCT"),
     (
         "select count(*) from orders group by cube(id, region, amount, qty, score, id + 1, 1 - id)",
@@ -192,6 +200,8 @@ REJECTED = [
 @pytest.mark.parametrize(("query", "construct"), REJECTED)
 def test_rejected_constructs_fall_back_with_the_construct_named(query: str, construct: str) -> None:
     names = ["a", "b"] if "rank()" in query or "now()" in query or "random" in query else ["a"]
+    if "as m from" in query:
+        names = ["id", "m"]
     if "region, qty" in query:
         names = ["region", "qty"]
     p = plan(query, names)
@@ -551,3 +561,50 @@ def test_rejected_recursive_forms_name_the_construct_and_the_rewrite(
     p = plan(query, ["a", "b"] if "n from r" not in query else ["a", "n"])
     assert p.strategy == compiler.FULL_ONLY
     assert p.unsupported and construct in p.unsupported and rewrite in p.unsupported
+
+
+@pytest.mark.parametrize(
+    ("query", "names", "stages"),
+    [
+        # a derived table that does not merge (grouped), read by an aggregate above it
+        (
+            "select n, count(*) as c from (select region, count(*) as n from orders "
+            "group by region) s group by n",
+            ["n", "c"],
+            1,
+        ),
+        # an uncorrelated one-row scalar subquery in WHERE
+        ("select id from orders where qty > (select avg(n) from events)", ["id"], 1),
+        # a correlated aggregate compared in WHERE: grouped by the correlation column
+        (
+            "select id from orders o where qty < (select 0.5 * max(e.n) from events e "
+            "where e.kind = o.region)",
+            ["id"],
+            1,
+        ),
+        # an IN subquery with grouping
+        (
+            "select id from orders where qty in (select n from events group by n "
+            "having count(*) > 1)",
+            ["id"],
+            1,
+        ),
+        # the same grouped CTE twice (one stage) and a scalar over it (a second one)
+        (
+            "with r as (select region, sum(qty) as t from orders group by region) "
+            "select r.region from r where r.t = (select max(t) from r)",
+            ["region"],
+            2,
+        ),
+    ],
+)
+def test_subqueries_become_stages(query: str, names: list[str], stages: int) -> None:
+    p = plan(query, names)
+    assert p.differential, p.unsupported
+    assert len(p.stages) == stages
+    prefix = compiler.stage_prefix(TARGET)
+    assert all(s.name.startswith(prefix) for s in p.stages)
+    # stages are read like sources but are not captured sources themselves
+    assert {s.name for s in p.sources} <= {"orders", "events"}
+    assert any(s.stable in p.inputs for s in p.stages)
+    assert any(op.operator.startswith("Stage ") for op in p.operators)
