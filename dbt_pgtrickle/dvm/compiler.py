@@ -253,10 +253,13 @@ def _compile_stages(
     for spec in specs:
         table_sql = f"{quote_ident(spec.schema)}.{quote_ident(spec.name)}"
         plan = compile_query(spec.query, lookup, list(spec.columns), table_sql, owner=owner)
-        if not plan.differential or plan.topk is not None:
+        if not plan.differential or plan.backing is not None or plan.recursive is not None:
             exc = UnsupportedConstruct("a subquery that cannot be maintained differentially")
             exc.full_reason = (  # type: ignore[attr-defined]
-                f"subquery: {plan.unsupported}" if plan.unsupported else "LIMIT in a subquery"
+                f"subquery: {plan.unsupported}"
+                if plan.unsupported
+                else "subquery with LIMIT, INTERSECT/EXCEPT or WITH RECURSIVE: "
+                + _sqlglot.FULL_ONLY_HINT
             )
             raise exc
         types = lookup.expression_types(
