@@ -1156,6 +1156,9 @@ class StageSpec:
     name: str
     query: str
     columns: tuple[str, ...]
+    # A one-row scalar cross-joined into the query: when its value changes, every row compared
+    # with it is re-evaluated.
+    broadcast: bool = False
 
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
@@ -1271,7 +1274,7 @@ class _StageExtractor:
         self.specs: list[StageSpec] = []
         self.count = 0
 
-    def stage(self, query: exp.Query, columns: list[str]) -> exp.Table:
+    def stage(self, query: exp.Query, columns: list[str], broadcast: bool = False) -> exp.Table:
         query = query.copy()
         if isinstance(query, exp.Select):
             query.set(
@@ -1284,7 +1287,7 @@ class _StageExtractor:
         text = render(query)
         schema, name = self.name_for(text)
         if all(s.name != name for s in self.specs):
-            self.specs.append(StageSpec(schema, name, text, tuple(columns)))
+            self.specs.append(StageSpec(schema, name, text, tuple(columns), broadcast))
         alias = f"__pgt_s{self.count}"
         self.count += 1
         return exp.Table(
@@ -1325,7 +1328,7 @@ class _StageExtractor:
         if not outer:
             if not _is_one_row_aggregate(select):
                 return
-            table = self.stage(select, ["v"])
+            table = self.stage(select, ["v"], broadcast=True)
             tree.append("joins", exp.Join(this=table, kind="CROSS"))
             sub.replace(exp.column("v", table=table.alias, quoted=True))
             return

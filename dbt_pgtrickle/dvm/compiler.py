@@ -86,6 +86,7 @@ class Stage:
     name: str  # table name in pgtrickle_changes
     plan: DeltaPlan
     source: ir.SourceTable  # how the query above sees it
+    broadcast: bool = False  # a one-row scalar every row above is compared with
 
     @property
     def stable(self) -> str:
@@ -280,7 +281,7 @@ def _compile_stages(
             if all(s.name != inner.name for s in stages):
                 stages.append(inner)
         if all(s.name != spec.name for s in stages):
-            stages.append(Stage(spec.name, plan, source))
+            stages.append(Stage(spec.name, plan, source, spec.broadcast))
         known[spec.name] = (source, spec.query)
     return stages, _StagedLookup(lookup, known)
 

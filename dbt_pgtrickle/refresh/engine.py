@@ -440,6 +440,18 @@ def _apply_differential(
             changed_stables.add(stage.stable)
     if not (plan.inputs or plan.source_stables) & changed_stables:
         return  # the changes did not reach what the query reads (e.g. a stage kept its rows)
+    scalars = [s for s in plan.stages if s.broadcast and s.stable in changed_stables & plan.inputs]
+    if scalars and rec.requested_mode == "AUTO" and plan.backing is None and not plan.recursive:
+        # A scalar subquery's value changed: its delta re-evaluates every row compared with it,
+        # against the old and the new value, which costs more than one recomputation. The
+        # stages are current, so the query is recomputed from them.
+        result.action = FULL
+        result.fallback_reason = (
+            "the value of a scalar subquery changed, so every row compared with it changes; "
+            "recomputed from the maintained subqueries"
+        )
+        _rewrite(conn, rec, plan, result)
+        return
     for statement in plan.prepare_for(changed_stables):
         conn.execute(sql.SQL(statement))
     delta_sql = plan.delta_for(changed_stables)

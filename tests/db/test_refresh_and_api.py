@@ -459,3 +459,28 @@ def test_recursive_cte_backing_table_follows_the_stream_table(db: psycopg.Connec
     assert db.execute("SELECT to_regclass(%s) IS NOT NULL", (backing,)).fetchone() == (True,)
     pgt.drop_stream_table(db, "st")
     assert db.execute("SELECT to_regclass(%s)", (backing,)).fetchone() == (None,)
+
+
+def test_stages_are_built_maintained_and_dropped_with_the_stream_table(
+    db: psycopg.Connection[Any],
+) -> None:
+    """A scalar subquery is a one-row stage: AUTO recomputes the query from the maintained
+    stages when the scalar's value changed, and applies a delta when it did not."""
+    pgt.set_setting(db, "auto_full_threshold", 1)
+    before = footprint(db)
+    pgt.create_stream_table(db, "st", "select id, v from src where v > (select avg(v) from src)")
+    stages = "SELECT count(*) FROM pg_tables WHERE schemaname = 'pgtrickle_changes' AND " + (
+        "tablename LIKE 'stage%'"
+    )
+    assert db.execute(stages).fetchone() == (1,)
+    db.execute("UPDATE src SET v = v + 50 WHERE id = 3")  # the average moves
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "FULL" and "scalar subquery" in (r.fallback_reason or "")
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    db.execute("UPDATE src SET v = 3 WHERE id = 1; UPDATE src SET v = 0 WHERE id = 2")
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "DIFFERENTIAL", r  # the sum of v, and so the average, is unchanged
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    pgt.drop_stream_table(db, "st")
+    assert db.execute(stages).fetchone() == (0,)
+    assert footprint(db) == before
