@@ -776,6 +776,12 @@ def _plain_block(shape: ir.QueryShape, what: str) -> None:
             )
 
 
+# Type names (as format_type gives them without a modifier) that a CAST would read with a default
+# length and truncate to (character → character(1)); the recursive CTE's rows are cast to these
+# instead. An untyped literal in the non-recursive term makes a text column, as in PostgreSQL.
+_CAST_SAFE_TYPES = {"unknown": "text", "character": "bpchar", "bit": "bit varying"}
+
+
 def _recursive_plan(
     parts: _sqlglot.RecursiveParts,
     lookup: ir.SchemaLookup,
@@ -795,7 +801,7 @@ def _recursive_plan(
         _plain_block(b, f"the non-recursive term of {name}")
     first = bases[0]
     types = [
-        "text" if t == "unknown" else t
+        _CAST_SAFE_TYPES.get(t, t)
         for t in lookup.expression_types(
             from_clause_sql(first.froms), [o.sql for o in first.outputs]
         )

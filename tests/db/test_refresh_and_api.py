@@ -484,3 +484,22 @@ def test_stages_are_built_maintained_and_dropped_with_the_stream_table(
     pgt.drop_stream_table(db, "st")
     assert db.execute(stages).fetchone() == (0,)
     assert footprint(db) == before
+
+
+def test_recursive_cte_keeps_fixed_length_strings_whole(db: psycopg.Connection[Any]) -> None:
+    db.execute("CREATE TABLE tree (id char(3) PRIMARY KEY, parent char(3))")
+    db.execute("INSERT INTO tree VALUES ('abc', NULL), ('def', 'abc')")
+    query = (
+        "with recursive t(id, path) as (select id, 'root' from tree where parent is null "
+        "union select c.id, t.path || '/' || c.id from tree c join t on c.parent = t.id) "
+        "select id, path from t"
+    )
+    pgt.create_stream_table(db, "st", query, refresh_mode="DIFFERENTIAL")
+    db.execute("INSERT INTO tree VALUES ('ghi', 'def')")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert db.execute("SELECT id, path FROM st ORDER BY id").fetchall() == [
+        ("abc", "root"),
+        ("def", "root/def"),
+        ("ghi", "root/def/ghi"),
+    ]
+    assert pgt.verify_stream_table(db, "st")["equal"]
