@@ -168,12 +168,8 @@ def _build_table(
         # over it.
         for statement in recursive.backing_ddl(plan.recursive):
             conn.execute(sql.SQL(statement))
-        if populate:
-            conn.execute(
-                sql.SQL("INSERT INTO {} {}").format(
-                    sql.SQL(plan.recursive.backing), sql.SQL(recursive.full_r(plan.recursive))
-                )
-            )
+        for statement in recursive.populate(plan.recursive) if populate else []:
+            conn.execute(sql.SQL(statement))
     if plan.topk is not None:
         # The whole result lives in a backing table (maintained like any stream table); the
         # stream table holds its top rows.

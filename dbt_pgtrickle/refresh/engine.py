@@ -365,13 +365,8 @@ def _apply_full(
     plan = compile_for(conn, rec)
     for stage in plan.stages:  # innermost first: each reads only stages before it
         _recompute(conn, stage.name, stage.plan)
-    if plan.recursive is not None:
-        conn.execute(sql.SQL("DELETE FROM {}").format(sql.SQL(plan.recursive.backing)))
-        conn.execute(
-            sql.SQL("INSERT INTO {} {}").format(
-                sql.SQL(plan.recursive.backing), sql.SQL(recursive.full_r(plan.recursive))
-            )
-        )
+    for statement in recursive.populate(plan.recursive) if plan.recursive else []:
+        conn.execute(sql.SQL(statement))
     if plan.backing is not None:
         _recompute(conn, *plan.backing)
     _rewrite(conn, rec, plan, result)

@@ -197,6 +197,16 @@ def backing_ddl(rec: Recursion) -> list[str]:
     return stmts
 
 
+def populate(rec: Recursion) -> list[str]:
+    """Statements (re)computing the backing table (creation and full refreshes); the statistics
+    guide the first differential refreshes' probes."""
+    return [
+        f"DELETE FROM {rec.backing}",
+        f"INSERT INTO {rec.backing} {full_r(rec)}",
+        f"ANALYZE {rec.backing}",
+    ]
+
+
 def maintain(rec: Recursion, changed: set[str]) -> list[str]:
     """Statements run after the change windows exist: build D, delete it from the backing table,
     build N, add it. The delta (:func:`delta`) then reads D and N."""
