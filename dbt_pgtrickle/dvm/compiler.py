@@ -461,26 +461,46 @@ def _union_plan(
             else "branch deltas are added; rows are kept as copies by content",
         )
     ]
-    for i, b in enumerate(branches, start=1):
-        detail = ", ".join(f"{f.source.qualified} AS {f.alias}" for f in b.froms)
-        ops.append(OperatorInfo(f"Branch {i}", detail, "O(Δ)", b.where or ""))
-    unique: dict[str, ir.SourceTable] = {}
-    for b in branches:
-        for src in [*(f.source for f in b.froms), *(sj.source for sj in b.semijoins)]:
-            unique.setdefault(src.qualified, src)
+    ops.extend(_branch_operators(branches))
     return DeltaPlan(
         normalized,
         AGGREGATE if is_distinct else LINEAR_MULTISET,
         union.distinct_full(branches) if is_distinct else union.full(branches),
         names,
         ["__pgt_count"] if is_distinct else [],
-        sources=list(unique.values()),
+        sources=_branch_sources(branches),
         operators=ops,
         target=target,
         branches=branches,
         union_distinct=is_distinct,
-        inputs={stable_name(s.schema, s.name) for s in unique.values()},
+        change_index_columns=_branch_probes(branches),
+        inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
+
+
+def _branch_operators(branches: list[ir.QueryShape]) -> list[OperatorInfo]:
+    out = []
+    for i, b in enumerate(branches, start=1):
+        detail = ", ".join(f"{f.source.qualified} AS {f.alias}" for f in b.froms)
+        out.append(OperatorInfo(f"Branch {i}", detail, "O(Δ)", b.where or ""))
+    return out
+
+
+def _branch_sources(branches: list[ir.QueryShape]) -> list[ir.SourceTable]:
+    unique: dict[str, ir.SourceTable] = {}
+    for b in branches:
+        for src in [*(f.source for f in b.froms), *(sj.source for sj in b.semijoins)]:
+            unique.setdefault(src.qualified, src)
+    return list(unique.values())
+
+
+def _branch_probes(branches: list[ir.QueryShape]) -> dict[str, list[tuple[str, ...]]]:
+    probes: dict[str, list[tuple[str, ...]]] = {}
+    for b in branches:
+        for stable, cols in _probed_columns(b).items():
+            wanted = probes.setdefault(stable, [])
+            wanted.extend(c for c in cols if c not in wanted)
+    return probes
 
 
 def _set_op_kinds(tree: ir.SetOp) -> set[tuple[str, bool]]:
@@ -511,7 +531,8 @@ def _counted_plan(
     backing_sql = _changes_table(backing)
     counts = [setop.count_column(i) for i in range(len(branches))]
     inner = DeltaPlan(normalized, AGGREGATE, setop.backing_full(branches), names, counts)
-    ops = [
+    ops = _branch_operators(branches)
+    ops.append(
         OperatorInfo(
             "Set operation",
             tree.render(),
@@ -520,30 +541,19 @@ def _counted_plan(
             "stream table holds the rows whose multiplicity (a function of the counts) is "
             "positive, that many copies each",
         )
-    ]
-    for i, b in enumerate(branches, start=1):
-        detail = ", ".join(f"{f.source.qualified} AS {f.alias}" for f in b.froms)
-        ops.append(OperatorInfo(f"Branch {i}", detail, "O(Δ)", b.where or ""))
-    unique: dict[str, ir.SourceTable] = {}
-    probes: dict[str, list[tuple[str, ...]]] = {}
-    for b in branches:
-        for src in [*(f.source for f in b.froms), *(sj.source for sj in b.semijoins)]:
-            unique.setdefault(src.qualified, src)
-        for stable, cols in _probed_columns(b).items():
-            wanted = probes.setdefault(stable, [])
-            wanted.extend(c for c in cols if c not in wanted)
+    )
     return DeltaPlan(
         normalized,
         LINEAR_MULTISET,
         setop.full(tree, branches, backing_sql),
         names,
         [],
-        sources=list(unique.values()),
+        sources=_branch_sources(branches),
         operators=ops,
         target=target,
-        change_index_columns=probes,
+        change_index_columns=_branch_probes(branches),
         counted=Counted(inner, backing, tree, branches),
-        inputs={stable_name(s.schema, s.name) for s in unique.values()},
+        inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
 
 
@@ -563,7 +573,7 @@ def _topk_plan(
 ) -> DeltaPlan:
     inner_tree, keys, limit, offset = parts
     backing = topk_backing_name(target)
-    backing_sql = f'"pgtrickle_changes".{quote_ident(backing)}'
+    backing_sql = _changes_table(backing)
     inner = compile_query(
         _sqlglot.render(inner_tree), lookup, output_names, backing_sql, owner=owner
     )

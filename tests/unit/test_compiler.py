@@ -325,7 +325,7 @@ def test_set_operations_keep_per_branch_counts_in_a_backing_table(query: str, tr
 
     p = plan(query, ["id"])
     assert p.strategy == compiler.LINEAR_MULTISET and p.counted is not None
-    assert p.operators[0].operator == "Set operation" and p.operators[0].detail == tree
+    assert p.operators[-1].operator == "Set operation" and p.operators[-1].detail == tree
     inner = p.counted.inner
     assert inner.strategy == compiler.AGGREGATE
     assert inner.hidden_columns == [f"__pgt_c_{i}" for i in range(len(p.counted.branches))]
