@@ -211,6 +211,8 @@ def resolve_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         tp["verify"] = args.verify
     if args.no_cache:
         tp["cache_data"] = False
+    if args.profiles is not None:
+        tp["profiles"] = args.profiles
     if args.diff_timeout_s is not None:
         tp["diff_timeout_s"] = args.diff_timeout_s
     return params
@@ -229,7 +231,9 @@ def run(args: argparse.Namespace) -> int:
         env = environment(args.dsn)
         try:
             results = _runner(workload)(ctx, p)
-            error = None
+            error = results.get("error_summary")  # measured, but something failed or differed
+            if error:
+                failed.append(f"{stem}: {error}")
         except Exception as exc:  # recorded, and the run goes on with the next workload
             if args.fail_fast:
                 raise
@@ -285,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         "--verify",
         choices=("all", "first", "none"),
         help="TPC-H exactness check after every refresh, after the first repeat only, or never",
+    )
+    r.add_argument(
+        "--profiles",
+        type=int,
+        help="TPC-H: how many of the slowest differential refreshes to "
+        "profile under auto_explain (0: none)",
     )
     r.add_argument("--no-cache", action="store_true", help="load TPC-H data afresh every time")
     r.add_argument(

@@ -216,6 +216,11 @@ def render_tpch(data: dict[str, Report]) -> str:
                 f"Queries maintained by FULL recompute at SF {scale:g} (their 'differential' "
                 "column is a FULL refresh):\n\n" + table(["query", "reason"], fb)
             )
+        if res.get("errors"):
+            parts.append(
+                "**Errors in this run** (the run went on without these samples):\n\n"
+                + "\n".join(f"* {e}" for e in res["errors"])
+            )
         profs = res.get("profiles") or []
         if profs:
             prow = [

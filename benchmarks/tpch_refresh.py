@@ -202,10 +202,18 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         out["auto_threshold_evaluated"] = threshold
         queries = load_queries(p.get("queries") or None)
         plans: dict[str, dict[str, Any]] = {}
-        for name, q in queries.items():
-            t_create, _ = timed(
-                lambda q=q: create_stream_table(conn, q.stream_table, q.sql, refresh_mode="AUTO")
-            )
+        out["errors"] = errors = []
+        for name, q in list(queries.items()):
+            try:
+                t_create, _ = timed(
+                    lambda q=q: create_stream_table(
+                        conn, q.stream_table, q.sql, refresh_mode="AUTO"
+                    )
+                )
+            except PgTrickleError as exc:  # recorded; the other queries are still measured
+                errors.append(f"{name}: create_stream_table failed: {exc}")
+                del queries[name]
+                continue
             ex = explain_stream_table(conn, q.stream_table, "json")
             plans[name] = {
                 "effective_mode": ex["effective_mode"],
@@ -221,7 +229,9 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         verify = p.get("verify", "all")
         for fraction in p["fractions"]:
             out["runs"].append(
-                run_fraction(ctx, conn, queries, plans, mutator, fraction, p, threshold, verify)
+                run_fraction(
+                    ctx, conn, queries, plans, mutator, fraction, p, threshold, verify, errors
+                )
             )
         n_prof = int(p.get("profiles", 0))
         if n_prof and out["runs"]:
@@ -230,6 +240,8 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     finally:
         if not p.get("keep"):
             C.drop_database(ctx.admin_dsn, target)
+    if out.get("errors"):
+        out["error_summary"] = "; ".join(out["errors"])[:2000]
     return out
 
 
@@ -243,7 +255,10 @@ def run_fraction(
     p: dict[str, Any],
     threshold: float,
     verify: str,
+    errors: list[str],
 ) -> dict[str, Any]:
+    """One change rate; failures and mismatches go to ``errors`` (the run goes on; the harness
+    reports the workload as failed)."""
     samples: dict[str, dict[str, list[Any]]] = {
         n: {k: [] for k in (*KINDS, "action", "rows_in", "auto", "auto_reason")} for n in queries
     }
@@ -273,12 +288,13 @@ def run_fraction(
             try:
                 wall, result = timed(lambda q=q: refresh_stream_table(conn, q.stream_table))
             except PgTrickleError as exc:
-                if getattr(exc, "sqlstate", None) != "57014":
-                    raise
                 # slower than the cap: recorded as censored; the full recompute below consumes
-                # the cycle's changes
+                # the cycle's changes. Any other failure is recorded as an error.
+                timeout = getattr(exc, "sqlstate", None) == "57014"
+                if not timeout:
+                    errors.append(f"{name}: refresh at change rate {fraction:g} failed: {exc}")
                 s["diff"].append(None)
-                s["action"].append("TIMEOUT")
+                s["action"].append("TIMEOUT" if timeout else "ERROR")
                 s["rows_in"].append(None)
                 check_this = False
             else:
@@ -292,7 +308,11 @@ def run_fraction(
             if check_this:
                 bad = mismatches(conn, q)
                 if bad:
-                    raise C.MismatchError(f"{name} differs from its query: {bad}")
+                    errors.append(
+                        f"MISMATCH {name} at change rate {fraction:g} differs from its query: "
+                        f"{bad[:3]}"
+                    )
+                    C.log(errors[-1])
             mv = plans[name]["matview"]
             steps: list[tuple[str, Any]] = [
                 ("full", lambda q=q: refresh_stream_table(conn, q.stream_table, full=True))
@@ -336,21 +356,25 @@ def summarize_query(s: dict[str, list[Any]]) -> dict[str, Any]:
     }
     # a differential refresh cut off by the cap counts as the cap (a lower bound)
     cap = s.get("cap_s", [None])[0]
-    censored = sum(1 for v in s["diff"] if v is None)
-    s = {**s, "diff": [cap if v is None else v for v in s["diff"]]}
+    censored = sum(1 for v, a in zip(s["diff"], s["action"], strict=True) if a == "TIMEOUT")
+    s = {
+        **s,
+        "diff": [cap if a == "TIMEOUT" else v for v, a in zip(s["diff"], s["action"], strict=True)],
+    }
     entry["diff_censored"] = censored
     entry["samples_s"]["diff"] = s["diff"]
-    for k in KINDS:
-        entry[f"{k}_ms"] = C.summary([v * 1000 for v in s[k]]) if s[k] else None
     # AUTO's time per cycle: the variant it would have run
     auto = [
         (d if choice == "DIFFERENTIAL" else f)
         for d, f, choice in zip(s["diff"], s["full"], s["auto"], strict=True)
-        if choice in ("DIFFERENTIAL", "FULL")
+        if choice in ("DIFFERENTIAL", "FULL") and d is not None
     ]
+    s["diff"] = [v for v in s["diff"] if v is not None]  # failed refreshes have no time
+    for k in KINDS:
+        entry[f"{k}_ms"] = C.summary([v * 1000 for v in s[k]]) if s[k] else None
     entry["auto_ms"] = C.summary([v * 1000 for v in auto]) if auto else None
     if s["diff"] and s["full"]:
-        ratios = [f / d for d, f in zip(s["diff"], s["full"], strict=True) if d > 0]
+        ratios = [f / d for d, f in zip(s["diff"], s["full"], strict=False) if d > 0]
         entry["full_over_diff"] = entry["full_ms"]["median"] / entry["diff_ms"]["median"]
         entry["full_over_diff_per_cycle"] = ratios
     if auto and s["full"]:
@@ -358,7 +382,7 @@ def summarize_query(s: dict[str, list[Any]]) -> dict[str, Any]:
         entry["auto_over_full_worst_cycle"] = max(
             (a / f for a, f in zip(auto, s["full"], strict=False) if f > 0), default=None
         )
-    if s["mv"]:
+    if s["mv"] and s["diff"]:
         entry["mv_over_diff"] = entry["mv_ms"]["median"] / entry["diff_ms"]["median"]
     return entry
 
