@@ -88,10 +88,19 @@ def _template_name(scale: float, seed: int) -> str:
 
 
 def corpus_database(
-    admin_dsn: str, scale: float, seed: int, target: str, *, cache: bool, log: Any
+    admin_dsn: str,
+    scale: float,
+    seed: int,
+    target: str,
+    *,
+    cache: bool,
+    log: Any,
+    matviews: dict[str, Query] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """A database ``target`` holding the loaded, analysed corpus; returns its DSN and how it
-    was made (``load_s`` of the generator, or ``clone_s`` of a cached template)."""
+    was made (``load_s`` of the generator, or ``clone_s`` of a cached template). With
+    ``matviews`` (and ``cache``) the clone comes from :func:`matview_template` and already holds
+    the materialized views of those queries."""
     if not cache:
         dsn = C.create_database(admin_dsn, target)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -112,6 +121,9 @@ def corpus_database(
             t, _ = timed(lambda: datagen.load(conn, scale, seed=seed))
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(tpl), fp))
         info["load_s"] = t
+    if matviews:
+        tpl = matview_template(admin_dsn, scale, seed, matviews, log)
+        info["matviews_from_template"] = True
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target))
@@ -127,17 +139,76 @@ def corpus_database(
     return C.with_dbname(admin_dsn, target), info
 
 
+def _query_fingerprint(q: Query) -> str:
+    return hashlib.sha256(q.sql.encode()).hexdigest()[:16]
+
+
+def matview_template(
+    admin_dsn: str, scale: float, seed: int, queries: dict[str, Query], log: Any
+) -> str:
+    """A template database ``…_mv``: the cached corpus plus a materialized view (with its
+    unique index) per query, each commented with the fingerprint of its query text and rebuilt
+    when the text changed. The data never changes in a template, so the views are fresh."""
+    base = _template_name(scale, seed)
+    tpl = f"{base}_mv"
+    fp = corpus_fingerprint()
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (tpl,),
+        ).fetchone()
+        if row is None or row[0] != fp:
+            log(f"SF {scale:g}: copying template {base} to {tpl}")
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(tpl))
+            )
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(tpl), sql.Identifier(base)
+                )
+            )
+            admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(tpl), fp))
+    with psycopg.connect(C.with_dbname(admin_dsn, tpl), autocommit=True) as conn:
+        for q in queries.values():
+            mv = f"mv_{q.name}"
+            have = conn.execute(
+                "SELECT obj_description(to_regclass(%s), 'pg_class')", (mv,)
+            ).fetchone()
+            if have and have[0] == _query_fingerprint(q):
+                continue
+            log(f"SF {scale:g}: materialized view {mv} in {tpl}")
+            conn.execute(sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {}").format(sql.Identifier(mv)))
+            build_matview(conn, q)
+            conn.execute(
+                sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(
+                    sql.Identifier(mv), _query_fingerprint(q)
+                )
+            )
+        conn.execute("VACUUM ANALYZE")
+    return tpl
+
+
 # --------------------------------------------------------------------------------------------
 # per query objects
 
 
 def build_matview(conn: psycopg.Connection[Any], q: Query) -> dict[str, Any]:
+    """``mv_qNN`` of the query, with a unique index on its key where one can be built; an
+    existing one (cloned from :func:`matview_template`) is described, not rebuilt."""
     mv = f"mv_{q.name}"
+    keys = UNIQUE_KEYS.get(q.name)
+    info: dict[str, Any] = {"name": mv, "unique_index": None, "concurrently": False}
+    if conn.execute("SELECT to_regclass(%s)", (mv,)).fetchone()[0] is not None:  # type: ignore[index]
+        unique = conn.execute(
+            "SELECT 1 FROM pg_index WHERE indrelid = to_regclass(%s) AND indisunique", (mv,)
+        ).fetchone()
+        if unique:
+            info.update(unique_index=list(keys or ()), concurrently=True)
+        info["prebuilt"] = True
+        return info
     conn.execute(
         sql.SQL("CREATE MATERIALIZED VIEW {} AS {}").format(sql.Identifier(mv), sql.SQL(q.sql))
     )
-    keys = UNIQUE_KEYS.get(q.name)
-    info: dict[str, Any] = {"name": mv, "unique_index": None, "concurrently": False}
     if keys:
         try:
             with conn.transaction():
@@ -187,8 +258,16 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     scale = float(p["scale"])
     seed = int(p.get("seed", 1))
     target = ctx.scratch_name(f"tpch_sf{scale:g}".replace(".", "_"))
+    queries = load_queries(p.get("queries") or None)
+    with_mv = p.get("matview", True)
     dsn, data_info = corpus_database(
-        ctx.admin_dsn, scale, seed, target, cache=bool(p.get("cache_data")), log=ctx.log
+        ctx.admin_dsn,
+        scale,
+        seed,
+        target,
+        cache=bool(p.get("cache_data")),
+        log=ctx.log,
+        matviews=queries if with_mv else None,
     )
     out: dict[str, Any] = {"scale": scale, "data": data_info, "runs": []}
     try:
@@ -200,7 +279,6 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         set_setting(conn, "auto_full_threshold", 1)
         threshold = float(p.get("auto_threshold") or default_auto_threshold())
         out["auto_threshold_evaluated"] = threshold
-        queries = load_queries(p.get("queries") or None)
         plans: dict[str, dict[str, Any]] = {}
         out["errors"] = errors = []
         for name, q in list(queries.items()):
@@ -220,7 +298,7 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
                 "strategy": ex.get("strategy"),
                 "fallback_reason": ex.get("fallback_reason"),
                 "create_s": t_create,
-                "matview": build_matview(conn, q) if p.get("matview", True) else None,
+                "matview": build_matview(conn, q) if with_mv else None,
             }
         out["queries"] = plans
         C.vacuum_analyze(conn, *[q.stream_table for q in queries.values()])
