@@ -128,12 +128,13 @@ def _construct_of(
     if with_ is not None:
         return "WITH (a CTE that cannot be merged into the query)", FULL_ONLY_HINT
     joins = tree.args.get("joins") or []
-    for join in joins:
+    for position, join in enumerate(joins):
         side = str(join.args.get("side") or "").upper()
-        if side and len(joins) > 1:
+        if side in ("RIGHT", "FULL") and position > 0:
             return (
-                f"{side} OUTER JOIN together with other joins",
-                "outer joins are maintained between two tables; " + FULL_ONLY_HINT,
+                f"{side} OUTER JOIN after other joins (its preserved side would be a join)",
+                "reorder the FROM clause so the tables whose rows are kept come first and use "
+                "LEFT JOIN, or " + FULL_ONLY_HINT,
             )
         if side and not join.args.get("on"):
             return f"{side} OUTER JOIN without ON", "write the join condition with ON"
@@ -254,6 +255,12 @@ class _Analyzer:
         self.output_names = output_names
 
     def run(self) -> ir.QueryShape:
+        self.where_null_rejects: frozenset[str] = frozenset()
+        shape = self._run()
+        shape.where_null_rejects = self.where_null_rejects
+        return shape
+
+    def _run(self) -> ir.QueryShape:
         tree = self.tree
         if not isinstance(tree, exp.Select):
             op = tree.key.upper()
@@ -298,26 +305,31 @@ class _Analyzer:
             on = join.args.get("on") if join is not None else None
             if on is not None:
                 item = self.froms[i]
+                qualified = self._qualify(on)
+                renamed: tuple[tuple[str, str, str], ...] = ()
+                if item.join in ir.OUTER_JOIN_KINDS:
+                    # The NOT EXISTS tests of the padded rows: the side tested for a match
+                    # under a fresh alias (the padded alias stays in the outer query, NULL).
+                    sides = {"left": [i], "right": [0], "full": [i, 0]}[item.join]
+                    renamed = tuple(
+                        (
+                            self.froms[s].alias,
+                            f"__pgt_o{s}",
+                            render(_rename_alias(qualified, self.froms[s].alias, f"__pgt_o{s}")),
+                        )
+                        for s in sides
+                    )
                 self.froms[i] = ir.FromItem(
-                    item.alias, item.source, item.join, render(self._qualify(on))
+                    item.alias,
+                    item.source,
+                    item.join,
+                    render(qualified),
+                    renamed,
+                    frozenset(_null_rejected_aliases(qualified)),
                 )
         self.from_sql = from_clause_sql(self.froms)
-        if len(self.froms) == 2 and self.froms[1].join in ("left", "right", "full"):
-            kind = self.froms[1].join
-            preserved = {"left": [0], "right": [1], "full": [0, 1]}[kind]
-            for i in preserved:
-                if not self.froms[i].source.primary_key:
-                    raise UnsupportedConstruct(
-                        f"{kind.upper()} OUTER JOIN preserving {self.froms[i].source.qualified}, "
-                        "which has no primary key",
-                        "add a primary key to it, or " + FULL_ONLY_HINT,
-                    )
 
         semijoins = [self._semijoin(*raw) for raw in raw_semijoins]
-        if semijoins and any(f.join in ("left", "right", "full") for f in self.froms):
-            raise UnsupportedConstruct(
-                "EXISTS/IN subquery together with an outer join", FULL_ONLY_HINT
-            )
         select_exprs = self._expand_stars(tree.expressions)
         if len(select_exprs) != len(self.output_names):
             raise QueryError(
@@ -327,6 +339,8 @@ class _Analyzer:
         select_exprs = [self._qualify(e) for e in select_exprs]
         where = tree.args.get("where")
         where_sql = render(self._qualify(where.this)) if where is not None else None
+        if where is not None:
+            self.where_null_rejects = frozenset(_null_rejected_aliases(self._qualify(where.this)))
 
         notes: list[str] = []
         if tree.args.get("order") and distinct_on is None:
@@ -839,6 +853,66 @@ def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | Non
 
 
 _EXACT_NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric"}
+
+
+def _rename_alias(node: exp.Expr, alias: str, new: str) -> exp.Expr:
+    """``node`` (columns qualified) with the columns of ``alias`` qualified by ``new``."""
+    node = node.copy()
+    for col in node.find_all(exp.Column):
+        if col.table == alias:
+            col.set("table", exp.to_identifier(new, quoted=True))
+    return node
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike)
+_STRICT_OPERATORS = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.Paren)
+
+
+def _strict_aliases(node: exp.Expr) -> set[str]:
+    """Aliases such that ``node`` is NULL when all their columns are NULL (a column, or strict
+    arithmetic and casts over one)."""
+    if isinstance(node, exp.Column):
+        return {node.table} if node.table else set()
+    if isinstance(node, exp.Cast | exp.TryCast):
+        return _strict_aliases(node.this)
+    if isinstance(node, _STRICT_OPERATORS):
+        out: set[str] = set()
+        for child in node.iter_expressions():
+            out |= _strict_aliases(child)
+        return out
+    return set()
+
+
+def _null_rejected_aliases(node: exp.Expr) -> set[str]:
+    """Aliases whose columns all being NULL keeps the condition ``node`` from being TRUE
+    (PostgreSQL's outer-join reduction reasons the same way). Conservative: only conjunctions
+    and disjunctions of comparisons, IS NOT NULL, IN lists and BETWEEN are looked at."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return _null_rejected_aliases(node.this) | _null_rejected_aliases(node.expression)
+    if isinstance(node, exp.Or):
+        return _null_rejected_aliases(node.this) & _null_rejected_aliases(node.expression)
+    if isinstance(node, _COMPARISONS):
+        return _strict_aliases(node.this) | _strict_aliases(node.expression)
+    if (
+        isinstance(node, exp.Is)
+        and node.args.get("negate")
+        and isinstance(node.expression, exp.Null)
+    ):
+        return _strict_aliases(node.this)  # x IS NOT NULL
+    if (
+        isinstance(node, exp.Not)
+        and isinstance(node.this, exp.Is)
+        and not node.this.args.get("negate")
+        and isinstance(node.this.expression, exp.Null)
+    ):
+        return _strict_aliases(node.this.this)  # NOT (x IS NULL)
+    if isinstance(node, exp.In) and not node.args.get("query"):
+        return _strict_aliases(node.this)
+    if isinstance(node, exp.Between):
+        return _strict_aliases(node.this)
+    return set()
 
 
 def _unalias(node: exp.Expr) -> exp.Expr:

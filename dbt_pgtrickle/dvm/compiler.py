@@ -363,7 +363,7 @@ def compile_query(
         for f in shape.froms
     ]
     if len(shape.froms) > 1:
-        conds = [f.on for f in shape.froms if f.on]
+        conds = [f.on for f in shape.froms if f.on and f.join not in ir.OUTER_JOIN_KINDS]
         ops.append(
             OperatorInfo(
                 "Join",
@@ -372,6 +372,18 @@ def compile_query(
                 "inclusion–exclusion over the changed inputs: each term joins a change window "
                 "with the current other inputs; without an index on a join column that input "
                 "is scanned",
+            )
+        )
+    if shape.has_outer_joins:
+        outer = [f for f in shape.froms if f.join in ir.OUTER_JOIN_KINDS]
+        ops.append(
+            OperatorInfo(
+                "Outer join",
+                "; ".join(f"{f.join.upper()} JOIN {f.alias} ON {f.on}" for f in outer),
+                "O(Δ) per block, through indexes on the join columns",
+                f"{len(join.blocks(shape))} inner-join blocks with NOT EXISTS tests for the "
+                "NULL-padded rows; a padded row is re-tested only when it is correlated with a "
+                "change (found by primary key, or by ctid for a source without one)",
             )
         )
     if shape.where:
@@ -438,12 +450,9 @@ def _probed_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
             if cols not in wanted:
                 wanted.append(cols)
 
-    for sj in shape.semijoins:
-        add(sj.source, _columns_of(sj.alias, sj.condition))
-    if len(shape.froms) == 2 and shape.froms[1].join in ("left", "right", "full"):
-        on = shape.froms[1].on or ""
-        for f in shape.froms:
-            add(f.source, _columns_of(f.alias, on))
+    for block in join.blocks(shape):
+        for sj in block.semijoins:
+            add(sj.source, _columns_of(sj.alias, sj.condition))
     return probes
 
 

@@ -82,12 +82,21 @@ class Output:
 
 @dataclass(frozen=True)
 class FromItem:
-    """One relation of the FROM clause under its alias, with how it joins the ones before it."""
+    """One relation of the FROM clause under its alias, with how it joins the ones before it.
+
+    ``join = "null"`` appears only in the inner-join blocks an outer join is expanded into
+    (:func:`.operators.join.blocks`): the alias is NULL-padded, its columns all NULL."""
 
     alias: str
     source: SourceTable
-    join: str = "from"  # from (the first) | inner | cross | left | right | full
+    join: str = "from"  # from (the first) | inner | cross | left | right | full | null
     on: str | None = None
+    # Outer joins: ``on`` with one side's alias renamed, for the test "no row of that side
+    # matches" (a NOT EXISTS whose inner alias must not clash with the outer query's):
+    # (alias, renamed alias, condition).
+    on_renamed: tuple[tuple[str, str, str], ...] = ()
+    # Aliases whose columns all being NULL keeps ``on`` from being true (it is strict in them).
+    null_rejects: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ class SemiJoin:
 @dataclass
 class QueryShape:
     """``SELECT [DISTINCT] outputs FROM t1 [JOIN t2 ON …]… [WHERE] [GROUP BY] [HAVING]`` over base
-    tables joined by inner (or cross) joins."""
+    tables joined by inner, cross and outer joins (a left-deep chain)."""
 
     froms: list[FromItem]
     where: str | None
@@ -126,6 +135,8 @@ class QueryShape:
     # grouping_set_id (part of its row ids) and only the set's keys as group_keys.
     grouping_sets: list[QueryShape] | None = None
     grouping_set_id: int | None = None
+    # Aliases whose columns all being NULL keeps WHERE from being true.
+    where_null_rejects: frozenset[str] = frozenset()
 
     @property
     def source(self) -> SourceTable:
@@ -140,6 +151,13 @@ class QueryShape:
     def keyed(self) -> bool:
         """Whether every joined source has a primary key (rows get key-based identities)."""
         return all(f.source.primary_key for f in self.froms)
+
+    @property
+    def has_outer_joins(self) -> bool:
+        return any(f.join in OUTER_JOIN_KINDS for f in self.froms)
+
+
+OUTER_JOIN_KINDS = ("left", "right", "full")
 
 
 @dataclass(frozen=True)

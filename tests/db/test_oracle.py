@@ -87,6 +87,37 @@ QUERIES: dict[str, str] = {
     ),
     "full_join": "select s.id, s.g, d.k, d.label from src s full join dim d on d.k = s.g",
     "anti_join": "select d.k, d.label from dim d left join src s on s.g = d.k where s.id is null",
+    # Outer joins mixed with other joins (left-deep chains): padded rows of every level appear
+    # and disappear; a padded alias referenced by a later ON; key-less inputs; WHERE over them.
+    "join_then_left_multiset": (
+        "select s.id, d.label, b.h, b.x from src s join dim d on d.k = s.g "
+        "left join bag b on b.g = s.g and b.x > 0"
+    ),
+    "left_left_chain": (
+        "select d.k, s.id, s2.id as id2, s2.h from dim d left join src s on s.g = d.k "
+        "left join src s2 on s2.x = s.x and s2.id <> s.id"
+    ),
+    "left_left_agg": (
+        "select d.label, count(*) as n, count(s.id) as ns, count(b.g) as nb, sum(s.x) as sx, "
+        "min(b.x) as mb from dim d left join src s on s.g = d.k "
+        "left join bag b on b.g = d.k and b.h is not distinct from s.h group by d.label"
+    ),
+    "full_then_left": (
+        "select s.id, d.k, d2.label from src s full join dim d on d.k = s.g "
+        "left join dim d2 on d2.k = coalesce(s.x, d.k)"
+    ),
+    "right_then_join_filtered": (
+        "select s.id, d.label, s2.id as id2 from src s right join dim d on d.k = s.g "
+        "join src s2 on s2.g = d.k where s2.x > 0 or s.id is null"
+    ),
+    "chain_anti_distinct": (
+        "select distinct d.label, s.h from dim d join src s on s.g = d.k "
+        "left join bag b on b.g = s.g and b.x = s.x where b.g is null"
+    ),
+    "left_join_exists": (
+        "select d.k, s.id from dim d left join src s on s.g = d.k and s.x > 0 "
+        "where exists (select 1 from bag b where b.g = d.k)"
+    ),
     # CTEs (one referenced twice) and derived tables, merged into the query before compiling.
     "cte_twice": (
         "with f as (select id, g, x from src where x > -2) "
@@ -529,6 +560,15 @@ GROUPS = {
         "right_join_filtered_on",
         "full_join",
         "anti_join",
+    ],
+    "outer_join_chains": [
+        "join_then_left_multiset",
+        "left_left_chain",
+        "left_left_agg",
+        "full_then_left",
+        "right_then_join_filtered",
+        "chain_anti_distinct",
+        "left_join_exists",
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
     "unions": ["union_all", "union_all_dupes", "union_distinct"],

@@ -137,12 +137,15 @@ def test_names_with_quotes_spaces_and_capitals_are_quoted() -> None:
 
 
 REJECTED = [
-    ("select o.id from events e left join orders o on true", "LEFT OUTER JOIN preserving"),
-    ("select o.id from orders o full join events e on true", "FULL OUTER JOIN preserving"),
     (
-        "select o.id from orders o left join orders p on true join orders r on true",
-        "together with other joins",
+        "select o.id from orders o join orders p on true right join orders r on true",
+        "RIGHT OUTER JOIN after other joins",
     ),
+    (
+        "select o.id from orders o left join orders p on true full join orders r on true",
+        "FULL OUTER JOIN after other joins",
+    ),
+    ("select o.id from orders o left join (orders p join orders r on true) on true", "subquery"),
     ("select o.id from orders o join events e using (id)", "USING"),
     ("select o.id from orders o natural join events e", "NATURAL JOIN"),
     ("select o.id from orders o join (select 1 as x) e on true", "SELECT without FROM"),

@@ -26,7 +26,9 @@ def from_clause_sql(
 ) -> str:
     """The FROM clause of ``froms``; ``relations`` replaces the relation read under an alias
     (e.g. by its change window); ``inner_only`` renders outer joins as inner joins (their
-    matched part). Every identifier quoted."""
+    matched part). A NULL-padded alias (``join = "null"``) is joined ``ON false``: its columns
+    are NULL with their own types (and collations), exactly as in the query's padded rows.
+    Every identifier quoted."""
     parts = []
     for i, item in enumerate(froms):
         rel = (relations or {}).get(item.alias) or (
@@ -35,6 +37,8 @@ def from_clause_sql(
         ref = f"{rel} AS {q(item.alias)}"
         if i == 0:
             parts.append(ref)
+        elif item.join == "null":
+            parts.append(f"LEFT JOIN {ref} ON false")
         elif item.join == "cross":
             parts.append(f"CROSS JOIN {ref}")
         else:

@@ -1,6 +1,8 @@
-"""Inner join (ANSI ``JOIN … ON``, ``CROSS JOIN`` and comma joins, self-joins, any condition).
+"""Joins: inner (ANSI ``JOIN … ON``, ``CROSS JOIN`` and comma joins, self-joins, any condition)
+and outer (``LEFT``/``RIGHT``/``FULL``), in a left-deep chain mixing both.
 
-Rule: a join of inputs X₁ … Xₙ is multilinear in its inputs, so with ``Xᵢ_old = Xᵢ_new − ΔXᵢ``
+Inner rule: a join of inputs X₁ … Xₙ is multilinear in its inputs, so with
+``Xᵢ_old = Xᵢ_new − ΔXᵢ``
 
     Δ(X₁ ⋈ … ⋈ Xₙ) = Σ_{∅ ≠ S ⊆ C} (−1)^{|S|+1} · ⋈_{i ∈ S} ΔXᵢ ⋈_{i ∉ S} Xᵢ_new
 
@@ -13,13 +15,37 @@ row is the product of its inputs' weights times the sign of the term; WHERE is a
 term (filters are linear). Each alias is its own input, so a self-join of a changed table expands
 into three terms. Above :data:`MAX_CHANGED_INPUTS` changed inputs the expansion (2^|C| − 1 terms)
 is not worth it and the refresh recomputes.
+
+Outer joins: the chain is expanded into disjoint inner-join *blocks* (:func:`blocks`) whose
+union is the FROM/WHERE result. With J the join of the items before T and p the ON condition,
+
+    J ⟕ₚ T = (J ⋈ₚ T) ∪ pad_T(σ[¬∃ t ∈ T: p](J))
+    J ⟖ₚ T = (J ⋈ₚ T) ∪ pad_J(σ[¬∃ j ∈ J: p](T))      (J a single table)
+    J ⟗ₚ T = (J ⋈ₚ T) ∪ both padded parts
+
+applied item by item, so a block is the inner join of the aliases present in it, the others
+NULL-padded (joined ``ON false``, so they are typed NULLs), filtered by the ON conditions of its
+present aliases (evaluated with the padded ones NULL), the query's WHERE, and one NOT EXISTS
+test per padded alias. ``a JOIN b ON … LEFT JOIN c ON …`` has the blocks {a,b,c} and
+{a,b; c padded: ¬∃ c}; ``a LEFT JOIN b … LEFT JOIN c …`` has four. The delta of the chain is
+the sum of the blocks' deltas, and a block is a semi-join shape σ_E(X) (X the inner join of its
+present aliases, E its NOT EXISTS tests and any EXISTS/IN subqueries of the WHERE), maintained
+by the semi-join rule of :func:`_semijoin_terms`: a padded row appears or disappears exactly when
+a change flips its test, and old test results are computed from the current table and the
+change window (``count(now) − Σ w(changes)``) only for rows correlated with a change, so no old
+state is reconstructed beyond the keys the delta touches. A block that can never hold a row is
+dropped (an ON condition of a present alias or the WHERE is strict in a padded alias, e.g.
+``c.k = b.k`` with b padded), and so is a NOT EXISTS test that can never find a match.
+Row identity: the hash of every alias's primary key, the padded aliases' keys NULL, so a padded
+row's id differs from every matched row's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import combinations
 
-from ..ir import QueryShape, SemiJoin
+from ..ir import FromItem, QueryShape, SemiJoin
 from ._sql import WEIGHT, from_clause_sql, q, semijoin_condition, where_clause
 from .scan import changes_relation
 
@@ -36,7 +62,7 @@ def changed_aliases(shape: QueryShape, changed_stables: set[str]) -> list[str]:
     return [
         f.alias
         for f in shape.froms
-        if stable_name(f.source.schema, f.source.name) in changed_stables
+        if f.join != "null" and stable_name(f.source.schema, f.source.name) in changed_stables
     ]
 
 
@@ -60,29 +86,61 @@ def current(shape: QueryShape, exprs: list[tuple[str, str]], extra_where: str | 
     return f"SELECT {cols} FROM {from_clause_sql(shape.froms)}{where_clause(shape, extra_where)}"
 
 
+def blocks(shape: QueryShape) -> list[QueryShape]:
+    """The FROM/WHERE block as disjoint inner-join blocks (outer joins expanded, see the module
+    docstring): each block's ``froms`` holds its present aliases (the first one first, without
+    its ON) and its padded aliases (``join = "null"``); its NOT EXISTS tests are semi-joins."""
+    if not shape.has_outer_joins:
+        return [shape]
+    froms = shape.froms
+    # (present item indexes, NOT EXISTS tests with the aliases they are strict in, index of the
+    # block's first item (its ON is not applied: it is the preserved side of a RIGHT/FULL join))
+    Partial = tuple[frozenset[int], tuple[tuple[SemiJoin, frozenset[str]], ...], int]
+    partial: list[Partial] = [(frozenset({0}), (), 0)]
+    for k, item in enumerate(froms[1:], start=1):
+        renamed = {alias: (new, cond) for alias, new, cond in item.on_renamed}
+        grown: list[Partial] = []
+        for present, tests, first in partial:
+            grown.append((present | {k}, tests, first))
+            if item.join in ("left", "full"):
+                new, cond = renamed[item.alias]
+                test = SemiJoin(True, item.source, new, cond)
+                grown.append((present, (*tests, (test, item.null_rejects - {item.alias})), first))
+            if item.join in ("right", "full"):  # the analyser allows these only at k = 1
+                left = froms[0]
+                new, cond = renamed[left.alias]
+                test = SemiJoin(True, left.source, new, cond)
+                grown.append((frozenset({k}), ((test, item.null_rejects - {left.alias}),), k))
+        partial = grown
+    out = []
+    for present, tests, first in partial:
+        padded = {f.alias for i, f in enumerate(froms) if i not in present}
+        if shape.where_null_rejects & padded or any(
+            froms[i].null_rejects & padded for i in present if i != first
+        ):
+            continue  # a strict condition over a padded alias: never true, no rows
+        items = [FromItem(froms[first].alias, froms[first].source)]
+        for i, f in enumerate(froms):
+            if i == first:
+                continue
+            if i in present:
+                items.append(FromItem(f.alias, f.source, "inner" if f.on else "cross", f.on))
+            else:
+                items.append(FromItem(f.alias, f.source, "null"))
+        live = [test for test, strict_in in tests if not strict_in & padded]
+        out.append(dataclasses.replace(shape, froms=items, semijoins=[*shape.semijoins, *live]))
+    return out
+
+
 def delta(shape: QueryShape, exprs: list[tuple[str, str]], changed_stables: set[str]) -> str:
     """The Z-set delta of the FROM/WHERE block projected to ``exprs``, plus ``__pgt_w``
     (always +1 or −1: change images carry ±1 and products of ±1 stay ±1)."""
     cols = ", ".join(f"{e} AS {q(n)}" for e, n in exprs)
-    from ...naming import stable_name
-
     parts = []
-    for subset, sign in terms(changed_aliases(shape, changed_stables)):
-        relations = {}
-        for f in shape.froms:
-            if f.alias in subset:
-                relations[f.alias] = q(
-                    changes_relation(stable_name(f.source.schema, f.source.name))
-                )
-        weight = " * ".join([str(sign), *(f"{q(a)}.{WEIGHT}" for a in subset)])
-        parts.append(
-            f"SELECT {cols}{', ' if cols else ''}({weight})::integer AS {WEIGHT} "
-            f"FROM {from_clause_sql(shape.froms, relations, inner_only=True)}{where_clause(shape)}"
-        )
-    if len(shape.froms) == 2 and shape.froms[1].join in ("left", "right", "full"):
-        parts.extend(_padded_terms(shape, cols, changed_stables))
-    if shape.semijoins:
-        parts.extend(_semijoin_terms(shape, cols, changed_stables))
+    for block in blocks(shape):
+        parts.extend(_inner_terms(block, cols, changed_stables))
+        if block.semijoins:
+            parts.extend(_semijoin_terms(block, cols, changed_stables))
     if not parts:  # nothing this query reads changed: an empty, well-typed relation
         return (
             f"SELECT {cols}{', ' if cols else ''}0 AS {WEIGHT} "
@@ -91,76 +149,38 @@ def delta(shape: QueryShape, exprs: list[tuple[str, str]], changed_stables: set[
     return " UNION ALL ".join(parts)
 
 
-def _padded_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> list[str]:
-    """Delta of the NULL-padded rows of ``P LEFT JOIN N ON c`` (and mirrored for RIGHT, both
-    ways for FULL).
-
-    Rule: padded(P, N) = {p ∈ P : no n ∈ N with c(p, n)}, with N's columns NULL. Only rows of P
-    whose padding can have changed are looked at: the candidates K = keys of ΔP ∪ keys of the
-    rows of P_new matching ΔN. For them
-
-        Δpadded = padded(P_new, N_new)|K − padded(P_old, N_old)|K
-
-    where P_old = P_new (+1) ∪ ΔP (−w) as a Z-set and "no match in N_old" is
-    ``count(matches in N_new) − Σ w(matches in ΔN) = 0``. Both preserved sides need a primary key
-    (K is a set of keys, looked up through the primary-key index).
-    """
+def _inner_terms(block: QueryShape, cols: str, changed_stables: set[str]) -> list[str]:
+    """The inclusion–exclusion terms of an inner-join block, its semi-join tests (if any)
+    evaluated against the current subquery sources."""
     from ...naming import stable_name
 
-    kind = shape.froms[1].join
-    on = shape.froms[1].on
-    pairs = {"left": [(0, 1)], "right": [(1, 0)], "full": [(0, 1), (1, 0)]}[kind]
-    out = []
-    for p_i, n_i in pairs:
-        p, n = shape.froms[p_i], shape.froms[n_i]
-        pa, na = q(p.alias), q(n.alias)
-        p_table = f"{q(p.source.schema)}.{q(p.source.name)}"
-        n_table = f"{q(n.source.schema)}.{q(n.source.name)}"
-        p_changes = q(changes_relation(stable_name(p.source.schema, p.source.name)))
-        n_changes = q(changes_relation(stable_name(n.source.schema, n.source.name)))
-        p_changed = stable_name(p.source.schema, p.source.name) in changed_stables
-        n_changed = stable_name(n.source.schema, n.source.name) in changed_stables
-        if not (p_changed or n_changed):
+    parts = []
+    for subset, sign in terms(changed_aliases(block, changed_stables)):
+        relations = {}
+        for f in block.froms:
+            if f.alias in subset:
+                relations[f.alias] = q(
+                    changes_relation(stable_name(f.source.schema, f.source.name))
+                )
+        weight = " * ".join([str(sign), *(f"{q(a)}.{WEIGHT}" for a in subset)])
+        parts.append(
+            f"SELECT {cols}{', ' if cols else ''}({weight})::integer AS {WEIGHT} "
+            f"FROM {from_clause_sql(block.froms, relations, inner_only=True)}{where_clause(block)}"
+        )
+    return parts
+
+
+def _identity(block: QueryShape) -> list[str]:
+    """Columns identifying a row of an inner-join block: the primary key of each present alias,
+    or ``(tableoid, ctid)`` for a source without one (stable within the refresh's snapshot)."""
+    out: list[str] = []
+    for f in block.froms:
+        if f.join == "null":
             continue
-        assert p.source.primary_key
-        pk = ", ".join(f"{pa}.{q(c)}" for c in p.source.primary_key)
-        candidates = []
-        if p_changed:
-            candidates.append(f"SELECT {pk} FROM {p_changes} AS {pa}")
-        if n_changed:
-            candidates.append(
-                f"SELECT {pk} FROM {p_table} AS {pa} JOIN {n_changes} AS {na} ON ({on})"
-            )
-        in_k = f"({pk}) IN ({' UNION '.join(candidates)})"
-        no_match_new = f"NOT EXISTS (SELECT 1 FROM {n_table} AS {na} WHERE ({on}))"
-        if n_changed:
-            no_match_old = (
-                f"(SELECT count(*) FROM {n_table} AS {na} WHERE ({on})) - coalesce((SELECT "
-                f"sum({na}.{WEIGHT}) FROM {n_changes} AS {na} WHERE ({on})), 0) = 0"
-            )
+        if f.source.primary_key:
+            out.extend(f"{q(f.alias)}.{q(c)}" for c in f.source.primary_key)
         else:
-            no_match_old = no_match_new
-        p_cols = ", ".join(q(c.name) for c in p.source.columns)
-        if p_changed:
-            p_old = (
-                f"(SELECT {p_cols}, 1 AS {WEIGHT} FROM {p_table} UNION ALL "
-                f"SELECT {p_cols}, -{WEIGHT} FROM {p_changes})"
-            )
-        else:
-            p_old = f"(SELECT {p_cols}, 1 AS {WEIGHT} FROM {p_table})"
-        # The NULL side joins on false: its columns are NULL with their own types, so the
-        # user's expressions over them evaluate exactly as in the padded rows of the query.
-        padded_new = f"{p_table} AS {pa} LEFT JOIN {n_table} AS {na} ON false"
-        padded_old = f"{p_old} AS {pa} LEFT JOIN {n_table} AS {na} ON false"
-        sep = ", " if cols else ""
-        out.append(
-            f"SELECT {cols}{sep}1 AS {WEIGHT} FROM {padded_new}"
-            f"{where_clause(shape, f'{in_k} AND {no_match_new}')}"
-        )
-        out.append(
-            f"SELECT {cols}{sep}(-{pa}.{WEIGHT})::integer AS {WEIGHT} FROM {padded_old}"
-            f"{where_clause(shape, f'{in_k} AND {no_match_old}')}"
-        )
+            out.extend((f"{q(f.alias)}.tableoid", f"{q(f.alias)}.ctid"))
     return out
 
 
@@ -211,19 +231,17 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
     flips = f"({touched}) AND {changes_differ}"
     flip = f"(CASE WHEN {e_new} THEN 1 ELSE -1 END)"
     sep = ", " if cols else ""
-    current_touched = touched
-    if shape.keyed:
-        # Drive from the changed subquery rows into the block through its indexes: the block
-        # rows they correlate with, by primary key (a plain EXISTS test would be evaluated on
-        # every row of the block).
-        pks = [f"{q(f.alias)}.{q(c)}" for f in shape.froms for c in f.source.primary_key or ()]
-        candidates = " UNION ".join(
-            f"SELECT {', '.join(pks)} FROM {from_clause_sql(shape.froms)} "
-            f"JOIN {changes_of(sj)} AS {q(sj.alias)} ON ({sj.condition})"
-            f"{where_clause(shape, semijoins=False)}"
-            for sj in changed
-        )
-        current_touched = f"({', '.join(pks)}) IN ({candidates})"
+    # Drive from the changed subquery rows into the block through its indexes: the block rows
+    # they correlate with, by identity (a plain EXISTS test would be evaluated on every row of
+    # the block).
+    ids = _identity(shape)
+    candidates = " UNION ".join(
+        f"SELECT {', '.join(ids)} FROM {from_clause_sql(shape.froms)} "
+        f"JOIN {changes_of(sj)} AS {q(sj.alias)} ON ({sj.condition})"
+        f"{where_clause(shape, semijoins=False)}"
+        for sj in changed
+    )
+    current_touched = f"({', '.join(ids)}) IN ({candidates})"
     out = [
         f"SELECT {cols}{sep}{flip} AS {WEIGHT} FROM {from_clause_sql(shape.froms)}"
         f"{where_clause(shape, f'{current_touched} AND {changes_differ}', semijoins=False)}"
