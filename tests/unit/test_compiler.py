@@ -279,6 +279,67 @@ def test_left_join_adds_padded_terms() -> None:
         del TABLES["customers"]
 
 
+def _blocks(query: str, names: list[str]) -> list[list[tuple[str, str]]]:
+    from dbt_pgtrickle.dvm.operators import join
+
+    p = plan(query, names)
+    assert p.shape is not None and p.strategy != compiler.FULL_ONLY, p.unsupported
+    return [
+        [(f.alias, f.join) for f in b.froms] + [("not exists", sj.alias) for sj in b.semijoins]
+        for b in join.blocks(p.shape)
+    ]
+
+
+def test_outer_join_chain_expands_into_inner_blocks_with_not_exists_tests() -> None:
+    blocks = _blocks(
+        "select o.id, e.kind from orders o join orders p on p.id = o.qty "
+        "left join events e on e.n = o.qty",
+        ["id", "kind"],
+    )
+    assert blocks == [
+        [("o", "from"), ("p", "inner"), ("e", "inner")],
+        [("o", "from"), ("p", "inner"), ("e", "null"), ("not exists", "__pgt_o2")],
+    ]
+    # RIGHT/FULL as the first join: the right side's padded block starts from it.
+    full = _blocks("select o.id from orders o full join events e on e.n = o.qty", ["id"])
+    assert full[2] == [("e", "from"), ("o", "null"), ("not exists", "__pgt_o0")]
+
+
+def test_blocks_that_cannot_hold_rows_are_dropped() -> None:
+    chain = (
+        "select a.id from orders a left join orders b on b.id = a.qty "
+        "left join orders c on c.id = b.qty"
+    )
+    # c's ON is strict in b: no block with b padded and c present, and with b padded the test
+    # "no c matches" always holds.
+    assert _blocks(chain, ["id"]) == [
+        [("a", "from"), ("b", "inner"), ("c", "inner")],
+        [("a", "from"), ("b", "inner"), ("c", "null"), ("not exists", "__pgt_o2")],
+        [("a", "from"), ("b", "null"), ("c", "null"), ("not exists", "__pgt_o1")],
+    ]
+    # A WHERE strict in the padded side turns the LEFT JOIN into an inner join.
+    assert len(_blocks(chain + " where c.amount > 0", ["id"])) == 1
+    # coalesce() is not strict: the padded blocks stay.
+    assert len(_blocks(chain + " where coalesce(c.amount, 0) = 0", ["id"])) == 3
+
+
+def test_outer_join_delta_reads_only_change_windows_and_indexed_lookups() -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    p = plan(
+        "select o.id, e.kind from orders o join orders p on p.id = o.qty "
+        "left join events e on e.n = o.qty",
+        ["id", "kind"],
+    )
+    assert p.strategy == compiler.LINEAR_MULTISET  # events has no primary key
+    delta = p.delta_for({stable_name("public", "events")})
+    # Rows of the block correlated with a changed events row, by primary key: no scan of the
+    # block with a correlated EXISTS per row.
+    assert '("o"."id", "p"."id") IN (SELECT "o"."id", "p"."id" FROM' in delta
+    assert "Outer join" in [o.operator for o in p.operators]
+    assert p.change_index_columns == {stable_name("public", "events"): [("n",)]}
+
+
 def test_ctes_and_derived_tables_are_merged_into_the_query() -> None:
     cte = plan(
         "with big as (select id, qty from orders where amount > 10) "
