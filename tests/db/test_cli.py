@@ -34,11 +34,11 @@ AGG_QUERY = (
     "select region, count(*) as orders, sum(amount) as revenue, min(amount) as smallest "
     "from orders group by region"
 )
-# An outer join combined with another join: not maintained differentially yet, so AUTO recomputes
-# it and DIFFERENTIAL refuses.
+# A RIGHT JOIN after another join (its preserved side would be a join): not maintained
+# differentially, so AUTO recomputes it and DIFFERENTIAL refuses.
 JOIN_QUERY = (
-    "select o.id, c.name from orders o left join customers c on c.id = o.customer_id "
-    "join customers d on d.id = o.customer_id"
+    "select o.id, c.name from orders o join customers d on d.id = o.customer_id "
+    "right join customers c on c.id = o.customer_id"
 )
 
 

@@ -89,7 +89,7 @@ def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[An
     info = pgt.create_stream_table(
         db,
         "st",
-        "select a.g, b.v from src a left join src b on a.id = b.v join src c on c.id = a.id",
+        "select a.g, b.v from src a join src c on c.id = a.id right join src b on a.id = b.v",
     )
     assert info["effective_mode"] == "FULL" and "JOIN" in info["fallback_reason"]
     assert pgt.refresh_stream_table(db, "st").action == "NO_DATA"
