@@ -115,6 +115,85 @@ def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:
     return seen
 
 
+# Set-returning functions maintained in FROM. All immutable: the rows they return for a row of the
+# items before them never change, which is the whole delta rule (operators/lateral.py). Value: the
+# names of their columns, or None for one column named as PostgreSQL names it (the column alias,
+# else the function's alias, else the function's name).
+_SRF_COLUMNS: dict[str, tuple[str, ...] | None] = {
+    "unnest": None,
+    "jsonb_array_elements": ("value",),
+    "jsonb_array_elements_text": ("value",),
+    "json_array_elements": ("value",),
+    "json_array_elements_text": ("value",),
+    "jsonb_each": ("key", "value"),
+    "jsonb_each_text": ("key", "value"),
+    "json_each": ("key", "value"),
+    "json_each_text": ("key", "value"),
+    "jsonb_object_keys": None,
+    "json_object_keys": None,
+    "generate_series": None,
+    "regexp_split_to_table": None,
+    "regexp_matches": None,
+    "string_to_table": None,
+}
+_SRF_HINT = (
+    "the set-returning functions maintained in FROM are " + ", ".join(sorted(_SRF_COLUMNS)) + "; "
+)
+
+
+def _srf_name(node: exp.Expr) -> str | None:
+    """The name of a known set-returning function call, else None."""
+    if isinstance(node, exp.Unnest | exp.Explode):
+        return "unnest"
+    if isinstance(node, exp.ExplodingGenerateSeries | exp.GenerateSeries):
+        return "generate_series"
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in _SRF_COLUMNS:
+        return str(node.this).lower()
+    return None
+
+
+@dataclass(frozen=True)
+class _SetReturningCall:
+    """A function call in FROM: ``[LATERAL] f(…) [WITH ORDINALITY] [AS alias(columns)]``."""
+
+    call: exp.Expr  # without alias and ordinality
+    name: str | None  # a known set-returning function, else None
+    alias: str | None
+    columns: list[str]  # the column aliases as written
+    ordinality: bool
+
+
+def _set_returning_call(target: exp.Expr) -> _SetReturningCall | exp.Expr | None:
+    """The function call a FROM item is, or the node that is not a function call (a LATERAL
+    subquery); None for a plain table."""
+    node, alias, ordinality = target, None, False
+    if isinstance(node, exp.Lateral) or (
+        isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier)
+    ):
+        alias, ordinality = node.args.get("alias"), bool(node.args.get("ordinality"))
+        node = node.this
+    elif not isinstance(node, exp.Unnest):
+        return None
+    columns = [c.name for c in alias.columns] if isinstance(alias, exp.TableAlias) else []
+    if isinstance(node, exp.Unnest):
+        alias = alias or node.args.get("alias")
+        columns = columns or (
+            [c.name for c in alias.columns] if isinstance(alias, exp.TableAlias) else []
+        )
+        offset = node.args.get("offset")
+        if isinstance(offset, exp.Identifier):
+            columns, ordinality = [*columns, offset.name], True
+        elif offset:
+            ordinality = True
+        node = node.copy()
+        node.set("alias", None)
+        node.set("offset", None)
+    elif not isinstance(node, exp.Func):
+        return node
+    name = alias.name if isinstance(alias, exp.TableAlias) and alias.name else None
+    return _SetReturningCall(node, _srf_name(node), name, columns, ordinality)
+
+
 def _construct_of(
     tree: exp.Select,
     allow_windows: bool = False,
@@ -128,6 +207,7 @@ def _construct_of(
     if with_ is not None:
         return "WITH (a CTE that cannot be merged into the query)", FULL_ONLY_HINT
     joins = tree.args.get("joins") or []
+    accepted_functions: set[int] = set()
     for position, join in enumerate(joins):
         side = str(join.args.get("side") or "").upper()
         if side in ("RIGHT", "FULL") and position > 0:
@@ -143,6 +223,23 @@ def _construct_of(
         if join.args.get("method"):
             return f"{str(join.args['method']).upper()} JOIN", "write the join condition with ON"
         target = join.this
+        call = _set_returning_call(target)
+        if isinstance(call, _SetReturningCall):
+            if call.name is None:
+                return (
+                    f"function {render(call.call)} in FROM",
+                    _SRF_HINT + "write its rows to a table and join that, or " + FULL_ONLY_HINT,
+                )
+            if side in ("RIGHT", "FULL"):
+                return f"{side} JOIN to a set-returning function", "use LEFT JOIN LATERAL"
+            accepted_functions.add(id(target))
+            continue
+        if isinstance(target, exp.Lateral):
+            return (
+                "LATERAL subquery",
+                "rewrite it as a join with GROUP BY or as a set-returning function in FROM, or "
+                + FULL_ONLY_HINT,
+            )
         if not isinstance(target, exp.Table) or not isinstance(target.this, exp.Identifier):
             return "subquery or function in FROM", FULL_ONLY_HINT
         if target.args.get("sample") or target.args.get("only"):
@@ -181,11 +278,28 @@ def _construct_of(
             isinstance(node, exp.Select) and node is not tree
         ):
             return "subquery", FULL_ONLY_HINT
-        if isinstance(node, exp.Lateral | exp.Unnest):
-            return "LATERAL / set-returning function", FULL_ONLY_HINT
+        if isinstance(node, exp.Lateral | exp.Unnest) or _srf_name(node):
+            if _within(node, accepted_functions):
+                continue
+            if isinstance(node, exp.Lateral):
+                return "LATERAL subquery", FULL_ONLY_HINT
+            return (
+                f"set-returning function {_srf_name(node) or 'unnest'}() outside FROM",
+                "call it in FROM: … CROSS JOIN LATERAL f(…) AS x(…), or " + FULL_ONLY_HINT,
+            )
         if isinstance(node, _TIME_VARYING_NODES):
             return f"time-varying or volatile function {render(node)}", FULL_ONLY_HINT
     return None
+
+
+def _within(node: exp.Expr, ids: set[int]) -> bool:
+    """Whether ``node`` or one of its ancestors is one of the nodes ``ids``."""
+    current: exp.Expr | None = node
+    while current is not None:
+        if id(current) in ids:
+            return True
+        current = current.parent
+    return False
 
 
 def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
@@ -286,6 +400,11 @@ class _Analyzer:
         joins = [None, *(tree.args.get("joins") or [])]
         self.froms: list[ir.FromItem] = []
         for table, join in zip(tables, joins, strict=True):
+            call = _set_returning_call(table)
+            if isinstance(call, _SetReturningCall):
+                assert join is not None  # _construct_of: the first FROM item is a table
+                self.froms.append(self._function_item(call, join))
+                continue
             source = self.lookup.table(table.db or None, table.name)
             if source.kind not in ("table", "partitioned"):
                 raise UnsupportedConstruct(
@@ -307,6 +426,9 @@ class _Analyzer:
                 item = self.froms[i]
                 qualified = self._qualify(on)
                 renamed: tuple[tuple[str, str, str], ...] = ()
+                rejects = frozenset(_null_rejected_aliases(qualified))
+                if item.join == "lateral_left":
+                    rejects = frozenset()  # not an inner condition: the row is kept, padded
                 if item.join in ir.OUTER_JOIN_KINDS:
                     # The NOT EXISTS tests of the padded rows: the side tested for a match
                     # under a fresh alias (the padded alias stays in the outer query, NULL).
@@ -319,13 +441,8 @@ class _Analyzer:
                         )
                         for s in sides
                     )
-                self.froms[i] = ir.FromItem(
-                    item.alias,
-                    item.source,
-                    item.join,
-                    render(qualified),
-                    renamed,
-                    frozenset(_null_rejected_aliases(qualified)),
+                self.froms[i] = dataclasses.replace(
+                    item, on=render(qualified), on_renamed=renamed, null_rejects=rejects
                 )
         self.from_sql = from_clause_sql(self.froms)
 
@@ -410,6 +527,63 @@ class _Analyzer:
         return shape
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _function_item(self, call: _SetReturningCall, join: exp.Join) -> ir.FromItem:
+        """A set-returning function in FROM, joined LATERAL to the items before it."""
+        assert call.name is not None
+        alias = call.alias or call.name
+        if any(f.alias == alias for f in self.froms):
+            raise QueryError(f"table name {alias!r} specified more than once")
+        function = render(self._qualify(call.call))  # over the items before it only
+        # Its columns, as PostgreSQL describes them (the items before it cross joined: ON
+        # conditions change no type).
+        before = [
+            dataclasses.replace(f, join="lateral", on=None)
+            if f.is_function
+            else ir.FromItem(f.alias, f.source, "from" if i == 0 else "cross")
+            for i, f in enumerate(self.froms)
+        ]
+        described = (
+            f"{from_clause_sql(before)} CROSS JOIN LATERAL {function} AS "
+            f"{render(exp.to_identifier(alias, quoted=True))}"
+        )
+        types = self.lookup.expression_types(
+            described, [render(exp.column(exp.Star(), table=exp.to_identifier(alias, True)))]
+        )
+        written = call.columns[: len(types)]
+        ordinality = call.columns[len(types)] if len(call.columns) > len(types) else None
+        defaults = _SRF_COLUMNS[call.name] or ((call.alias or call.name),)
+        names = [*written, *defaults[len(written) :]]
+        if len(names) != len(types):
+            raise UnsupportedConstruct(
+                f"set-returning function {call.name}() returning {len(types)} columns",
+                f"name its columns: AS {alias}(c1, …, c{len(types)}), or " + FULL_ONLY_HINT,
+            )
+        if call.name == "generate_series" and "with time zone" in types[0]:
+            raise UnsupportedConstruct(
+                "generate_series() over timestamp with time zone (it depends on the TimeZone "
+                "setting)",
+                "generate a series of timestamp without time zone or dates, or " + FULL_ONLY_HINT,
+            )
+        visible = list(zip(names, types, strict=True))
+        if call.ordinality:
+            visible.append((ordinality or "ordinality", "bigint"))
+        hidden_ordinality = [] if call.ordinality else ["__pgt_ord"]
+        source = ir.SourceTable(
+            "",
+            call.name,
+            tuple(ir.Column(n, t) for n, t in visible),
+            None,
+            kind="function",
+        )
+        side = str(join.args.get("side") or "").lower()
+        return ir.FromItem(
+            alias,
+            source,
+            "lateral_left" if side == "left" else "lateral",
+            function=function,
+            function_columns=(*(n for n, _ in visible), *hidden_ordinality),
+        )
 
     def _distinct_on(
         self,

@@ -360,10 +360,26 @@ def compile_query(
         OperatorInfo(
             "Scan", f"{f.source.qualified} AS {f.alias}", "O(Δ)", "reads the source's change window"
         )
-        for f in shape.froms
+        for f in shape.tables
     ]
-    if len(shape.froms) > 1:
-        conds = [f.on for f in shape.froms if f.on and f.join not in ir.OUTER_JOIN_KINDS]
+    ops.extend(
+        OperatorInfo(
+            "Lateral function",
+            f"{'LEFT JOIN ' if f.join == 'lateral_left' else ''}LATERAL {f.function} AS {f.alias}"
+            + (f" ON {f.on}" if f.on else ""),
+            "O(Δ)",
+            "immutable, so applied to the changed rows of the items before it only (linear); "
+            "row id includes the ordinality of each of its rows",
+        )
+        for f in shape.froms
+        if f.is_function
+    )
+    if len(shape.tables) > 1:
+        conds = [
+            f.on
+            for f in shape.froms
+            if f.on and f.join not in ir.OUTER_JOIN_KINDS and not f.is_function
+        ]
         ops.append(
             OperatorInfo(
                 "Join",
@@ -406,7 +422,7 @@ def compile_query(
     else:
         plan = _linear_plan(shape, ops)
     plan.defining_query = normalized
-    read = [*(f.source for f in shape.froms), *(sj.source for sj in shape.semijoins)]
+    read = [*(f.source for f in shape.tables), *(sj.source for sj in shape.semijoins)]
     stage_names = {st.name for st in stages}
     unique: dict[str, ir.SourceTable] = {}
     for src in read:
@@ -498,7 +514,7 @@ def _branch_operators(branches: list[ir.QueryShape]) -> list[OperatorInfo]:
 def _branch_sources(branches: list[ir.QueryShape]) -> list[ir.SourceTable]:
     unique: dict[str, ir.SourceTable] = {}
     for b in branches:
-        for src in [*(f.source for f in b.froms), *(sj.source for sj in b.semijoins)]:
+        for src in [*(f.source for f in b.tables), *(sj.source for sj in b.semijoins)]:
             unique.setdefault(src.qualified, src)
     return list(unique.values())
 

@@ -89,7 +89,8 @@ class FromItem:
 
     alias: str
     source: SourceTable
-    join: str = "from"  # from (the first) | inner | cross | left | right | full | null
+    # from (the first) | inner | cross | left | right | full | lateral | lateral_left | null
+    join: str = "from"
     on: str | None = None
     # Outer joins: ``on`` with one side's alias renamed, for the test "no row of that side
     # matches" (a NOT EXISTS whose inner alias must not clash with the outer query's):
@@ -97,6 +98,20 @@ class FromItem:
     on_renamed: tuple[tuple[str, str, str], ...] = ()
     # Aliases whose columns all being NULL keeps ``on`` from being true (it is strict in them).
     null_rejects: frozenset[str] = frozenset()
+    # A set-returning function in FROM (join = lateral | lateral_left): its call, rendered, and
+    # the column names it is given (``WITH ORDINALITY AS alias(columns)``; the last one is the
+    # ordinality). ``source`` then describes its visible columns (kind "function", no table).
+    function: str | None = None
+    function_columns: tuple[str, ...] = ()
+
+    @property
+    def is_function(self) -> bool:
+        return self.function is not None
+
+    @property
+    def ordinality(self) -> str:
+        """The ordinality column of a set-returning function item."""
+        return self.function_columns[-1]
 
 
 @dataclass(frozen=True)
@@ -149,8 +164,14 @@ class QueryShape:
 
     @property
     def keyed(self) -> bool:
-        """Whether every joined source has a primary key (rows get key-based identities)."""
-        return all(f.source.primary_key for f in self.froms)
+        """Whether every joined table has a primary key (rows get key-based identities: the
+        keys, and the ordinality of each set-returning function's row)."""
+        return all(f.source.primary_key for f in self.tables)
+
+    @property
+    def tables(self) -> list[FromItem]:
+        """The FROM items that read a table (not the set-returning functions)."""
+        return [f for f in self.froms if not f.is_function]
 
     @property
     def has_outer_joins(self) -> bool:

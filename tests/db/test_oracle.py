@@ -118,6 +118,29 @@ QUERIES: dict[str, str] = {
         "select d.k, s.id from dim d left join src s on s.g = d.k and s.x > 0 "
         "where exists (select 1 from bag b where b.g = d.k)"
     ),
+    # LATERAL set-returning functions (NULL, empty and duplicate-holding arrays, arrays changed
+    # by updates, key changes), under filters, aggregates, DISTINCT, joins and LEFT JOIN.
+    "lateral_unnest": "select d.id, u.x from doc d cross join lateral unnest(d.arr) as u(x)",
+    "lateral_ordinality_filtered": (
+        "select d.id, u.x, u.n from doc d, unnest(d.arr) with ordinality as u(x, n) "
+        "where u.x is distinct from 2"
+    ),
+    "lateral_jsonb_text_agg": (
+        "select d.g, count(*) as n, count(e.v) as nv, min(e.v) as mv, sum(e.v::int) as sv "
+        "from doc d cross join lateral jsonb_array_elements_text(d.j) as e(v) group by d.g"
+    ),
+    "left_lateral_distinct": (
+        "select distinct d.g, e.value from doc d left join lateral jsonb_array_elements(d.j) "
+        "as e on true"
+    ),
+    "left_lateral_on_filter": (
+        "select d.id, u.x from doc d left join lateral unnest(d.arr) u(x) on u.x > 1"
+    ),
+    "lateral_each_join": (
+        "select d.id, e.key, e.value, dm.label from doc d, jsonb_each_text(d.o) e "
+        "left join dim dm on dm.k = e.value::int"
+    ),
+    "lateral_multiset": "select b.g, s.v from bag b, generate_series(1, b.x) s(v)",
     # CTEs (one referenced twice) and derived tables, merged into the query before compiling.
     "cte_twice": (
         "with f as (select id, g, x from src where x > -2) "
@@ -308,6 +331,17 @@ op = st.one_of(
     st.tuples(st.just("dim_insert"), st.integers(0, 4), st.sampled_from(["d1", "d3"])),
     st.tuples(st.just("key_change_and_delete"), IDS, st.integers(0, 3)),
 )
+ARRS = st.sampled_from([None, [], [1], [1, 1], [2, None, 3], [3, 2, 1, 2]])
+JSON_ARRAYS = st.sampled_from([None, "[]", "[1, 1]", '["2", null, 3]', "[0, 3, 3, 1]"])
+JSON_OBJECTS = st.sampled_from([None, "{}", '{"a": "1"}', '{"a": "2", "b": "0", "c": null}'])
+DOC_IDS = st.integers(0, 6)
+doc_op = st.one_of(
+    st.tuples(st.just("doc_set"), DOC_IDS, ARRS, JSON_ARRAYS, JSON_OBJECTS),
+    st.tuples(st.just("doc_insert"), DOC_IDS, GS, ARRS, JSON_ARRAYS, JSON_OBJECTS),
+    st.tuples(st.just("doc_delete"), DOC_IDS),
+    st.tuples(st.just("doc_move_key"), DOC_IDS, DOC_IDS),
+)
+op = st.one_of(op, doc_op)
 batch = st.tuples(st.lists(op, min_size=1, max_size=6), st.booleans())
 cycles = st.lists(batch, min_size=1, max_size=5)
 
@@ -345,6 +379,9 @@ INSERT INTO edge VALUES (0, 1), (1, 2), (2, 0), (1, 2), (2, 3), (3, 3), (4, NULL
 CREATE TABLE node (id int PRIMARY KEY, parent int, name text);
 INSERT INTO node VALUES (0, NULL, 'root'), (1, 0, 'x'), (2, 0, 'y'), (3, 1, NULL), (4, 3, 'y'),
                         (5, 6, 'x'), (6, 5, 'y');
+CREATE TABLE doc (id int PRIMARY KEY, g int, arr int[], j jsonb, o jsonb);
+INSERT INTO doc VALUES (1, 0, '{1,2,2}', '[1, 1, 3]', '{"a": "1", "b": "3"}'),
+    (2, 1, '{}', '[]', '{}'), (3, NULL, NULL, NULL, NULL), (4, 1, '{3,NULL}', '["2", null]', NULL);
 """
 
 STATS = {"cycles": 0, "examples": 0}
@@ -452,6 +489,19 @@ def apply_op(cur: psycopg.Cursor[Any], o: tuple[Any, ...]) -> None:
             "INSERT INTO src VALUES (%s, 1, 'a', 1, 1, 1) ON CONFLICT (id) DO NOTHING", (o[1],)
         )
         cur.execute("DELETE FROM src WHERE id = %s", (o[1],))
+    elif kind == "doc_set":
+        cur.execute("UPDATE doc SET arr = %s, j = %s, o = %s WHERE id = %s", (*o[2:], o[1]))
+    elif kind == "doc_insert":
+        cur.execute(
+            "INSERT INTO doc VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING", o[1:]
+        )
+    elif kind == "doc_delete":
+        cur.execute("DELETE FROM doc WHERE id = %s", (o[1],))
+    elif kind == "doc_move_key":
+        cur.execute(
+            "UPDATE doc SET id = %s WHERE id = %s AND NOT EXISTS (SELECT 1 FROM doc WHERE id = %s)",
+            (o[2], o[1], o[2]),
+        )
 
 
 def mismatches(conn: psycopg.Connection[Any], name: str, query: str) -> list[Any]:
@@ -484,7 +534,7 @@ def oracle_db(conn: psycopg.Connection[Any], dsn: str) -> tuple[psycopg.Connecti
 def _run_cycles(
     conn: psycopg.Connection[Any], dsn: str, names: dict[str, str], plan: list[Any]
 ) -> None:
-    conn.execute("DROP TABLE IF EXISTS src, bag, dim, edge, node CASCADE")
+    conn.execute("DROP TABLE IF EXISTS src, bag, dim, edge, node, doc CASCADE")
     for name in names:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
     conn.execute(
@@ -569,6 +619,15 @@ GROUPS = {
         "right_then_join_filtered",
         "chain_anti_distinct",
         "left_join_exists",
+    ],
+    "lateral_functions": [
+        "lateral_unnest",
+        "lateral_ordinality_filtered",
+        "lateral_jsonb_text_agg",
+        "left_lateral_distinct",
+        "left_lateral_on_filter",
+        "lateral_each_join",
+        "lateral_multiset",
     ],
     "ctes_and_derived": ["cte_twice", "derived_join_agg", "cte_filter_agg"],
     "unions": ["union_all", "union_all_dupes", "union_distinct"],

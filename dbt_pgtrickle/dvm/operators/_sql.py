@@ -27,10 +27,15 @@ def from_clause_sql(
     """The FROM clause of ``froms``; ``relations`` replaces the relation read under an alias
     (e.g. by its change window); ``inner_only`` renders outer joins as inner joins (their
     matched part). A NULL-padded alias (``join = "null"``) is joined ``ON false``: its columns
-    are NULL with their own types (and collations), exactly as in the query's padded rows.
-    Every identifier quoted."""
+    are NULL with their own types (and collations), exactly as in the query's padded rows. A
+    set-returning function is joined LATERAL (:mod:`.lateral`). Every identifier quoted."""
     parts = []
     for i, item in enumerate(froms):
+        if item.is_function:
+            from .lateral import join_sql
+
+            parts.append(join_sql(item))
+            continue
         rel = (relations or {}).get(item.alias) or (
             f"{q(item.source.schema)}.{q(item.source.name)}"
         )
@@ -74,3 +79,17 @@ def row_hash(exprs: list[str]) -> str:
     if not exprs:
         return "0::bigint"
     return f"hash_record_extended(ROW({', '.join(exprs)}), 0)"
+
+
+def row_key(shape: QueryShape) -> list[str]:
+    """What identifies a row of a keyed FROM/WHERE block: the primary key of every table (NULL
+    when the table is NULL-padded) and the ordinality of every set-returning function's row (a
+    function's rows for one input row are numbered 1, 2, …)."""
+    out: list[str] = []
+    for f in shape.froms:
+        if f.is_function:
+            out.append(f"{q(f.alias)}.{q(f.ordinality)}")
+        else:
+            assert f.source.primary_key
+            out.extend(f"{q(f.alias)}.{q(c)}" for c in f.source.primary_key)
+    return out

@@ -62,7 +62,9 @@ def changed_aliases(shape: QueryShape, changed_stables: set[str]) -> list[str]:
     return [
         f.alias
         for f in shape.froms
-        if f.join != "null" and stable_name(f.source.schema, f.source.name) in changed_stables
+        if f.join != "null"
+        and not f.is_function
+        and stable_name(f.source.schema, f.source.name) in changed_stables
     ]
 
 
@@ -123,7 +125,9 @@ def blocks(shape: QueryShape) -> list[QueryShape]:
         for i, f in enumerate(froms):
             if i == first:
                 continue
-            if i in present:
+            if f.is_function:
+                items.append(f)  # row-wise over the items before it, in every block
+            elif i in present:
                 items.append(FromItem(f.alias, f.source, "inner" if f.on else "cross", f.on))
             else:
                 items.append(FromItem(f.alias, f.source, "null"))
@@ -171,12 +175,14 @@ def _inner_terms(block: QueryShape, cols: str, changed_stables: set[str]) -> lis
 
 
 def _identity(block: QueryShape) -> list[str]:
-    """Columns identifying a row of an inner-join block: the primary key of each present alias,
-    or ``(tableoid, ctid)`` for a source without one (stable within the refresh's snapshot)."""
+    """Columns identifying the rows of an inner-join block that come from one row of each
+    present table: its primary key, or ``(tableoid, ctid)`` for a table without one (stable
+    within the refresh's snapshot). Candidates are re-tested exactly, so a set-returning
+    function's rows may all be selected together."""
     out: list[str] = []
     for f in block.froms:
-        if f.join == "null":
-            continue
+        if f.join == "null" or f.is_function:
+            continue  # a function's rows: all of them for a row of the items before it
         if f.source.primary_key:
             out.extend(f"{q(f.alias)}.{q(c)}" for c in f.source.primary_key)
         else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..ir import QueryShape
 from . import join
-from ._sql import KEEP, ROW_ID, WEIGHT, from_clause_sql, q, row_hash, where_clause
+from ._sql import KEEP, ROW_ID, WEIGHT, from_clause_sql, q, row_hash, row_key, where_clause
 
 
 def _outputs(shape: QueryShape) -> list[tuple[str, str]]:
@@ -25,13 +25,9 @@ def _outputs(shape: QueryShape) -> list[tuple[str, str]]:
 
 
 def _pks(shape: QueryShape) -> list[tuple[str, str]]:
-    """Primary-key columns of every joined source, as (expression, hidden name)."""
-    out: list[tuple[str, str]] = []
-    for f in shape.froms:
-        assert f.source.primary_key
-        for c in f.source.primary_key:
-            out.append((f"{q(f.alias)}.{q(c)}", f"__pgt_pk_{len(out)}"))
-    return out
+    """Primary-key columns of every joined table and the ordinality of every set-returning
+    function's row, as (expression, hidden name)."""
+    return [(e, f"__pgt_pk_{i}") for i, e in enumerate(row_key(shape))]
 
 
 def keyed_full(shape: QueryShape) -> str:

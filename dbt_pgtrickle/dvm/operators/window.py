@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ..ir import QueryShape
 from . import join
-from ._sql import ROW_ID, from_clause_sql, q, row_hash, where_clause
+from ._sql import ROW_ID, from_clause_sql, q, row_hash, row_key, where_clause
 
 PART = q("__pgt_part")
 
@@ -28,9 +28,7 @@ def _row_id(shape: QueryShape) -> str:
     """hash(primary keys) when every source has one, else hash(output values): rows are found
     through their partition, so the id only needs to be deterministic."""
     if shape.keyed:
-        return row_hash(
-            [f"{q(f.alias)}.{q(c)}" for f in shape.froms for c in f.source.primary_key or ()]
-        )
+        return row_hash(row_key(shape))
     return row_hash([o.sql for o in shape.outputs])
 
 
