@@ -30,6 +30,12 @@ TABLES = {
     "edges": SourceTable(
         "public", "edges", (Column("src", "integer"), Column("dst", "integer")), None
     ),
+    "docs": SourceTable(
+        "public",
+        "docs",
+        (Column("id", "integer", True), Column("j", "jsonb"), Column("arr", "integer[]")),
+        ("id",),
+    ),
 }
 TYPES = {
     "amount": "numeric",
@@ -149,6 +155,17 @@ REJECTED = [
     ("select o.id from orders o join events e using (id)", "USING"),
     ("select o.id from orders o natural join events e", "NATURAL JOIN"),
     ("select o.id from orders o join (select 1 as x) e on true", "SELECT without FROM"),
+    ("select id, unnest(arr) as a from docs", "set-returning function unnest() outside FROM"),
+    (
+        "select id, jsonb_array_elements(j) as a from docs",
+        "set-returning function jsonb_array_elements() outside FROM",
+    ),
+    ("select d.id from docs d left join lateral (select 1 as x) s on true", "LATERAL subquery"),
+    ("select d.id from docs d, my_srf(d.j) s", "function MY_SRF"),
+    (
+        "select d.id from docs d right join lateral unnest(d.arr) u on true",
+        "RIGHT JOIN to a set-returning function",
+    ),
     ("select id from orders union all select n from events order by 1 limit 3", "ORDER BY/LIMIT"),
     (
         "select region from orders intersect select kind from events group by kind",
@@ -338,6 +355,40 @@ def test_outer_join_delta_reads_only_change_windows_and_indexed_lookups() -> Non
     assert '("o"."id", "p"."id") IN (SELECT "o"."id", "p"."id" FROM' in delta
     assert "Outer join" in [o.operator for o in p.operators]
     assert p.change_index_columns == {stable_name("public", "events"): [("n",)]}
+
+
+def test_lateral_function_is_applied_to_the_change_window_with_its_ordinality() -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    p = plan(
+        "select d.id, e.value from docs d cross join lateral jsonb_array_elements(d.j) as e",
+        ["id", "value"],
+    )
+    assert p.strategy == compiler.LINEAR_KEYED
+    assert [s.qualified for s in p.sources] == ["public.docs"]  # the function is no source
+    assert 'ROW("d"."id", "e"."__pgt_ord")' in p.full_sql
+    docs = stable_name("public", "docs")
+    delta = p.delta_for({docs})
+    assert (
+        f'"__pgt_changes_{docs}" AS "d" CROSS JOIN LATERAL JSONB_ARRAY_ELEMENTS("d"."j") '
+        'WITH ORDINALITY AS "e"("value", "__pgt_ord")' in delta
+    )
+    assert '"public"."docs"' not in delta  # linear: only the change window is read
+    assert "Lateral function" in [o.operator for o in p.operators]
+
+
+def test_lateral_function_names_and_ordinality_follow_postgresql() -> None:
+    named = plan(
+        "select d.id, u.x, u.n from docs d, unnest(d.arr) with ordinality as u(x, n)",
+        ["id", "x", "n"],
+    )
+    assert '"u"("x", "n")' in named.full_sql and 'ROW("d"."id", "u"."n")' in named.full_sql
+    scalar = plan("select d.id, u from docs d, unnest(d.arr) u", ["id", "u"])
+    assert '"u"("u", "__pgt_ord")' in scalar.full_sql
+    star = plan("select * from docs d left join lateral unnest(d.arr) u on true", list("abcd"))
+    assert star.shape is not None
+    assert [o.sql for o in star.shape.outputs][-1] == '"u"."u"'  # the ordinality stays hidden
+    assert "LEFT JOIN LATERAL UNNEST" in star.full_sql
 
 
 def test_ctes_and_derived_tables_are_merged_into_the_query() -> None:
