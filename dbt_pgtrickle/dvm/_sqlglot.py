@@ -1038,7 +1038,7 @@ def _rename_alias(node: exp.Expr, alias: str, new: str) -> exp.Expr:
     return node
 
 
-_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike)
+_STRICT_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike)
 _STRICT_OPERATORS = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.Paren)
 
 
@@ -1067,7 +1067,7 @@ def _null_rejected_aliases(node: exp.Expr) -> set[str]:
         return _null_rejected_aliases(node.this) | _null_rejected_aliases(node.expression)
     if isinstance(node, exp.Or):
         return _null_rejected_aliases(node.this) & _null_rejected_aliases(node.expression)
-    if isinstance(node, _COMPARISONS):
+    if isinstance(node, _STRICT_COMPARISONS):
         return _strict_aliases(node.this) | _strict_aliases(node.expression)
     if (
         isinstance(node, exp.Is)
