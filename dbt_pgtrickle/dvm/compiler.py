@@ -831,6 +831,10 @@ def _recursive_plan(
             f"recursive CTE {name} without distinct column names",
             f"name its columns: WITH RECURSIVE {name}(col1, col2, …)",
         )
+    if any(c.startswith("__pgt_") for c in columns):
+        raise UnsupportedConstruct(
+            f"recursive CTE {name} with a column named __pgt_…", "rename the column"
+        )
     bases = [_sqlglot.analyze(b, lookup, columns) for b in parts.bases]
     for b in bases:
         _plain_block(b, f"the non-recursive term of {name}")

@@ -666,6 +666,12 @@ RECURSIVE_REJECTED = [
         "recursive CTE r without distinct column names",
         "name its columns: WITH RECURSIVE r(col1",
     ),
+    (
+        "with recursive r(a, __pgt_w) as (select src, dst from edges "
+        "union select r.a, e.dst from r join edges e on e.src = r.__pgt_w) select a, a from r",
+        "recursive CTE r with a column named __pgt_",
+        "rename the column",
+    ),
 ]
 
 

@@ -31,7 +31,9 @@ old table; a superset of what really disappeared, which only makes ``D`` larger)
 
 Cost. Insert-only changes touch the new facts and what they join (semi-naive, through the backing
 table's indexes): O(Δ + new facts). Deletions touch everything derivable from the deleted rows
-(step 1) and re-test those facts against the sources (step 3), which can reach all of ``R``.
+(step 1) and re-test those facts against the sources (step 3), which can reach all of ``R``; the
+re-test joins each fact by equality with the block's outputs, so it is driven from ``D`` through
+the sources' indexes (facts with NULLs take a membership test gated on D holding one).
 """
 
 from __future__ import annotations
