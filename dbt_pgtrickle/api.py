@@ -18,6 +18,8 @@ from .catalog import install as _install
 from .catalog import records
 from .catalog.lookup import DatabaseLookup
 from .cdc.triggers import ensure_capture, release_capture
+from .citus import capture as _citus_capture
+from .citus import tables as _citus
 from .dvm import _sqlglot, compiler
 from .dvm.operators import recursive
 from .errors import (
@@ -157,10 +159,16 @@ def _modes(plan: compiler.DeltaPlan, requested: str) -> tuple[str, str | None]:
 
 
 def _build_table(
-    conn: psycopg.Connection[Any], schema: str, name: str, plan: compiler.DeltaPlan, populate: bool
+    conn: psycopg.Connection[Any],
+    schema: str,
+    name: str,
+    plan: compiler.DeltaPlan,
+    populate: bool,
+    cplan: _citus.CitusPlan | None = None,
 ) -> int:
     """Create the storage table of a plan, and of its stages and backing tables (and fill
-    them); returns rows inserted into the storage table."""
+    them); returns rows inserted into the storage table. With a Citus placement other than
+    local (``cplan``) the empty storage table is distributed before it is filled."""
     for stage in plan.stages:  # innermost first
         _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
     if plan.recursive is not None:
@@ -184,11 +192,16 @@ def _build_table(
         )
     if plan.counted is not None:  # a set operation's per-branch counts
         _build_storage(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
-    return _build_storage(conn, schema, name, plan, populate)
+    return _build_storage(conn, schema, name, plan, populate, cplan)
 
 
 def _build_storage(
-    conn: psycopg.Connection[Any], schema: str, name: str, plan: compiler.DeltaPlan, populate: bool
+    conn: psycopg.Connection[Any],
+    schema: str,
+    name: str,
+    plan: compiler.DeltaPlan,
+    populate: bool,
+    cplan: _citus.CitusPlan | None = None,
 ) -> int:
     target = sql.Identifier(schema, name)
     conn.execute(
@@ -198,7 +211,11 @@ def _build_storage(
         )
     )
     if plan.strategy not in (compiler.FULL_ONLY, compiler.TOPK):
-        unique = sql.SQL("UNIQUE ") if plan.strategy in compiler.MERGE_STRATEGIES else sql.SQL("")
+        # A distributed table's unique index must contain its distribution column.
+        keyed = plan.strategy in compiler.MERGE_STRATEGIES and (
+            cplan is None or cplan.distribution_column in (None, _citus.ROW_ID)
+        )
+        unique = sql.SQL("UNIQUE ") if keyed else sql.SQL("")
         conn.execute(
             sql.SQL("CREATE {}INDEX {} ON {} (__pgt_row_id)").format(
                 unique, sql.Identifier(f"{name}__pgt_row_id"[:63]), target
@@ -210,6 +227,8 @@ def _build_storage(
                     sql.Identifier(f"{name}__pgt_part"[:63]), target
                 )
             )
+    if cplan is not None:
+        _citus.distribute(conn, schema, name, cplan)
     if not populate:
         return 0
     cur = conn.execute(sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql)))
@@ -259,11 +278,21 @@ def _detach_sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _register_sources(conn: psycopg.Connection[Any], pgt_id: int, plan: compiler.DeltaPlan) -> None:
+def _register_sources(
+    conn: psycopg.Connection[Any],
+    pgt_id: int,
+    plan: compiler.DeltaPlan,
+    cplan: _citus.CitusPlan | None = None,
+) -> None:
     for src in plan.sources:
+        on_citus = cplan is not None and (src.schema, src.name) in cplan.citus_sources
         if src.kind in ("table", "partitioned"):
-            buf = ensure_capture(conn, src)
+            # Citus sources are captured by worker slots, not triggers (citus/capture.py).
+            buf = ensure_capture(conn, src, triggers=not on_citus)
             stable = buf.stable_name
+            if on_citus:
+                assert cplan is not None
+                _citus.register_source(conn, cplan, src.schema, src.name, stable)
         else:
             stable = stable_name(src.schema, src.name)
             conn.execute(
@@ -295,8 +324,9 @@ def create_stream_table(
     mode = _check_mode(refresh_mode)
     schedule = _check_schedule(schedule)
     cdc = _check_cdc(cdc_mode)
-    if options:
-        raise ConfigError(f"unknown option(s): {', '.join(sorted(options))}")
+    unknown = set(options) - set(_citus.OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
     query = _clean_query(query)
     schema, rel = records.split_name(name)
     with session(conn) as c:
@@ -312,7 +342,10 @@ def create_stream_table(
             )
         plan = _plan(c, schema, rel, query)
         effective, reason = _modes(plan, mode)
+        cplan = _citus.plan_create(c, plan, options)
+        _citus.prepare_sources(c, cplan)
         lock_ms = _settings.get_setting(c, "refresh_lock_timeout_ms")
+        created = False
         try:
             with repeatable_read(c):
                 # No data statement before the locks: the snapshot must be taken after them.
@@ -320,8 +353,13 @@ def create_stream_table(
                     sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms"))
                 )
                 _lock_sources(c, plan)
+                # Citus sources: slots first (their creation waits for the nodes' running
+                # transactions), so the population below sees every change they do not stream.
+                _citus.create_slots(c, cplan)
                 frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
-                rows = _build_table(c, schema, rel, plan, initialize)
+                rows = _build_table(
+                    c, schema, rel, plan, initialize, cplan if cplan.placement != "local" else None
+                )
                 pgt_id = c.execute(
                     "INSERT INTO pgtrickle.pgt_stream_tables (pgt_schema, pgt_name, "
                     "defining_query, original_query, query_hash, schedule, requested_mode, "
@@ -346,7 +384,8 @@ def create_stream_table(
                         initialize,
                     ),
                 ).fetchone()[0]  # type: ignore[index]
-                _register_sources(c, pgt_id, plan)
+                _register_sources(c, pgt_id, plan, cplan)
+                _citus.record_placement(c, pgt_id, schema, rel, cplan)
                 if initialize:
                     c.execute(
                         "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, pgt_schema, pgt_name, "
@@ -356,6 +395,7 @@ def create_stream_table(
                         "'COMPLETED', 0, %s, 0, 0, 'initial population', 'create', %s)",
                         (pgt_id, schema, rel, rows, frontier),
                     )
+            created = True
         except psycopg.errors.LockNotAvailable as exc:
             raise PgTrickleError(
                 f"could not lock the sources of {schema}.{rel}: {_msg(exc)}; "
@@ -372,6 +412,9 @@ def create_stream_table(
             raise PgTrickleError(
                 f"creating {schema}.{rel} failed: {_msg(exc)}", sqlstate=exc.sqlstate
             ) from exc
+        finally:
+            if not created:
+                _citus.drop_new_slots(c, cplan)
         return _status_row(c, schema, rel)
 
 
@@ -567,13 +610,17 @@ def drop_stream_table(conn: Conn, name: str) -> None:
                 f"cannot drop {schema}.{rel}: stream table(s) {', '.join(r[0] for r in readers)} "
                 "read it; drop them first"
             )
+        slots = []
         with c.transaction():
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
             _drop_internal_tables(c, schema, rel)
             stables = _detach_sources(c, rec.pgt_id)
             c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
             for stable in stables:
-                release_capture(c, stable)
+                if release_capture(c, stable):
+                    slots.append((stable, _citus_capture.release(c, stable)))
+        for stable, nodes in slots:  # worker slots are not transactional: after the commit
+            _citus_capture.drop_slots(c, stable, nodes)
 
 
 def verify_stream_table(conn: Conn, name: str, *, limit: int = 20) -> dict[str, Any]:

@@ -43,3 +43,8 @@ def trigger_function(stable: str) -> str:
 def trigger_name(stable: str, event: str) -> str:
     """Name of the capture trigger for ``event`` (ins, upd, del, trunc) on a source."""
     return f"pgtrickle_cdc_{event}_{stable}"
+
+
+def replication_slot(stable: str) -> str:
+    """Name of the logical replication slot capturing a Citus source, the same on every node."""
+    return f"pgtrickle_{stable}"

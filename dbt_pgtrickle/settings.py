@@ -186,8 +186,28 @@ REGISTRY: dict[str, Setting] = {
             "citus_worker_retry_ticks",
             int,
             5,
-            "Consecutive failed polls of a Citus worker after which it is flagged in citus_status.",
+            "Consecutive failed polls of a Citus worker after which it is flagged in "
+            "`pgtrickle.citus_status`, logged as a WARNING and announced on the NOTIFY channel "
+            "`pgtrickle_alert` (docs/citus.md). The count is stored, so it survives restarts.",
             minimum=1,
+        ),
+        Setting(
+            "citus_poll_batch_changes",
+            int,
+            10000,
+            "Citus change import: decoded messages read from a worker's replication slot per "
+            "batch. Each batch is imported in its own coordinator transaction; a batch always "
+            "ends at a transaction boundary, so it may hold a few more.",
+            minimum=1,
+        ),
+        Setting(
+            "citus_reference_row_threshold",
+            int,
+            100000,
+            "Placement `auto` of a stream table reading a distributed source: reference table "
+            "when the sources' row estimate (the sum of their shards' pg_class.reltuples) is "
+            "below this, distributed table otherwise.",
+            minimum=0,
         ),
     )
 }

@@ -439,6 +439,58 @@ $do$;
 
 _SCHEDULER = _SCHEDULER_TABLES + _SCHEDULER_FUNCTIONS
 
+# Citus (docs/citus.md): placement of sources and stream tables, per-node import positions of
+# distributed sources, worker slot health, and the pgtrickle.citus_status view. Objects here must
+# also be in CURRENT_SCHEMA (through _CITUS_VIEW; the columns are written out there).
+_CITUS_COLUMNS = """
+ALTER TABLE pgtrickle.pgt_stream_tables
+    ADD COLUMN distribution_column text,
+    ADD COLUMN citus_colocated_with text;
+
+ALTER TABLE pgtrickle.pgt_change_tracking
+    ADD COLUMN source_placement text NOT NULL DEFAULT 'local',
+    ADD COLUMN distribution_column text,
+    ADD COLUMN frontier_per_node jsonb NOT NULL DEFAULT '{}'::jsonb,
+    ADD COLUMN shard_nodes jsonb NOT NULL DEFAULT '{}'::jsonb;
+
+ALTER TABLE pgtrickle.pgt_worker_slots
+    ADD COLUMN node_id integer,
+    ADD COLUMN created_lsn pg_lsn,
+    ADD COLUMN created_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN last_error text,
+    ADD COLUMN flagged_at timestamptz;
+"""
+
+_CITUS_VIEW = """
+CREATE VIEW pgtrickle.citus_status AS
+SELECT st.pgt_schema || '.' || st.pgt_name AS stream_table,
+       st.placement AS st_placement,
+       st.distribution_column,
+       st.citus_colocated_with,
+       t.source_schema || '.' || t.source_name AS source,
+       t.source_placement,
+       w.node_name,
+       w.node_port,
+       w.slot_name,
+       t.frontier_per_node ->> w.node_id::text AS imported_lsn,
+       w.confirmed_lsn AS worker_confirmed_lsn,
+       w.last_poll_at,
+       w.consecutive_failures,
+       w.flagged_at IS NOT NULL AS flagged,
+       w.last_error,
+       l.holder AS lease_holder,
+       l.expires_at AS lease_expires_at,
+       CASE WHEN l.lock_key IS NULL THEN 'free'
+            WHEN l.expires_at < clock_timestamp() THEN 'expired'
+            ELSE 'held' END AS lease_health
+  FROM pgtrickle.pgt_stream_tables st
+  JOIN pgtrickle.pgt_dependencies d USING (pgt_id)
+  JOIN pgtrickle.pgt_change_tracking t USING (source_stable_name)
+  LEFT JOIN pgtrickle.pgt_worker_slots w USING (source_stable_name)
+  LEFT JOIN pgtrickle.pgt_st_locks l ON l.lock_key = 'refresh:' || st.pgt_id
+ WHERE t.source_placement <> 'local' OR st.placement <> 'local';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog tables", _V1),
     Migration(2, "settings, history columns and indexes, status view", _V2),
@@ -446,6 +498,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "scheduler: heartbeat, notifications, pending probe, SLA summary, wake",
         _SCHEDULER + _WAKE_EXISTING_CAPTURE,
+    ),
+    Migration(
+        4,
+        "citus: placements, per-node import positions, worker slot health, citus_status",
+        _CITUS_COLUMNS + _CITUS_VIEW,
     ),
 )
 
@@ -489,6 +546,8 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     initialize boolean NOT NULL DEFAULT true,
     cdc_mode text NOT NULL DEFAULT 'trigger',
     options jsonb NOT NULL DEFAULT '{}'::jsonb,
+    distribution_column text,
+    citus_colocated_with text,
     UNIQUE (pgt_schema, pgt_name),
     CHECK (requested_mode IN ('AUTO', 'DIFFERENTIAL', 'FULL')),
     CHECK (effective_mode IN ('DIFFERENTIAL', 'FULL'))
@@ -503,6 +562,10 @@ CREATE TABLE pgtrickle.pgt_change_tracking (
     captured_columns jsonb NOT NULL,
     primary_key text[],
     created_at timestamptz NOT NULL DEFAULT now(),
+    source_placement text NOT NULL DEFAULT 'local',
+    distribution_column text,
+    frontier_per_node jsonb NOT NULL DEFAULT '{}'::jsonb,
+    shard_nodes jsonb NOT NULL DEFAULT '{}'::jsonb,
     UNIQUE (source_schema, source_name)
 );
 
@@ -559,6 +622,11 @@ CREATE TABLE pgtrickle.pgt_worker_slots (
     confirmed_lsn pg_lsn,
     last_poll_at timestamptz,
     consecutive_failures integer NOT NULL DEFAULT 0,
+    node_id integer,
+    created_lsn pg_lsn,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_error text,
+    flagged_at timestamptz,
     PRIMARY KEY (node_name, node_port, slot_name)
 );
 
@@ -572,4 +640,5 @@ CREATE TABLE pgtrickle.pgt_subscriptions (
     + _STATUS_VIEW
     + _HELPERS
     + _SCHEDULER
+    + _CITUS_VIEW
 )

@@ -29,6 +29,8 @@ class StreamTableRecord:
     initialize: bool
     cdc_mode: str
     options: dict[str, Any]
+    placement: str = "local"
+    distribution_column: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -38,7 +40,7 @@ class StreamTableRecord:
 _COLUMNS = (
     "pgt_id, pgt_schema, pgt_name, defining_query, original_query, query_hash, schedule, "
     "requested_mode, effective_mode, status, frontier::text AS frontier, needs_full, "
-    "fallback_reason, initialize, cdc_mode, options"
+    "fallback_reason, initialize, cdc_mode, options, placement, distribution_column"
 )
 
 

@@ -89,9 +89,12 @@ def wake_statement(stable: str) -> sql.Composed:
     ).format(sql.Literal(WAKE_CHANNEL), sql.Literal(stable))
 
 
-def ensure_capture(conn: psycopg.Connection[Any], source: SourceTable) -> ChangeBuffer:
+def ensure_capture(
+    conn: psycopg.Connection[Any], source: SourceTable, *, triggers: bool = True
+) -> ChangeBuffer:
     """Create (or reuse) the buffer and triggers of ``source``; must run inside the creating
-    transaction, after the source is locked against writers."""
+    transaction, after the source is locked against writers. ``triggers=False``: the buffer
+    only (a Citus source, filled from worker slots by ``citus/capture.py``)."""
     stable = stable_name(source.schema, source.name)
     row = conn.execute(
         "SELECT source_schema, source_name, captured_columns FROM pgtrickle.pgt_change_tracking "
@@ -109,7 +112,7 @@ def ensure_capture(conn: psycopg.Connection[Any], source: SourceTable) -> Change
             return ChangeBuffer(source.schema, source.name, stable, captured)
         # The source gained or lost columns since capture began: rebuild buffer and functions.
         # Pending rows keep their (old) columns; columns no longer present are dropped.
-        _rebuild(conn, source, stable, captured)
+        _rebuild(conn, source, stable, captured, triggers=triggers)
         return ChangeBuffer(
             source.schema, source.name, stable, tuple(c.name for c in source.columns)
         )
@@ -130,7 +133,8 @@ def ensure_capture(conn: psycopg.Connection[Any], source: SourceTable) -> Change
             sql.Identifier(f"{buffer_table(stable)}_xid"), buf
         )
     )
-    _install_triggers(conn, source, stable)
+    if triggers:
+        _install_triggers(conn, source, stable)
     conn.execute(
         "INSERT INTO pgtrickle.pgt_change_tracking (source_stable_name, source_schema, "
         "source_name, buffer_table, captured_columns, primary_key) VALUES (%s, %s, %s, %s, %s, %s)",
@@ -178,7 +182,12 @@ def _install_triggers(conn: psycopg.Connection[Any], source: SourceTable, stable
 
 
 def _rebuild(
-    conn: psycopg.Connection[Any], source: SourceTable, stable: str, captured: tuple[str, ...]
+    conn: psycopg.Connection[Any],
+    source: SourceTable,
+    stable: str,
+    captured: tuple[str, ...],
+    *,
+    triggers: bool = True,
 ) -> None:
     buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
     wanted = {c.name: c for c in source.columns}
@@ -192,7 +201,8 @@ def _rebuild(
                     buf, sql.Identifier(col.name), sql.SQL(col.type)
                 )
             )
-    _install_triggers(conn, source, stable)
+    if triggers:
+        _install_triggers(conn, source, stable)
     conn.execute(
         "UPDATE pgtrickle.pgt_change_tracking SET captured_columns = %s, primary_key = %s "
         "WHERE source_stable_name = %s",
@@ -213,7 +223,7 @@ def release_capture(conn: psycopg.Connection[Any], stable: str) -> bool:
     if users and users[0]:
         return False
     row = conn.execute(
-        "SELECT source_schema, source_name FROM pgtrickle.pgt_change_tracking "
+        "SELECT source_schema, source_name, cdc_mode FROM pgtrickle.pgt_change_tracking "
         "WHERE source_stable_name = %s",
         (stable,),
     ).fetchone()
@@ -222,7 +232,7 @@ def release_capture(conn: psycopg.Connection[Any], stable: str) -> bool:
     exists = conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(row[0], row[1]).as_string(conn),)
     ).fetchone()
-    if exists and exists[0]:
+    if exists and exists[0] and row[2] == "trigger":
         for short, _, _ in _EVENTS:
             conn.execute(
                 sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(

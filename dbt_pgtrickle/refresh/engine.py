@@ -29,6 +29,8 @@ from psycopg import sql
 from ..catalog import records
 from ..catalog.lookup import DatabaseLookup, describe_table
 from ..cdc.triggers import repair_capture, sources_missing_capture
+from ..citus import capture as citus_capture
+from ..citus import tables as citus_tables
 from ..dvm import compiler
 from ..dvm.operators import recursive
 from ..dvm.operators.scan import changes_relation
@@ -152,6 +154,7 @@ def refresh(
         )
     action = FULL if full else DIFFERENTIAL
     reason: str | None = None
+    citus_sources = citus_capture.citus_sources(conn, rec.pgt_id)
     try:
         with repeatable_read(conn):
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
@@ -175,6 +178,8 @@ def refresh(
                     "session; try again later",
                     sqlstate="55P03",
                 ) from None
+            if citus_sources:  # before the snapshot: import the workers' changes up to now
+                citus_capture.prepare_refresh(conn, citus_sources)
             frontier = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             rec = records.get(conn, schema, name)  # re-read in our snapshot
             sources = _sources(conn, rec.pgt_id)
@@ -471,7 +476,8 @@ def _apply_differential(
             RefreshResult(result.name, DIFFERENTIAL),
         )
     if plan.topk is None:
-        _apply_delta(conn, plan, _target(rec), apply, result)
+        on_citus = rec.placement != "local"
+        _apply_delta(conn, plan, _target(rec), apply, result, rec if on_citus else None)
         return
     # TopK: the delta goes to the backing table; the top rows are re-read only if it changed.
     inner = RefreshResult(result.name, DIFFERENTIAL)
@@ -549,10 +555,12 @@ def _apply_delta(
     target: sql.Identifier,
     apply: sql.Identifier,
     result: RefreshResult,
+    citus_rec: records.StreamTableRecord | None = None,
 ) -> None:
-    """Apply the delta rows in ``apply`` to ``target`` by the plan's strategy."""
+    """Apply the delta rows in ``apply`` to ``target`` by the plan's strategy (for a Citus
+    reference or distributed stream table, ``citus_rec``, without MERGE)."""
     if plan.strategy in compiler.MERGE_STRATEGIES:
-        _merge(conn, plan, target, apply, result)
+        _merge(conn, plan, target, apply, result, citus_rec)
     elif plan.strategy == compiler.WINDOW_PARTITIONS:
         _apply_partitions(conn, plan, target, apply, result)
     else:
@@ -565,6 +573,7 @@ def _merge(
     target: sql.Identifier,
     apply: sql.Identifier,
     result: RefreshResult,
+    citus_rec: records.StreamTableRecord | None = None,
 ) -> None:
     cols = [c for c in _columns(plan) if c != "__pgt_row_id"]
     # A row whose stored values already equal the new ones is left alone (no dead tuple, no
@@ -584,6 +593,11 @@ def _merge(
     ).fetchone()
     assert counts is not None
     result.rows_inserted, result.rows_updated, result.rows_deleted = counts
+    if citus_rec is not None:
+        citus_tables.apply_keyed_delta(
+            conn, _columns(plan), target, apply, citus_rec.distribution_column
+        )
+        return
     conn.execute(
         sql.SQL(
             "MERGE INTO {t} AS t USING {d} AS d ON t.__pgt_row_id = d.__pgt_row_id "

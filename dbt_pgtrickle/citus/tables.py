@@ -1,0 +1,283 @@
+"""Stream tables on Citus: where their sources and their storage live, and how deltas apply.
+
+Placement of a stream table (option ``placement``):
+
+* ``local`` — an ordinary table on the coordinator (the only choice without Citus);
+* ``reference`` — a Citus reference table (a copy on every node);
+* ``distributed`` — a Citus distributed table on ``distribution_column`` (default
+  ``__pgt_row_id``, the row id, which spreads rows evenly);
+* ``auto`` (default) — local when no source is distributed; else reference when the distributed
+  sources hold fewer rows than ``citus_reference_row_threshold`` (estimated from their shards'
+  statistics), distributed otherwise.
+
+A reference or distributed stream table must be keyed (its rows identified by a row id), or
+recompute fully: the multiset, window and TopK strategies address rows by ``ctid``, which means
+nothing across shards. Deltas are applied with ``DELETE`` and ``INSERT … ON CONFLICT`` instead
+of ``MERGE`` (:func:`apply_keyed_delta`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import settings as _settings
+from ..dvm import compiler
+from ..errors import ConfigError
+from . import capture
+from .placement import (
+    DISTRIBUTED,
+    LOCAL,
+    PLACEMENTS,
+    REFERENCE,
+    Placement,
+    estimated_rows,
+    is_citus_loaded,
+    placement,
+    shard_placements,
+)
+
+ROW_ID = "__pgt_row_id"
+OPTIONS = ("placement", "distribution_column")
+
+
+@dataclass
+class CitusPlan:
+    """The Citus side of creating one stream table."""
+
+    placement: str = LOCAL
+    distribution_column: str | None = None
+    sources: dict[tuple[str, str], Placement] = field(default_factory=dict)
+    new_slots: dict[str, dict[int, Any]] = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def citus_sources(self) -> dict[tuple[str, str], Placement]:
+        return {k: p for k, p in self.sources.items() if p.is_citus}
+
+
+def plan_create(
+    conn: psycopg.Connection[Any], plan: compiler.DeltaPlan, options: dict[str, Any]
+) -> CitusPlan:
+    """Validate the Citus options of a new stream table and decide its placement. Without the
+    citus extension only ``placement`` ``auto``/``local`` is accepted, and nothing is queried
+    beyond one catalog probe."""
+    requested = str(options.get("placement") or "auto").lower()
+    column = options.get("distribution_column")
+    if requested not in ("auto", *PLACEMENTS):
+        raise ConfigError(
+            f"placement must be one of auto, {', '.join(PLACEMENTS)}, got {options.get('placement')!r}"
+        )
+    loaded = is_citus_loaded(conn)
+    if not loaded:
+        if requested not in ("auto", LOCAL) or column:
+            raise ConfigError(
+                f"placement {requested!r}{' and distribution_column' if column else ''} need the "
+                "citus extension in this database (CREATE EXTENSION citus); see docs/citus.md"
+            )
+        return CitusPlan()
+    result = CitusPlan()
+    for src in plan.sources:
+        if src.kind in ("table", "partitioned"):
+            result.sources[(src.schema, src.name)] = placement(conn, src.schema, src.name)
+    distributed = [k for k, p in result.sources.items() if p.kind == DISTRIBUTED]
+    if requested == "auto":
+        if not distributed:
+            result.placement, result.reason = LOCAL, "no distributed source"
+        else:
+            rows = sum(estimated_rows(conn, s, n) for s, n in distributed)
+            limit = int(_settings.get_setting(conn, "citus_reference_row_threshold"))
+            result.placement = REFERENCE if rows < limit else DISTRIBUTED
+            result.reason = (
+                f"distributed sources hold about {rows:.0f} rows, "
+                f"{'below' if rows < limit else 'at or above'} citus_reference_row_threshold {limit}"
+            )
+    else:
+        result.placement = requested
+    if column and result.placement != DISTRIBUTED:
+        raise ConfigError(
+            f"distribution_column applies to placement 'distributed' only (placement is "
+            f"{result.placement!r})"
+        )
+    if result.placement == LOCAL:
+        return result
+    if plan.stages or plan.recursive is not None or plan.counted is not None:
+        raise ConfigError(
+            f"placement {result.placement!r} is not supported for a query maintained with hidden "
+            "backing tables (maintained subqueries, WITH RECURSIVE, set operations); use "
+            "placement 'local'"
+        )
+    if plan.strategy not in (*compiler.MERGE_STRATEGIES, compiler.FULL_ONLY):
+        raise ConfigError(
+            f"placement {result.placement!r} needs a stream table whose rows have keys (a primary "
+            f"key on the sources, GROUP BY or DISTINCT); this query is maintained by strategy "
+            f"{plan.strategy!r}, which addresses rows physically; use placement 'local'"
+        )
+    if result.placement == DISTRIBUTED:
+        column = str(column or ROW_ID)
+        if column not in plan.storage_columns:
+            raise ConfigError(
+                f"distribution_column {column!r} is not a column of the stream table "
+                f"(columns: {', '.join(plan.storage_columns)})"
+            )
+        result.distribution_column = column
+    return result
+
+
+def ensure_replica_identity(conn: psycopg.Connection[Any], cplan: CitusPlan) -> list[str]:
+    """Set ``REPLICA IDENTITY FULL`` on Citus sources that lack it (UPDATE/DELETE must carry the
+    old row); its own statement, before the creating transaction. Returns the tables changed."""
+    changed = []
+    for (schema, name), _ in sorted(cplan.citus_sources.items()):
+        row = conn.execute(
+            "SELECT relreplident::text FROM pg_class WHERE oid = to_regclass(%s)",
+            (sql.Identifier(schema, name).as_string(conn),),
+        ).fetchone()
+        if row and row[0] != "f":
+            conn.execute(
+                sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(schema, name))
+            )
+            changed.append(f"{schema}.{name}")
+    if changed:
+        notice(
+            conn,
+            f"set REPLICA IDENTITY FULL on {', '.join(changed)}: change capture from the Citus "
+            "workers needs the whole old row of every UPDATE and DELETE",
+        )
+    return changed
+
+
+def notice(conn: psycopg.Connection[Any], message: str) -> None:
+    """Send ``message`` to the client as a NOTICE."""
+    body = sql.SQL("BEGIN RAISE NOTICE '%', {}; END").format(sql.Literal(message)).as_string(conn)
+    conn.execute(sql.SQL("DO {}").format(sql.Literal(body)))
+
+
+def _uncaptured(conn: psycopg.Connection[Any], cplan: CitusPlan) -> list[tuple[str, str, str, str]]:
+    """(schema, name, kind, stable) of the Citus sources that are not captured yet."""
+    from ..naming import stable_name
+
+    out = []
+    for (schema, name), p in sorted(cplan.citus_sources.items()):
+        stable = stable_name(schema, name)
+        row = conn.execute(
+            "SELECT 1 FROM pgtrickle.pgt_change_tracking WHERE source_stable_name = %s", (stable,)
+        ).fetchone()
+        if row is None:
+            out.append((schema, name, p.kind, stable))
+    return out
+
+
+def prepare_sources(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
+    """Before the creating transaction: ``REPLICA IDENTITY FULL`` and the publications."""
+    ensure_replica_identity(conn, cplan)
+    for schema, name, kind, stable in _uncaptured(conn, cplan):
+        capture.publish_all(conn, schema, name, kind, stable)
+
+
+def create_slots(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
+    """Slots for the Citus sources not captured yet (inside the creating transaction, after the
+    sources are locked and before the stream table is populated)."""
+    for schema, name, kind, stable in _uncaptured(conn, cplan):
+        cplan.new_slots[stable] = capture.create_slots(conn, schema, name, kind, stable)
+
+
+def drop_new_slots(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
+    """Undo :func:`create_slots` after a failed creation."""
+    for stable, slots in cplan.new_slots.items():
+        capture.drop_slots(conn, stable, [node for node, _ in slots.values()])
+
+
+def register_source(
+    conn: psycopg.Connection[Any], cplan: CitusPlan, schema: str, name: str, stable: str
+) -> None:
+    """Record a Citus source's placement, slots and shard map (its buffer exists)."""
+    if stable not in cplan.new_slots:
+        return
+    p = cplan.sources[(schema, name)]
+    shards = (
+        {s.shard_id: s.node.node_id for s in shard_placements(conn, schema, name)}
+        if p.kind == DISTRIBUTED
+        else {}
+    )
+    capture.register(conn, stable, p.kind, p.distribution_column, cplan.new_slots[stable], shards)
+    conn.execute(
+        "UPDATE pgtrickle.pgt_dependencies SET source_placement = %s WHERE source_stable_name = %s",
+        (p.kind, stable),
+    )
+
+
+def distribute(conn: psycopg.Connection[Any], schema: str, name: str, cplan: CitusPlan) -> None:
+    """Make a new, empty stream table a reference or distributed table (one statement each)."""
+    target = sql.Identifier(schema, name).as_string(conn)
+    if cplan.placement == REFERENCE:
+        conn.execute("SELECT create_reference_table(%s)", (target,))
+    elif cplan.placement == DISTRIBUTED:
+        conn.execute("SELECT create_distributed_table(%s, %s)", (target, cplan.distribution_column))
+
+
+def record_placement(
+    conn: psycopg.Connection[Any], pgt_id: int, schema: str, name: str, cplan: CitusPlan
+) -> None:
+    """Store the stream table's placement; for a distributed one, which source it is co-located
+    with (a NOTICE when none: joins back to the sources will be cross-shard)."""
+    if cplan.placement == LOCAL and not cplan.citus_sources:
+        return  # the catalog defaults say local
+    colocated: str | None = None
+    if cplan.placement == DISTRIBUTED:
+        own = placement(conn, schema, name)
+        for (s, n), p in sorted(cplan.sources.items()):
+            if p.kind == DISTRIBUTED and p.colocation_id == own.colocation_id:
+                colocated = f"{s}.{n}"
+                break
+        if colocated is None:
+            notice(
+                conn,
+                f"stream table {schema}.{name} is distributed on {cplan.distribution_column} but "
+                "not co-located with any distributed source; joins between it and its sources "
+                "will be cross-shard",
+            )
+    conn.execute(
+        "UPDATE pgtrickle.pgt_stream_tables SET placement = %s, distribution_column = %s, "
+        "citus_colocated_with = %s WHERE pgt_id = %s",
+        (cplan.placement, cplan.distribution_column, colocated, pgt_id),
+    )
+
+
+def apply_keyed_delta(
+    conn: psycopg.Connection[Any],
+    columns: list[str],
+    target: sql.Identifier,
+    apply: sql.Identifier,
+    distribution_column: str | None,
+) -> None:
+    """Apply a keyed delta (rows ``__pgt_row_id``, ``__pgt_keep``, columns) to a reference or
+    distributed stream table, without MERGE: delete the rows the delta removes, then insert the
+    kept rows, updating those that exist. When the table is distributed on a column
+    other than the row id, a row's shard may change, so every touched row is deleted and
+    re-inserted instead."""
+    cols = [c for c in columns if c != ROW_ID]
+    by_row_id = distribution_column in (None, ROW_ID)
+    conn.execute(
+        sql.SQL(
+            "DELETE FROM {t} WHERE __pgt_row_id IN (SELECT __pgt_row_id FROM {d}{only_gone})"
+        ).format(t=target, d=apply, only_gone=sql.SQL(" WHERE NOT __pgt_keep" if by_row_id else ""))
+    )
+    col_list = sql.SQL(", ").join(sql.Identifier(c) for c in [ROW_ID, *cols])
+    insert = sql.SQL(
+        "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {d} WHERE __pgt_keep"
+    ).format(t=target, d=apply, cols=col_list)
+    if by_row_id:
+        # No "only if changed" filter: Citus requires immutable functions there, and the
+        # text comparison the local MERGE uses is not; a kept delta row is rewritten.
+        insert = sql.SQL("{} ON CONFLICT (__pgt_row_id) DO UPDATE SET {}").format(
+            insert,
+            sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in cols
+            ),
+        )
+    conn.execute(insert)
