@@ -679,6 +679,7 @@ def explain_stream_table(conn: Conn, name: str, format: str = "text") -> Any:
         _install.require_installed(c)
         rec = records.get(c, schema, rel)
         plan = engine.compile_for(c, rec)
+        citus = _citus.describe(c, rec.pgt_id)
     data = {
         "name": rec.qualified,
         "requested_mode": rec.requested_mode,
@@ -691,6 +692,7 @@ def explain_stream_table(conn: Conn, name: str, format: str = "text") -> Any:
         "full_sql": plan.full_sql,
         "delta_sql": plan.delta_sql,
         "sources": [s.qualified for s in plan.sources],
+        "citus": citus,
     }
     if fmt == "json":
         return data
@@ -710,6 +712,7 @@ def explain_stream_table(conn: Conn, name: str, format: str = "text") -> Any:
     ]
     if rec.fallback_reason:
         out.append(f"  fallback: {rec.fallback_reason}")
+    out.extend(_citus.describe_lines(citus))
     out.append("  operators (bottom-up):")
     for op in plan.operators:
         out.append(f"    {op.operator:<15} {op.detail}")
@@ -738,7 +741,8 @@ def _status_rows(
         return cur.execute(
             "SELECT pgt_schema AS schema, pgt_name AS name, requested_mode, effective_mode, "
             "status, schedule, last_refresh_at, staleness, last_action, last_refresh_status, consecutive_failures, "
-            f"last_error, fallback_reason FROM pgtrickle.stream_tables {where} "
+            "last_error, fallback_reason, (SELECT p.placement FROM pgtrickle.pgt_stream_tables p "
+            f"WHERE p.pgt_id = v.pgt_id) AS placement FROM pgtrickle.stream_tables v {where} "
             "ORDER BY pgt_schema, pgt_name",
             params,
         ).fetchall()

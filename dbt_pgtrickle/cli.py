@@ -470,7 +470,7 @@ def status(as_json: bool) -> None:
     maintained incrementally runs FULL); the lines under the table say why, and show the last
     error of failing tables. With --json: a list of objects with keys schema, name,
     requested_mode, effective_mode, status, schedule, last_refresh_at (ISO 8601), staleness
-    (seconds), last_action, consecutive_failures, last_error, fallback_reason.
+    (seconds), last_action, consecutive_failures, last_error, fallback_reason, placement.
 
     \b
     Examples:
@@ -508,6 +508,8 @@ def status(as_json: bool) -> None:
             notes.append(f"[red]{escape(name)}: last error: {escape(row['last_error'])}[/red]")
         if row.get("fallback_reason"):
             notes.append(f"{escape(name)}: refreshed in full: {escape(row['fallback_reason'])}")
+        if row.get("placement") not in (None, "local"):
+            notes.append(f"{escape(name)}: Citus {row['placement']} table")
     console.print(table)
     for note in notes:
         console.print(note)

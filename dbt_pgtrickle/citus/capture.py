@@ -535,7 +535,7 @@ def _poll_node(
     imported = txns_total = 0
     shard_ids = _shard_ids(conn, src)
     with _node(conn, addr) as wconn:
-        target = wconn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+        target = _flushed_target(wconn)
         while True:
             rows = wconn.execute(
                 "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
@@ -554,6 +554,25 @@ def _poll_node(
             if len(rows) < batch:
                 break
     return imported, txns_total
+
+
+def _flushed_target(wconn: psycopg.Connection[Any], timeout_s: float = 5.0) -> str:
+    """The node's WAL position now, once it is flushed. Decoding reads flushed WAL only, and with
+    ``synchronous_commit = off`` a commit is visible before its record is flushed: reading up to
+    an unflushed position would skip such a commit (and then advance the slot past it)."""
+    target = wconn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = wconn.execute(
+            "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn, pg_current_wal_flush_lsn()::text",
+            (target,),
+        ).fetchone()
+        assert row is not None
+        if row[0]:
+            return str(target)
+        if time.monotonic() > deadline:
+            return str(row[1])  # the rest is read by the next poll
+        time.sleep(0.005)
 
 
 def _advance(

@@ -281,3 +281,46 @@ def apply_keyed_delta(
             ),
         )
     conn.execute(insert)
+
+
+def describe(conn: psycopg.Connection[Any], pgt_id: int) -> dict[str, Any]:
+    """Placement facts of a stream table for ``explain``: its own placement, distribution column
+    and co-location, and each source's placement (local sources included)."""
+    row = conn.execute(
+        "SELECT placement, distribution_column, citus_colocated_with "
+        "FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s",
+        (pgt_id,),
+    ).fetchone()
+    assert row is not None
+    sources = conn.execute(
+        "SELECT d.source_schema || '.' || d.source_name, coalesce(t.source_placement, 'local'), "
+        "t.distribution_column FROM pgtrickle.pgt_dependencies d "
+        "LEFT JOIN pgtrickle.pgt_change_tracking t USING (source_stable_name) "
+        "WHERE d.pgt_id = %s ORDER BY 1",
+        (pgt_id,),
+    ).fetchall()
+    return {
+        "st_placement": row[0],
+        "distribution_column": row[1],
+        "citus_colocated_with": row[2],
+        "sources": [
+            {"source": s, "placement": p, "distribution_column": col} for s, p, col in sources
+        ],
+    }
+
+
+def describe_lines(info: dict[str, Any]) -> list[str]:
+    """``explain`` text lines for :func:`describe` (none when everything is local)."""
+    citus_sources = [s for s in info["sources"] if s["placement"] != LOCAL]
+    if info["st_placement"] == LOCAL and not citus_sources:
+        return []
+    head = f"  placement: {info['st_placement']}"
+    if info["distribution_column"]:
+        head += f" on {info['distribution_column']}"
+    if info["st_placement"] == DISTRIBUTED:
+        head += f", co-located with {info['citus_colocated_with'] or 'no source'}"
+    lines = [head]
+    for s in citus_sources:
+        col = f" on {s['distribution_column']}" if s["distribution_column"] else ""
+        lines.append(f"  source {s['source']}: {s['placement']}{col} (worker slots)")
+    return lines

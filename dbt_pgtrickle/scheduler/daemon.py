@@ -35,6 +35,7 @@ from psycopg import sql
 from .._version import __version__
 from ..catalog import install as _install
 from ..cdc.triggers import WAKE_CHANNEL
+from ..citus import capture as citus_capture
 from ..errors import ConfigError, PgTrickleError, is_retryable
 from ..refresh import engine
 from ..settings import all_settings
@@ -83,6 +84,7 @@ class TickReport:
     failed: list[str] = field(default_factory=list)
     probed: int = 0
     seconds: float = 0.0
+    citus_imported: int = 0
 
 
 def _broken(conn: psycopg.Connection[Any] | None) -> bool:
@@ -338,6 +340,9 @@ class Scheduler:
         started = time.monotonic()
         report = TickReport()
         leases.beat(self.work, self.holder, tick=True)
+        # Citus sources: import what the workers' slots hold (a failing node is skipped and
+        # counted; see citus/capture.py). One catalog query when there are none.
+        report.citus_imported = citus_capture.poll_all(self.work).imported
         tables, graph, readers = self._load()
         now_mono = time.monotonic()
         now = self._db_now()

@@ -207,7 +207,7 @@ class PgTrickleAdapter(PostgresAdapter):
             return None
         rows = self._query(
             "SELECT pgt_schema, pgt_name, query_hash, original_query, schedule, requested_mode, "
-            "effective_mode, status, cdc_mode, placement, options, "
+            "effective_mode, status, cdc_mode, placement, options, distribution_column, "
             "ARRAY(SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
             "      WHERE x.indrelid = to_regclass(format('%%I.%%I', pgt_schema, pgt_name)) "
             "        AND strpos(i.relname, %s) > 0 ORDER BY 1) AS model_indexes "
@@ -230,6 +230,7 @@ class PgTrickleAdapter(PostgresAdapter):
             placement=r["placement"],
             options=dict(r["options"] or {}),
             model_indexes=tuple(r["model_indexes"] or ()),
+            distribution_column=r["distribution_column"],
         )
 
     @available

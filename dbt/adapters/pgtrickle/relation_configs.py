@@ -204,6 +204,7 @@ class CatalogState:
     placement: str
     options: dict[str, Any] = field(default_factory=dict)
     model_indexes: tuple[str, ...] = ()
+    distribution_column: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -238,7 +239,7 @@ def config_changes(state: CatalogState, sql: str, wanted: StreamTableConfig) -> 
         changes.append(ConfigChange("cdc_mode", state.cdc_mode, wanted.cdc_mode, "rebuild"))
     if wanted.placement != "auto" and wanted.placement != state.placement:
         changes.append(ConfigChange("placement", state.placement, wanted.placement, "rebuild"))
-    current_column = state.options.get("distribution_column")
+    current_column = state.distribution_column
     if wanted.placement == "distributed" and wanted.distribution_column != current_column:
         changes.append(
             ConfigChange(
