@@ -125,7 +125,7 @@ def _node(
         wconn.close()
 
 
-def _coordinator_twin(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+def coordinator_twin(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     """A second autocommit connection to the coordinator (the caller's may be inside a
     transaction whose snapshot must not see the import yet)."""
     params = dict(conn.info.get_parameters())
@@ -778,7 +778,7 @@ def prepare_refresh(conn: psycopg.Connection[Any], sources: list[CitusSource]) -
     two-phase commits to finish on the nodes, then import everything committed up to now from
     every node (a node that cannot be polled fails the refresh, retryably). The refresh then
     reads base tables and buffers that describe the same state."""
-    with _coordinator_twin(conn) as twin:
+    with coordinator_twin(conn) as twin:
         # Topology first, before the locks: new slots and publications need the sources' locks
         # on the nodes, which the LOCK below takes there too (Citus propagates it).
         for src in sources:
@@ -790,12 +790,33 @@ def prepare_refresh(conn: psycopg.Connection[Any], sources: list[CitusSource]) -
                     sqlstate="40001",
                 )
         for src in sorted(sources, key=lambda s: (s.schema, s.name)):
-            conn.execute(
-                sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(src.schema, src.name))
-            )
+            try:
+                conn.execute(
+                    sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+                        sql.Identifier(src.schema, src.name)
+                    )
+                )
+            except psycopg.errors.InternalError as exc:
+                # Citus propagates the lock to the nodes; it reports a lost node connection
+                # (e.g. a worker restarted under this session's cached connection) as XX000.
+                raise WorkerUnavailable(
+                    f"locking {src.qualified} on the Citus nodes failed: "
+                    f"{exc.diag.message_primary or exc}; retry",
+                    sqlstate="08006",
+                ) from None
         for src in sources:
             _await_prepared(twin, src)
             poll_source(twin, src, strict=True, topology=False)
+
+
+def catch_up(conn: psycopg.Connection[Any], stables: set[str]) -> None:
+    """For a creating transaction, after it locked the sources and before its snapshot (``conn``
+    is another autocommit connection): import what the already captured sources ``stables``
+    hold in their slots, so the new stream table's population and its frontier agree."""
+    for src in citus_sources(conn):
+        if src.stable in stables:
+            _await_prepared(conn, src)
+            poll_source(conn, src, strict=True, topology=False)
 
 
 def _await_prepared(

@@ -52,6 +52,7 @@ class CitusPlan:
     distribution_column: str | None = None
     sources: dict[tuple[str, str], Placement] = field(default_factory=dict)
     new_slots: dict[str, dict[int, Any]] = field(default_factory=dict)
+    uncaptured: list[tuple[str, str, str, str]] = field(default_factory=list)
     reason: str | None = None
 
     @property
@@ -172,17 +173,27 @@ def _uncaptured(conn: psycopg.Connection[Any], cplan: CitusPlan) -> list[tuple[s
 
 
 def prepare_sources(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
-    """Before the creating transaction: ``REPLICA IDENTITY FULL`` and the publications."""
+    """Before the creating transaction: ``REPLICA IDENTITY FULL``, and the publications of the
+    sources not captured yet (their DDL needs locks the transaction will hold on the nodes)."""
     ensure_replica_identity(conn, cplan)
-    for schema, name, kind, stable in _uncaptured(conn, cplan):
+    cplan.uncaptured = _uncaptured(conn, cplan)
+    for schema, name, kind, stable in cplan.uncaptured:
         capture.publish_all(conn, schema, name, kind, stable)
 
 
 def create_slots(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
-    """Slots for the Citus sources not captured yet (inside the creating transaction, after the
-    sources are locked and before the stream table is populated)."""
-    for schema, name, kind, stable in _uncaptured(conn, cplan):
-        cplan.new_slots[stable] = capture.create_slots(conn, schema, name, kind, stable)
+    """Inside the creating transaction, after the sources are locked and before its snapshot:
+    slots for the Citus sources not captured yet, and an import of what the slots of the others
+    hold. All on a second connection: a query here would take the snapshot too early."""
+    if not cplan.citus_sources:
+        return
+    from ..naming import stable_name
+
+    with capture.coordinator_twin(conn) as twin:
+        for schema, name, kind, stable in cplan.uncaptured:
+            cplan.new_slots[stable] = capture.create_slots(twin, schema, name, kind, stable)
+        captured = {stable_name(s, n) for s, n in cplan.citus_sources} - set(cplan.new_slots)
+        capture.catch_up(twin, captured)
 
 
 def drop_new_slots(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
