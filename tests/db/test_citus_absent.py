@@ -1,0 +1,69 @@
+"""Without the citus extension the Citus paths are inert: no error, local placement, and the
+Citus-only options are refused with a message naming what is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+import dbt_pgtrickle as pgt
+from dbt_pgtrickle.citus import capture, is_citus_loaded, placement, shard_placements, worker_nodes
+from dbt_pgtrickle.errors import ConfigError
+
+
+@pytest.fixture
+def shop(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    pgt.install(conn)
+    conn.execute("CREATE TABLE orders (id int PRIMARY KEY, region int)")
+    conn.execute("INSERT INTO orders SELECT g, g % 3 FROM generate_series(1, 30) g")
+    return conn
+
+
+def test_detection_answers_local(shop: psycopg.Connection[Any]) -> None:
+    assert not is_citus_loaded(shop)
+    assert placement(shop, "public", "orders").kind == "local"
+    assert worker_nodes(shop) == []
+    assert shard_placements(shop, "public", "orders") == []
+    assert capture.poll_all(shop).imported == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"placement": "reference"},
+        {"placement": "distributed"},
+        {"placement": "auto", "distribution_column": "region"},
+    ],
+)
+def test_citus_options_need_the_extension(
+    shop: psycopg.Connection[Any], options: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError, match="citus extension"):
+        pgt.create_stream_table(
+            shop, "st", "SELECT region, count(*) AS n FROM orders GROUP BY 1", **options
+        )
+    assert shop.execute("SELECT to_regclass('st')").fetchone() == (None,)
+
+
+def test_bad_placement_is_named(shop: psycopg.Connection[Any]) -> None:
+    with pytest.raises(ConfigError, match="placement must be one of auto, local, reference"):
+        pgt.create_stream_table(shop, "st", "SELECT id FROM orders", placement="sharded")
+
+
+def test_local_placement_recorded_and_explained(shop: psycopg.Connection[Any]) -> None:
+    pgt.create_stream_table(
+        shop, "st", "SELECT region, count(*) AS n FROM orders GROUP BY 1", placement="local"
+    )
+    (row,) = pgt.status(shop)
+    assert row["placement"] == "local"
+    info = pgt.explain_stream_table(shop, "st", format="json")["citus"]
+    assert info == {
+        "st_placement": "local",
+        "distribution_column": None,
+        "citus_colocated_with": None,
+        "sources": [{"source": "public.orders", "placement": "local", "distribution_column": None}],
+    }
+    assert "placement" not in pgt.explain_stream_table(shop, "st")
+    assert shop.execute("SELECT count(*) FROM pgtrickle.citus_status").fetchone() == (0,)
