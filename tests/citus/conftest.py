@@ -1,5 +1,7 @@
 """A real Citus cluster for the tests in this directory: a coordinator and two workers.
 
+Opt-in: set ``PGTRICKLE_CITUS_TESTS=1`` (the suite takes several minutes on two cores).
+
 ``citus_cluster`` (session) starts three PostgreSQL servers from the session's server binaries
 (see ``tests/conftest.py``) with ``shared_preload_libraries = 'citus'``, each on a free loopback
 port, and stops them at the end. Where Citus is not installed for those binaries (CI machines,
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -74,7 +77,15 @@ def citus_library(bindir: Path) -> Path:
     return bindir.parent / "lib" / "citus.so"
 
 
+RUN_ENV = "PGTRICKLE_CITUS_TESTS"
+
+
 def citus_skip_reason() -> str | None:
+    if os.environ.get(RUN_ENV) != "1":
+        return (
+            f"the Citus suite starts three servers and takes several minutes: set {RUN_ENV}=1 "
+            "to run it (needs Citus installed for the server binaries; see docs/citus.md)"
+        )
     plan = server_plan()
     if plan.kind not in ("started", "embedded") or plan.bindir is None:
         return f"Citus tests start their own servers; server plan is {plan.kind!r}"
