@@ -560,8 +560,11 @@ def _flushed_target(wconn: psycopg.Connection[Any], timeout_s: float = 5.0) -> s
     """The node's WAL position now, once it is flushed. Decoding reads flushed WAL only, and with
     ``synchronous_commit = off`` a commit is visible before its record is flushed: reading up to
     an unflushed position would skip such a commit (and then advance the slot past it)."""
-    target = wconn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+    # The insert position: pg_current_wal_lsn() is the write position, which lags behind
+    # asynchronous commits.
+    target = wconn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
     deadline = time.monotonic() + timeout_s
+    flushed = False
     while True:
         row = wconn.execute(
             "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn, pg_current_wal_flush_lsn()::text",
@@ -570,6 +573,14 @@ def _flushed_target(wconn: psycopg.Connection[Any], timeout_s: float = 5.0) -> s
         assert row is not None
         if row[0]:
             return str(target)
+        if not flushed:
+            # The WAL writer may hibernate for seconds; a synchronous commit of a transaction
+            # with an xid flushes the WAL up to its commit record, so up to the target too.
+            with wconn.transaction():
+                wconn.execute("SET LOCAL synchronous_commit = on")
+                wconn.execute("SELECT pg_current_xact_id()")
+            flushed = True
+            continue
         if time.monotonic() > deadline:
             return str(row[1])  # the rest is read by the next poll
         time.sleep(0.005)
