@@ -88,7 +88,7 @@ def _run(conn: psycopg.Connection[Any], query: str, batches: list[list[tuple[Any
         "DELETE FROM pgtrickle.pgt_change_tracking; DROP SCHEMA pgtrickle_changes CASCADE; "
         "CREATE SCHEMA pgtrickle_changes"
     )
-    conn.execute(SETUP)
+    conn.execute(SETUP.format(c_key="PRIMARY KEY"))  # the shared tables; c keyed here
     pgt.create_stream_table(conn, "st", query, refresh_mode="DIFFERENTIAL")
     for batch in batches:
         with conn.cursor() as cur:
