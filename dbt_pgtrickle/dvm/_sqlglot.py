@@ -425,7 +425,7 @@ class _Analyzer:
             if on is not None:
                 item = self.froms[i]
                 qualified = self._qualify(on)
-                renamed: tuple[tuple[str, str, str], ...] = ()
+                tests: tuple[tuple[str, ir.SemiJoin], ...] = ()
                 rejects = frozenset(_null_rejected_aliases(qualified))
                 if item.join == "lateral_left":
                     rejects = frozenset()  # not an inner condition: the row is kept, padded
@@ -433,16 +433,12 @@ class _Analyzer:
                     # The NOT EXISTS tests of the padded rows: the side tested for a match
                     # under a fresh alias (the padded alias stays in the outer query, NULL).
                     sides = {"left": [i], "right": [0], "full": [i, 0]}[item.join]
-                    renamed = tuple(
-                        (
-                            self.froms[s].alias,
-                            f"__pgt_o{s}",
-                            render(_rename_alias(qualified, self.froms[s].alias, f"__pgt_o{s}")),
-                        )
+                    tests = tuple(
+                        (self.froms[s].alias, _anti_test(qualified, self.froms[s], f"__pgt_o{s}"))
                         for s in sides
                     )
                 self.froms[i] = dataclasses.replace(
-                    item, on=render(qualified), on_renamed=renamed, null_rejects=rejects
+                    item, on=render(qualified), anti_tests=tests, null_rejects=rejects
                 )
         self.from_sql = from_clause_sql(self.froms)
 
@@ -1027,6 +1023,23 @@ def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | Non
 
 
 _EXACT_NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric"}
+
+
+def _anti_test(on: exp.Expr, side: ir.FromItem, new: str) -> ir.SemiJoin:
+    """``NOT EXISTS (SELECT 1 FROM side's table AS new WHERE on)``, ``on`` (columns qualified)
+    reading the side under the alias ``new``."""
+    if any(not c.table and c.name == side.alias for c in on.find_all(exp.Column)):
+        raise UnsupportedConstruct(
+            f"whole-row reference to {side.alias} in an outer join's ON", "compare its columns"
+        )
+    renamed = _rename_alias(on, side.alias, new)
+    keys: list[str] = []
+    for col in renamed.find_all(exp.Column):
+        if col.table == new and col.name not in keys:
+            keys.append(col.name)
+    # A reference to the side that is not one of its columns (a whole-row reference): unknown.
+    known = all(side.source.column(k) is not None for k in keys)
+    return ir.SemiJoin(True, side.source, new, render(renamed), tuple(keys) if known else None)
 
 
 def _rename_alias(node: exp.Expr, alias: str, new: str) -> exp.Expr:

@@ -92,10 +92,10 @@ class FromItem:
     # from (the first) | inner | cross | left | right | full | lateral | lateral_left | null
     join: str = "from"
     on: str | None = None
-    # Outer joins: ``on`` with one side's alias renamed, for the test "no row of that side
-    # matches" (a NOT EXISTS whose inner alias must not clash with the outer query's):
-    # (alias, renamed alias, condition).
-    on_renamed: tuple[tuple[str, str, str], ...] = ()
+    # Outer joins: per side whose rows can be missing, (its alias, the test "no row of it
+    # matches"): ``NOT EXISTS`` with ``on`` under a fresh alias for that side, which must not
+    # clash with the padded alias of the outer query.
+    anti_tests: tuple[tuple[str, SemiJoin], ...] = ()
     # Aliases whose columns all being NULL keeps ``on`` from being true (it is strict in them).
     null_rejects: frozenset[str] = frozenset()
     # A set-returning function in FROM (join = lateral | lateral_left): its call, rendered, and
@@ -123,6 +123,9 @@ class SemiJoin:
     source: SourceTable
     alias: str
     condition: str
+    # The columns of ``alias`` the condition reads, when it reads nothing else of it (then
+    # changes whose weights cancel per these columns cannot flip the test); None: unknown.
+    keys: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -100,19 +100,16 @@ def blocks(shape: QueryShape) -> list[QueryShape]:
     Partial = tuple[frozenset[int], tuple[tuple[SemiJoin, frozenset[str]], ...], int]
     partial: list[Partial] = [(frozenset({0}), (), 0)]
     for k, item in enumerate(froms[1:], start=1):
-        renamed = {alias: (new, cond) for alias, new, cond in item.on_renamed}
+        anti = dict(item.anti_tests)
         grown: list[Partial] = []
         for present, tests, first in partial:
             grown.append((present | {k}, tests, first))
             if item.join in ("left", "full"):
-                new, cond = renamed[item.alias]
-                test = SemiJoin(True, item.source, new, cond)
-                grown.append((present, (*tests, (test, item.null_rejects - {item.alias})), first))
+                test = (anti[item.alias], item.null_rejects - {item.alias})
+                grown.append((present, (*tests, test), first))
             if item.join in ("right", "full"):  # the analyser allows these only at k = 1
-                left = froms[0]
-                new, cond = renamed[left.alias]
-                test = SemiJoin(True, left.source, new, cond)
-                grown.append((frozenset({k}), ((test, item.null_rejects - {left.alias}),), k))
+                left = froms[0].alias
+                grown.append((frozenset({k}), ((anti[left], item.null_rejects - {left}),), k))
         partial = grown
     out = []
     for present, tests, first in partial:
@@ -206,6 +203,20 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
     def changes_of(sj: SemiJoin) -> str:
         return q(changes_relation(stable_name(sj.source.schema, sj.source.name)))
 
+    def net_changes_of(sj: SemiJoin) -> str:
+        """The changes of the subquery source whose weights do not cancel per the columns the
+        condition reads (an update of other columns cannot flip a test). Grouped by the text of
+        those columns: text-equal values are equal, so this never drops a change that can flip
+        a test (values equal but written differently are kept apart, which only keeps more)."""
+        if not sj.keys:
+            return changes_of(sj)
+        a = q(sj.alias)
+        key = f"ROW({', '.join(f'{a}.{q(c)}' for c in sj.keys)})::text"
+        return (
+            f"(SELECT * FROM {changes_of(sj)} AS {a} WHERE {key} IN (SELECT {key} FROM "
+            f"{changes_of(sj)} AS {a} GROUP BY 1 HAVING sum({a}.{WEIGHT}) <> 0))"
+        )
+
     changed = [
         sj
         for sj in shape.semijoins
@@ -215,7 +226,7 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
         return []
     # Rows correlated with a changed subquery row: only their test can have flipped.
     touched = " OR ".join(
-        f"EXISTS (SELECT 1 FROM {changes_of(sj)} AS {q(sj.alias)} WHERE ({sj.condition}))"
+        f"EXISTS (SELECT 1 FROM {net_changes_of(sj)} AS {q(sj.alias)} WHERE ({sj.condition}))"
         for sj in changed
     )
     new_tests, old_tests = [], []
@@ -243,7 +254,7 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
     ids = _identity(shape)
     candidates = " UNION ".join(
         f"SELECT {', '.join(ids)} FROM {from_clause_sql(shape.froms)} "
-        f"JOIN {changes_of(sj)} AS {q(sj.alias)} ON ({sj.condition})"
+        f"JOIN {net_changes_of(sj)} AS {q(sj.alias)} ON ({sj.condition})"
         f"{where_clause(shape, semijoins=False)}"
         for sj in changed
     )
