@@ -32,8 +32,9 @@ the sum of the blocks' deltas, and a block is a semi-join shape σ_E(X) (X the i
 present aliases, E its NOT EXISTS tests and any EXISTS/IN subqueries of the WHERE), maintained
 by the semi-join rule of :func:`_semijoin_terms`: a padded row appears or disappears exactly when
 a change flips its test, and old test results are computed from the current table and the
-change window (``count(now) − Σ w(changes)``) only for rows correlated with a change, so no old
-state is reconstructed beyond the keys the delta touches. A block that can never hold a row is
+change window (``count(now) − Σ w(changes)``) only for rows correlated with a change whose
+weights do not cancel per the columns ON reads, so no old state is reconstructed beyond the keys
+the delta touches. A block that can never hold a row is
 dropped (an ON condition of a present alias or the WHERE is strict in a padded alias, e.g.
 ``c.k = b.k`` with b padded), and so is a NOT EXISTS test that can never find a match.
 Row identity: the hash of every alias's primary key, the padded aliases' keys NULL, so a padded
