@@ -204,7 +204,10 @@ def resolve_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.fractions:
         tp["fractions"] = _floats(args.fractions)
     if args.repeats:
-        tp["repeats"] = args.repeats
+        counts = [int(x) for x in args.repeats.split(",") if x.strip()]
+        tp["repeats"] = counts[0] if len(counts) == 1 else counts
+        if len(counts) > 1 and len(counts) != len(tp["fractions"]):
+            raise SystemExit("--repeats: one count, or one per change rate of --fractions")
     if args.queries:
         tp["queries"] = [q.strip() for q in args.queries.split(",") if q.strip()]
     if args.verify:
@@ -283,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--docs", default=str(DOCS), help="markdown file to regenerate ('-': none)")
     r.add_argument("--scales", help="TPC-H scale factors, e.g. 0.1,1 (overrides the profile)")
     r.add_argument("--fractions", help="TPC-H change rates, e.g. 0.001,0.01,0.1")
-    r.add_argument("--repeats", type=int, help="TPC-H mutation cycles per change rate")
+    r.add_argument(
+        "--repeats", help="TPC-H mutation cycles per change rate: one count or one per rate (2,2,1)"
+    )
     r.add_argument("--queries", help="TPC-H subset, e.g. q01,q05")
     r.add_argument(
         "--verify",

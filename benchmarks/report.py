@@ -123,6 +123,13 @@ def render_environment(data: dict[str, Report]) -> str:
     )
 
 
+def _repeats(p: dict[str, Any]) -> str:
+    r = p["repeats"]
+    if isinstance(r, list):
+        return " / ".join(f"{n} at {f:.1%}" for n, f in zip(r, p["fractions"], strict=True))
+    return str(r)
+
+
 def _median_int(values: list[int]) -> str:
     return str(int(sorted(values)[len(values) // 2])) if values else "–"
 
@@ -174,7 +181,7 @@ def render_tpch(data: dict[str, Report]) -> str:
         parts.append(
             f"#### Scale factor {scale:g}{variant}\n\n"
             f"{rows.get('orders', 0):,} orders, {rows.get('lineitem', 0):,} line items; "
-            f"{p['repeats']} mutation cycles per change rate, median per query; AUTO evaluated "
+            f"mutation cycles per change rate: {_repeats(p)}; median per query; AUTO evaluated "
             f"with `auto_full_threshold` = {res.get('auto_threshold_evaluated')}; "
             f"exactness check: {p.get('verify')}.{cap} Result file `{r['name']}.json`."
         )
@@ -460,7 +467,7 @@ def render_targets(data: dict[str, Report]) -> str:
         if run:
             qs = run["queries"]
             fast = sum(1 for e in qs.values() if (e.get("full_over_diff") or 0) >= TARGET_SPEEDUP)
-            where = f"SF {ref['results']['scale']:g}, {run['fraction']:.1%}"
+            where = f"SF {ref['results']['scale']:g}, {run['fraction']:.1%}, runtime {_commit(ref)}"
             rows.append(
                 [
                     "differential ≥ 10× faster than full recompute on most queries (SF 1, 1%)",

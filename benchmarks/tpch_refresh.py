@@ -342,7 +342,7 @@ def run_fraction(
     }
     cycles = []
     names = list(queries)
-    repeats = int(p["repeats"])
+    repeats = repeats_for(p, fraction)
     timeout_ms = round(float(p.get("diff_timeout_s") or 0) * 1000)
     for rep in range(repeats):
         t_mut, stats = timed(lambda: mutator.cycle(fraction))
@@ -422,6 +422,14 @@ def run_fraction(
         s["cap_s"] = [timeout_ms / 1000 if timeout_ms else None]
         report["queries"][name] = summarize_query(s)
     return report
+
+
+def repeats_for(p: dict[str, Any], fraction: float) -> int:
+    """``repeats`` is one count, or one per change rate (``[2, 2, 1]``)."""
+    r = p["repeats"]
+    if isinstance(r, list):
+        return int(r[list(p["fractions"]).index(fraction)])
+    return int(r)
 
 
 def summarize_query(s: dict[str, list[Any]]) -> dict[str, Any]:
