@@ -8,6 +8,7 @@ whose markers are missing is appended at the end of the file. Sections: ``enviro
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -66,10 +67,42 @@ def tpch_reports(data: dict[str, Report]) -> list[Report]:
 # sections
 
 
+def _git(*args: str) -> list[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), *args],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return out.split()
+
+
+@functools.cache
+def _main_commit_with_runtime_of(head: str) -> str | None:
+    """The oldest commit of ``main`` whose ``dbt_pgtrickle/`` is the measured one (a run made on
+    a branch that was rebased later records a commit that is not on ``main``)."""
+    tree = _git("rev-parse", "--verify", "-q", f"{head}^{{commit}}:dbt_pgtrickle")
+    commits = _git("rev-list", "--reverse", "main")
+    if not tree or not commits:
+        return None
+    trees = _git("rev-parse", *(f"{c}:dbt_pgtrickle" for c in commits))
+    for c, t in zip(commits, trees, strict=False):
+        if t == tree[0]:
+            return c
+    return None
+
+
 def _commit(r: Report) -> str:
     rt = r["versions"].get("runtime_source_at_start") or {}
-    head = str(rt.get("git_head") or "")[:7]
-    return f"`{head}`" + (" (modified)" if rt.get("modified_files") else "") if head else "–"
+    head = str(rt.get("git_head") or "")
+    if not head:
+        return "–"
+    on_main = _main_commit_with_runtime_of(head)
+    text = f"`{on_main[:7]}`" if on_main else f"`{head[:7]}` (branch)"
+    return text + (" + local changes" if rt.get("modified_files") else "")
 
 
 def render_environment(data: dict[str, Report]) -> str:
@@ -117,7 +150,15 @@ def render_environment(data: dict[str, Report]) -> str:
         table(["", ""], rows)
         + "\n\nRuns (load average = 1-minute load at start → end of the workload):\n\n"
         + table(
-            ["result file", "profile", "started (UTC)", "took", "load", "runtime commit", "status"],
+            [
+                "result file",
+                "profile",
+                "started (UTC)",
+                "took",
+                "load",
+                "runtime = main at",
+                "status",
+            ],
             runs,
         )
     )
