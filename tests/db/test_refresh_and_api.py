@@ -110,6 +110,12 @@ def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[An
         ),
         ("select g, count(*) as n from src group by distinct rollup (g)", "GROUP BY DISTINCT"),
         ("select id, now() as t from src", "time-varying"),
+        ("select s.id, l.x from src s left join lateral (select s.v as x) l on true", "LATERAL"),
+        ("select id, unnest(array[v, g::int]) as x from src", r"unnest\(\) outside FROM"),
+        (
+            "select a.id from src a join src b on b.id = a.v right join src c on c.v = a.id",
+            "RIGHT OUTER JOIN after other joins",
+        ),
         (
             "with recursive r(n) as (select 1 union all select n + 1 from r where n < 3) "
             "select n from r",
