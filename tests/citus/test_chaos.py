@@ -163,3 +163,42 @@ def test_worker_removed_and_readded_with_rebalance(citus_db) -> None:
         # the rows the shard moves copied are not changes: no recompute was needed
         assert result.action == "DIFFERENTIAL", result
         _equal(c, "by_region")
+
+
+def test_coordinator_restart_while_a_lease_is_held(citus_db) -> None:
+    """A scheduler held the refresh lease (and changes sat partly imported, partly in the worker
+    slots) when the coordinator restarted: the lease outlives the restart until it expires, no
+    other holder gets it before, and the next refresh is exact."""
+    from dbt_pgtrickle.scheduler import leases
+
+    with citus_db.connect() as c:
+        _setup(c)
+        pgt_id = c.execute(
+            "SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'by_region'"
+        ).fetchone()[0]  # type: ignore[index]
+        key = leases.refresh_key(pgt_id)
+        assert leases.acquire(c, key, "scheduler-before-restart", 120_000)
+        c.execute("UPDATE orders SET amount = amount + 5 WHERE id % 3 = 0")
+        capture.poll_all(c)  # imported into the coordinator's buffer
+        c.execute("DELETE FROM orders WHERE id % 5 = 0")  # still in the worker slots
+    citus_db.cluster.coordinator.stop()
+    citus_db.cluster.coordinator.start()
+    with citus_db.connect() as c:
+        assert not leases.acquire(c, key, "scheduler-after-restart", 60_000)
+        row = c.execute(
+            "SELECT lease_holder, lease_health FROM pgtrickle.citus_status LIMIT 1"
+        ).fetchone()
+        assert row == ("scheduler-before-restart", "held")
+        # two minutes later (instead of waiting for them): the dead holder's lease has expired
+        c.execute(
+            "UPDATE pgtrickle.pgt_st_locks SET expires_at = clock_timestamp() - interval '1 s' "
+            "WHERE lock_key = %s",
+            (key,),
+        )
+        assert c.execute("SELECT lease_health FROM pgtrickle.citus_status LIMIT 1").fetchone() == (
+            "expired",
+        )
+        assert leases.acquire(c, key, "scheduler-after-restart", 60_000)
+        assert _refresh_retrying(c, "by_region") == "DIFFERENTIAL"
+        leases.release(c, key, "scheduler-after-restart")
+        _equal(c, "by_region")
