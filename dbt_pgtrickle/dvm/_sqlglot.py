@@ -702,9 +702,18 @@ class _Analyzer:
             assert lhs is not None
             if len(select.expressions) != 1:
                 raise QueryError("an IN subquery must select exactly one column")
-            rhs = scoped(_unalias(select.expressions[0]))
-            left = render(self._qualify(lhs))
-            if negated:  # NOT IN: false as soon as the subquery yields a NULL or lhs is NULL
+            rhs_node = _unalias(select.expressions[0])
+            rhs = scoped(rhs_node)
+            left_node = self._qualify(lhs)
+            left = render(left_node)
+            rhs_col = (
+                source.column(rhs_node.name)
+                if isinstance(rhs_node, exp.Column) and rhs_node.table in ("", alias)
+                else None
+            )
+            if negated and not (
+                rhs_col is not None and rhs_col.not_null and self._never_null(left_node)
+            ):  # NOT IN: false as soon as the subquery yields a NULL or lhs is NULL
                 conds.append(f"({rhs} = {left} OR {rhs} IS NULL OR {left} IS NULL)")
             else:
                 conds.append(f"{rhs} = {left}")
@@ -759,6 +768,17 @@ class _Analyzer:
             if table:
                 col.set("table", exp.to_identifier(table, quoted=True))
         return node
+
+    def _never_null(self, node: exp.Expr) -> bool:
+        """``node`` is a NOT NULL column of an input that no outer join pads with NULLs. (NOT
+        IN over two such columns is plain inequality: no ``IS NULL`` escapes, which would stop
+        the delta's correlated lookups from using an index.)"""
+        column = self._column_of(node)
+        return (
+            column is not None
+            and column.not_null
+            and all(f.join in ("from", "inner", "cross") for f in self.froms)
+        )
 
     def _column_of(self, node: exp.Expr) -> ir.Column | None:
         """The source column a qualified column reference names."""

@@ -157,19 +157,24 @@ def refresh(
     citus_sources = citus_capture.citus_sources(conn, rec.pgt_id)
     try:
         with repeatable_read(conn):
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
             # Small statistics samples: the temporary tables analysed below are read once.
-            conn.execute("SET LOCAL default_statistics_target = 10")
+            settings_sql = [
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")),
+                sql.SQL("SET LOCAL default_statistics_target = 10"),
+            ]
             if page_cost:
-                conn.execute(
+                settings_sql.append(
                     sql.SQL("SET LOCAL random_page_cost = {}").format(sql.Literal(str(page_cost)))
                 )
             if timeout_ms:
-                conn.execute(
+                settings_sql.append(
                     sql.SQL("SET LOCAL statement_timeout = {}").format(
                         sql.Literal(f"{timeout_ms}ms")
                     )
                 )
+            # One round trip (no parameters: the simple protocol allows several statements;
+            # SET takes no snapshot).
+            conn.execute(sql.SQL("; ").join(settings_sql))
             try:
                 conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_target(rec)))
             except psycopg.errors.LockNotAvailable:

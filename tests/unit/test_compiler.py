@@ -729,3 +729,22 @@ def test_subqueries_become_stages(query: str, names: list[str], stages: int) -> 
     assert {s.name for s in p.sources} <= {"orders", "events"}
     assert any(s.stable in p.inputs for s in p.stages)
     assert any(op.operator.startswith("Stage ") for op in p.operators)
+
+
+def test_not_in_over_not_null_columns_is_plain_inequality() -> None:
+    # o.id and the subquery's o2.id are NOT NULL: no NULL escapes, so lookups can use an index.
+    strict = plan(
+        "select o.region from orders o where o.id not in (select o2.id from orders o2 "
+        "where o2.qty > 1)",
+        ["region"],
+    )
+    assert strict.shape is not None
+    (sj,) = strict.shape.semijoins
+    assert sj.negated and "IS NULL" not in sj.condition
+    # events.n is nullable: NOT IN keeps its NULL semantics.
+    nullable = plan(
+        "select o.region from orders o where o.id not in (select e.n from events e)", ["region"]
+    )
+    assert nullable.shape is not None
+    (sj,) = nullable.shape.semijoins
+    assert "IS NULL" in sj.condition
