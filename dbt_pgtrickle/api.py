@@ -169,16 +169,61 @@ def _build_table(
     """Create the storage table of a plan, and of its stages and backing tables (and fill
     them); returns rows inserted into the storage table. With a Citus placement other than
     local (``cplan``) the empty storage table is distributed before it is filled."""
-    for stage in plan.stages:  # innermost first
-        _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
+    _build_internal_tables(conn, plan, populate)
+    return _build_storage(conn, schema, name, plan, populate, cplan)
+
+
+def _internal_table_names(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> list[str]:
+    """Quoted, qualified names of the hidden tables a plan keeps beside its stream table."""
+    names = [sql.Identifier(CHANGES_SCHEMA, s.name).as_string(conn) for s in plan.stages]
     if plan.recursive is not None:
+        names.append(plan.recursive.backing)
+    if plan.backing is not None:
+        names.append(sql.Identifier(CHANGES_SCHEMA, plan.backing[0]).as_string(conn))
+    return names
+
+
+def missing_internal_tables(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> set[str]:
+    """The hidden tables of a plan that do not exist: a stream table created by an earlier
+    version, whose query compiled without them, now needs them."""
+    names = _internal_table_names(conn, plan)
+    if not names:
+        return set()
+    rows = conn.execute(
+        "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NULL", (names,)
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def create_missing_internal_tables(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> None:
+    """Create (empty) the hidden tables of a plan that do not exist yet."""
+    missing = missing_internal_tables(conn, plan)
+    if missing:
+        _build_internal_tables(conn, plan, False, only=missing)
+
+
+def _build_internal_tables(
+    conn: psycopg.Connection[Any],
+    plan: compiler.DeltaPlan,
+    populate: bool,
+    only: set[str] | None = None,
+) -> None:
+    """Create the stages and backing tables of a plan (all, or those named in ``only``)."""
+
+    def wanted(schema: str, name: str) -> bool:
+        return only is None or sql.Identifier(schema, name).as_string(conn) in only
+
+    for stage in plan.stages:  # innermost first
+        if wanted(CHANGES_SCHEMA, stage.name):
+            _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
+    if plan.recursive is not None and (only is None or plan.recursive.backing in only):
         # The recursive CTE's fixpoint lives in a backing table; the stream table is the query
         # over it.
         for statement in recursive.backing_ddl(plan.recursive):
             conn.execute(sql.SQL(statement))
         for statement in recursive.populate(plan.recursive) if populate else []:
             conn.execute(sql.SQL(statement))
-    if plan.topk is not None:
+    if plan.topk is not None and wanted(CHANGES_SCHEMA, plan.topk.backing):
         # The whole result lives in a backing table (maintained like any stream table); the
         # stream table holds its top rows.
         inner = plan.topk.inner
@@ -190,9 +235,9 @@ def _build_table(
                 sql.SQL(plan.topk.order_sql),
             )
         )
-    if plan.counted is not None:  # a set operation's per-branch counts
+    if plan.counted is not None and wanted(CHANGES_SCHEMA, plan.counted.backing):
+        # a set operation's per-branch counts
         _build_storage(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
-    return _build_storage(conn, schema, name, plan, populate, cplan)
 
 
 def _build_storage(

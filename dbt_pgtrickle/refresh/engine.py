@@ -45,6 +45,10 @@ DIFFERENTIAL = "DIFFERENTIAL"
 NO_DATA = "NO_DATA"
 
 
+class MissingInternalTables(Exception):
+    """A plan's hidden tables are missing, so a differential refresh cannot start."""
+
+
 @dataclass
 class RefreshResult:
     """What one refresh did."""
@@ -200,7 +204,8 @@ def refresh(
             elif action == DIFFERENTIAL:
                 try:
                     _apply_differential(conn, rec, sources, result)
-                except compiler.TooManyChangedInputs as exc:  # raised before any write
+                except (compiler.TooManyChangedInputs, MissingInternalTables) as exc:
+                    # raised before any write
                     result.action, result.fallback_reason = FULL, str(exc)
                     _apply_full(conn, rec, result)
             conn.execute(
@@ -377,6 +382,9 @@ def _apply_full(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
 ) -> None:
     plan = compile_for(conn, rec)
+    from .. import api  # (api imports this module)
+
+    api.create_missing_internal_tables(conn, plan)  # created by an earlier version: recomputed
     for stage in plan.stages:  # innermost first: each reads only stages before it
         _recompute(conn, stage.name, stage.plan)
     for statement in recursive.populate(plan.recursive) if plan.recursive else []:
@@ -426,6 +434,13 @@ def _apply_differential(
     plan = compile_for(conn, rec)
     if not plan.differential:
         raise RefreshError(f"stream table {rec.qualified} cannot be refreshed differentially")
+    from .. import api  # (api imports this module)
+
+    if api.missing_internal_tables(conn, plan):
+        raise MissingInternalTables(
+            "the hidden tables this version keeps for the query (stages, backing tables) do "
+            "not exist yet (created by an earlier version); created and recomputed"
+        )
     changed = [src for src in sources if src.pending]
     probes: dict[str, list[tuple[str, ...]]] = {}
     for p in [plan, *(stage.plan for stage in plan.stages)]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import dbt_pgtrickle as pgt
 from dbt_pgtrickle.errors import (
@@ -530,4 +531,35 @@ def test_recursive_cte_rederives_facts_with_nulls(db: psycopg.Connection[Any]) -
         (None, 2),
         (None, 4),
     ]
+    assert pgt.verify_stream_table(db, "st")["equal"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "select g, n from (select g, count(*) as n from src group by g) s where n > 10",
+        "select g from src intersect select g from src where v > 100",
+        "select id, v from src order by v desc limit 3",
+    ],
+)
+def test_missing_hidden_tables_are_recreated_by_a_full_refresh(
+    db: psycopg.Connection[Any], query: str
+) -> None:
+    """A stream table created by an earlier version has no stages or backing tables; the next
+    refresh creates them and recomputes, and the one after is differential again."""
+    pgt.create_stream_table(db, "st", query)
+    hidden = "SELECT tablename FROM pg_tables WHERE schemaname = 'pgtrickle_changes' AND " + (
+        "tablename NOT LIKE 'changes%'"
+    )
+    tables = [r[0] for r in db.execute(hidden).fetchall()]
+    assert tables
+    for table in tables:
+        db.execute(sql.SQL("DROP TABLE pgtrickle_changes.{}").format(sql.Identifier(table)))
+    db.execute("UPDATE src SET v = v + 1 WHERE id = 7")
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "FULL" and "earlier version" in (r.fallback_reason or "")
+    assert sorted(r[0] for r in db.execute(hidden).fetchall()) == sorted(tables)
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    db.execute("UPDATE src SET v = v + 1 WHERE id = 8")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
     assert pgt.verify_stream_table(db, "st")["equal"]
