@@ -69,6 +69,19 @@ REGISTRY: dict[str, Setting] = {
             maximum=1.0,
         ),
         Setting(
+            "auto_cost_floor_ms",
+            float,
+            200.0,
+            "AUTO refresh mode: once the last full refresh of a stream table took at least this "
+            "long, a refresh also compares measured costs: the last differential refresh's time "
+            "per change row times the pending change rows, against the last full refresh's time "
+            "(refreshes only, not the initial population). If the estimate is higher, the refresh recomputes "
+            "(FULL) and records both figures as the reason. Below the floor a full refresh is "
+            "cheap either way and the choice is left to auto_full_threshold. Off when "
+            "auto_full_threshold is 1.",
+            minimum=0.0,
+        ),
+        Setting(
             "refresh_lock_timeout_ms",
             int,
             5000,

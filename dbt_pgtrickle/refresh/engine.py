@@ -192,7 +192,9 @@ def refresh(
             frontier = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             rec = records.get(conn, schema, name)  # re-read in our snapshot
             sources = _sources(conn, rec.pgt_id)
-            action, reason, rows_in = _choose(conn, rec, sources, full, threshold)
+            action, reason, rows_in = _choose(
+                conn, rec, sources, full, threshold, settings["auto_cost_floor_ms"]
+            )
             if action == DIFFERENTIAL:
                 # A delta is many small joins: JIT compiling it costs more than it saves (up
                 # to seconds for a wide inclusion–exclusion expansion).
@@ -315,6 +317,7 @@ def _choose(
     sources: list[_Source],
     full: bool,
     threshold: float,
+    cost_floor_ms: float = 200.0,
 ) -> tuple[str, str | None, int]:
     """The action for this refresh, why (when not the obvious one), and pending change rows
     (also stored per source in ``src.pending``)."""
@@ -361,7 +364,37 @@ def _choose(
                 f"rows, above auto_full_threshold {threshold:.0%}",
                 pending,
             )
+        costs = _measured_costs(conn, rec.pgt_id)
+        if costs is not None:
+            full_ms, diff_ms, diff_rows = costs
+            estimate = diff_ms * pending / diff_rows
+            if full_ms >= cost_floor_ms and estimate > full_ms:
+                return (
+                    FULL,
+                    f"estimated differential refresh {estimate:.0f} ms ({pending} change rows at "
+                    f"the rate of the last one: {diff_ms:.0f} ms for {diff_rows}) above the last "
+                    f"full refresh ({full_ms:.0f} ms)",
+                    pending,
+                )
     return DIFFERENTIAL, None, pending
+
+
+def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> tuple[float, float, int] | None:
+    """``(last full refresh ms, last differential refresh ms, its change rows)`` from the
+    refresh history (refreshes only, not the initial population); None without both."""
+    row = conn.execute(
+        "SELECT (SELECT h.duration_ms FROM pgtrickle.pgt_refresh_history h "
+        "WHERE h.pgt_id = %(id)s AND h.status = 'COMPLETED' AND h.action = 'FULL' "
+        "AND h.duration_ms IS NOT NULL ORDER BY h.refresh_id DESC LIMIT 1), "
+        "d.duration_ms, d.rows_in FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT "
+        "h.duration_ms, h.rows_in FROM pgtrickle.pgt_refresh_history h WHERE h.pgt_id = %(id)s "
+        "AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL' AND h.rows_in > 0 "
+        "AND h.duration_ms IS NOT NULL ORDER BY h.refresh_id DESC LIMIT 1) AS d ON true",
+        {"id": pgt_id},
+    ).fetchone()
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return float(row[0]), float(row[1]), int(row[2])
 
 
 def _estimated_rows(conn: psycopg.Connection[Any], sources: list[_Source]) -> float:

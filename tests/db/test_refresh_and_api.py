@@ -563,3 +563,27 @@ def test_missing_hidden_tables_are_recreated_by_a_full_refresh(
     db.execute("UPDATE src SET v = v + 1 WHERE id = 8")
     assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
     assert pgt.verify_stream_table(db, "st")["equal"]
+
+
+def test_auto_compares_measured_costs_above_the_floor(db: psycopg.Connection[Any]) -> None:
+    """AUTO recomputes when the last differential refresh's time per change row, times the
+    pending rows, exceeds the last full refresh's time (once that is above the floor)."""
+    pgt.set_setting(db, "auto_cost_floor_ms", 0)
+    pgt.create_stream_table(db, "st", "select g, count(*) as n, sum(v) as s from src group by g")
+    db.execute("UPDATE src SET v = v + 1 WHERE id = 1")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"  # no measurement yet
+    assert pgt.refresh_stream_table(db, "st", full=True).action == "FULL"
+    # Pretend the differential refresh was slow and the full one fast.
+    db.execute(
+        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
+        "WHEN 'DIFFERENTIAL' THEN 1000 ELSE 10 END"
+    )
+    db.execute("UPDATE src SET v = v + 1 WHERE id = 2")
+    r = pgt.refresh_stream_table(db, "st")
+    assert r.action == "FULL", r
+    assert "above the last full refresh (10 ms)" in (r.fallback_reason or "")
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    pgt.set_setting(db, "auto_cost_floor_ms", 100000)  # a full refresh this cheap: no comparison
+    db.execute("UPDATE src SET v = v + 1 WHERE id = 3")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert pgt.verify_stream_table(db, "st")["equal"]
