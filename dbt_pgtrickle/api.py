@@ -277,6 +277,7 @@ def _build_storage(
     if not populate:
         return 0
     cur = conn.execute(sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql)))
+    conn.execute(sql.SQL("ANALYZE {}").format(target))  # the first refresh plans with it
     return max(cur.rowcount, 0)
 
 
