@@ -21,7 +21,6 @@ from .cdc.triggers import ensure_capture, release_capture
 from .citus import capture as _citus_capture
 from .citus import tables as _citus
 from .dvm import _sqlglot, compiler
-from .dvm.operators import recursive
 from .errors import (
     ConfigError,
     PgTrickleError,
@@ -31,8 +30,8 @@ from .errors import (
     StreamTableExists,
     UnsupportedConstruct,
 )
-from .naming import CHANGES_SCHEMA, stable_name
-from .refresh import engine
+from .naming import stable_name
+from .refresh import engine, storage
 from .refresh._tx import repeatable_read
 from .refresh.engine import RefreshResult
 
@@ -158,129 +157,6 @@ def _modes(plan: compiler.DeltaPlan, requested: str) -> tuple[str, str | None]:
     return "DIFFERENTIAL", None
 
 
-def _build_table(
-    conn: psycopg.Connection[Any],
-    schema: str,
-    name: str,
-    plan: compiler.DeltaPlan,
-    populate: bool,
-    cplan: _citus.CitusPlan | None = None,
-) -> int:
-    """Create the storage table of a plan, and of its stages and backing tables (and fill
-    them); returns rows inserted into the storage table. With a Citus placement other than
-    local (``cplan``) the empty storage table is distributed before it is filled."""
-    _build_internal_tables(conn, plan, populate)
-    return _build_storage(conn, schema, name, plan, populate, cplan)
-
-
-def _internal_table_names(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> list[str]:
-    """Quoted, qualified names of the hidden tables a plan keeps beside its stream table."""
-    names = [sql.Identifier(CHANGES_SCHEMA, s.name).as_string(conn) for s in plan.stages]
-    if plan.recursive is not None:
-        names.append(plan.recursive.backing)
-    if plan.backing is not None:
-        names.append(sql.Identifier(CHANGES_SCHEMA, plan.backing[0]).as_string(conn))
-    return names
-
-
-def missing_internal_tables(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> set[str]:
-    """The hidden tables of a plan that do not exist: a stream table created by an earlier
-    version, whose query compiled without them, now needs them."""
-    names = _internal_table_names(conn, plan)
-    if not names:
-        return set()
-    rows = conn.execute(
-        "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NULL", (names,)
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
-def create_missing_internal_tables(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> None:
-    """Create (empty) the hidden tables of a plan that do not exist yet."""
-    missing = missing_internal_tables(conn, plan)
-    if missing:
-        _build_internal_tables(conn, plan, False, only=missing)
-
-
-def _build_internal_tables(
-    conn: psycopg.Connection[Any],
-    plan: compiler.DeltaPlan,
-    populate: bool,
-    only: set[str] | None = None,
-) -> None:
-    """Create the stages and backing tables of a plan (all, or those named in ``only``)."""
-
-    def wanted(schema: str, name: str) -> bool:
-        return only is None or sql.Identifier(schema, name).as_string(conn) in only
-
-    for stage in plan.stages:  # innermost first
-        if wanted(CHANGES_SCHEMA, stage.name):
-            _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
-    if plan.recursive is not None and (only is None or plan.recursive.backing in only):
-        # The recursive CTE's fixpoint lives in a backing table; the stream table is the query
-        # over it.
-        for statement in recursive.backing_ddl(plan.recursive):
-            conn.execute(sql.SQL(statement))
-        for statement in recursive.populate(plan.recursive) if populate else []:
-            conn.execute(sql.SQL(statement))
-    if plan.topk is not None and wanted(CHANGES_SCHEMA, plan.topk.backing):
-        # The whole result lives in a backing table (maintained like any stream table); the
-        # stream table holds its top rows.
-        inner = plan.topk.inner
-        _build_storage(conn, CHANGES_SCHEMA, plan.topk.backing, inner, populate)
-        conn.execute(
-            sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                sql.Identifier(f"{plan.topk.backing}_order"),
-                sql.Identifier(CHANGES_SCHEMA, plan.topk.backing),
-                sql.SQL(plan.topk.order_sql),
-            )
-        )
-    if plan.counted is not None and wanted(CHANGES_SCHEMA, plan.counted.backing):
-        # a set operation's per-branch counts
-        _build_storage(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
-
-
-def _build_storage(
-    conn: psycopg.Connection[Any],
-    schema: str,
-    name: str,
-    plan: compiler.DeltaPlan,
-    populate: bool,
-    cplan: _citus.CitusPlan | None = None,
-) -> int:
-    target = sql.Identifier(schema, name)
-    conn.execute(
-        sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
-            target,
-            sql.SQL(plan.full_sql),
-        )
-    )
-    if plan.strategy not in (compiler.FULL_ONLY, compiler.TOPK):
-        # A distributed table's unique index must contain its distribution column.
-        keyed = plan.strategy in compiler.MERGE_STRATEGIES and (
-            cplan is None or cplan.distribution_column in (None, _citus.ROW_ID)
-        )
-        unique = sql.SQL("UNIQUE ") if keyed else sql.SQL("")
-        conn.execute(
-            sql.SQL("CREATE {}INDEX {} ON {} (__pgt_row_id)").format(
-                unique, sql.Identifier(f"{name}__pgt_row_id"[:63]), target
-            )
-        )
-        if plan.strategy == compiler.WINDOW_PARTITIONS:
-            conn.execute(
-                sql.SQL("CREATE INDEX {} ON {} (__pgt_part)").format(
-                    sql.Identifier(f"{name}__pgt_part"[:63]), target
-                )
-            )
-    if cplan is not None:
-        _citus.distribute(conn, schema, name, cplan)
-    if not populate:
-        return 0
-    cur = conn.execute(sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql)))
-    conn.execute(sql.SQL("ANALYZE {}").format(target))  # the first refresh plans with it
-    return max(cur.rowcount, 0)
-
-
 def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> None:
     """Block writers of the captured sources until commit (no snapshot is taken by LOCK), so
     every write is either visible to the initial population or captured by the new triggers."""
@@ -292,27 +168,6 @@ def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> No
                     sql.Identifier(src.schema, src.name)
                 )
             )
-
-
-def _drop_internal_tables(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
-    """Drop the tables a stream table keeps beside its own: the backing table of a TopK stream
-    table, of a set operation's per-branch counts or of a recursive CTE, and the stages
-    (materialised subqueries)."""
-    target = sql.Identifier(schema, name).as_string(conn)
-    for backing in (
-        compiler.topk_backing_name(target),
-        compiler.setop_backing_name(target),
-        compiler.recursive_backing_name(target),
-    ):
-        conn.execute(
-            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CHANGES_SCHEMA, backing))
-        )
-    stages = conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = %s AND starts_with(tablename, %s)",
-        (CHANGES_SCHEMA, compiler.stage_prefix(target)),
-    ).fetchall()
-    for (stage,) in stages:
-        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(CHANGES_SCHEMA, stage)))
 
 
 def _detach_sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[str]:
@@ -403,7 +258,7 @@ def create_stream_table(
                 # transactions), so the population below sees every change they do not stream.
                 _citus.create_slots(c, cplan)
                 frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
-                rows = _build_table(
+                rows = storage.build_table(
                     c, schema, rel, plan, initialize, cplan if cplan.placement != "local" else None
                 )
                 pgt_id = c.execute(
@@ -496,9 +351,9 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                 _lock_sources(c, plan)
             frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             if new_query:
-                _drop_internal_tables(c, schema, rel)  # the new plan builds its own
+                storage.drop_internal_tables(c, schema, rel)  # the new plan builds its own
                 tmp = f"{rel}__pgt_new"[:63]
-                rows = _build_table(c, schema, tmp, plan, True)
+                rows = storage.build_table(c, schema, tmp, plan, True)
                 c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, rel)))
                 c.execute(
                     sql.SQL("ALTER TABLE {} RENAME TO {}").format(
@@ -659,7 +514,7 @@ def drop_stream_table(conn: Conn, name: str) -> None:
         slots = []
         with c.transaction():
             c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, rel)))
-            _drop_internal_tables(c, schema, rel)
+            storage.drop_internal_tables(c, schema, rel)
             stables = _detach_sources(c, rec.pgt_id)
             c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
             for stable in stables:

@@ -52,7 +52,6 @@ from .placement import (
     REFERENCE,
     WorkerNode,
     coordinator_node,
-    placement,
     shard_placements,
     worker_nodes,
 )
@@ -853,8 +852,3 @@ def _await_prepared(
                         break
         except WorkerUnavailable:
             continue  # poll_source reports it
-
-
-def describe_source(conn: psycopg.Connection[Any], schema: str, name: str) -> Any:
-    """The placement of a source (see :func:`.placement.placement`)."""
-    return placement(conn, schema, name)

@@ -1598,6 +1598,14 @@ class _StageExtractor:
         column = exp.column("v", table=table.alias, quoted=True)
         node.set("query", exp.Subquery(this=exp.select(column).from_(table)))
 
+    def cross_join(self, tree: exp.Select, sub: exp.Subquery) -> exp.Column:
+        """Replace an uncorrelated one-row subquery by the column of its stage, cross-joined."""
+        table = self.stage(sub.this, ["v"], broadcast=True)
+        tree.append("joins", exp.Join(this=table, kind="CROSS"))
+        column = exp.column("v", table=table.alias, quoted=True)
+        sub.replace(column)
+        return column
+
     def scalar(self, tree: exp.Select, sub: exp.Subquery, conjunct: exp.Expr | None) -> None:
         """A scalar subquery: uncorrelated one-row aggregates are cross-joined; a correlated
         aggregate compared in a WHERE conjunct is grouped by its correlation columns and joined
@@ -1607,11 +1615,8 @@ class _StageExtractor:
             return
         outer = _outer_columns(select)
         if not outer:
-            if not _is_one_row_aggregate(select):
-                return
-            table = self.stage(select, ["v"], broadcast=True)
-            tree.append("joins", exp.Join(this=table, kind="CROSS"))
-            sub.replace(exp.column("v", table=table.alias, quoted=True))
+            if _is_one_row_aggregate(select):
+                self.cross_join(tree, sub)
             return
         value = _unalias(select.expressions[0])
         if (
@@ -1697,14 +1702,9 @@ class _StageExtractor:
                     and _is_one_row_aggregate(sub.this)
                     and (grouped or not (has_aggs or having is not None))
                 ):
-                    before = len(tree.args.get("joins") or [])
-                    self.scalar(tree, sub, None)
-                    joins = tree.args.get("joins") or []
-                    if grouped and len(joins) > before:
-                        alias = joins[-1].this.alias
-                        tree.args["group"].append(
-                            "expressions", exp.column("v", table=alias, quoted=True)
-                        )
+                    column = self.cross_join(tree, sub)
+                    if grouped:
+                        tree.args["group"].append("expressions", column.copy())
 
 
 def extract_stages(

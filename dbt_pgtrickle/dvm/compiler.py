@@ -543,8 +543,6 @@ def _changes_table(name: str) -> str:
 def setop_backing_name(target: str) -> str:
     """Name (in the changes schema) of the table holding a set operation's per-branch counts;
     derived from the quoted, qualified stream-table name so it is stable."""
-    from ..naming import fnv1a_64
-
     return f"setop_{fnv1a_64(target.encode()):016x}"
 
 
@@ -759,8 +757,6 @@ def _agg_info(agg: ir.AggCall, shape: ir.QueryShape) -> OperatorInfo:
 
 def recursive_backing_name(target: str) -> str:
     """Name (in the changes schema) of the table holding the recursive CTE of a stream table."""
-    from ..naming import fnv1a_64
-
     return f"rec_{fnv1a_64(target.encode()):016x}"
 
 

@@ -37,16 +37,12 @@ from ..dvm.operators.scan import changes_relation
 from ..errors import LockNotAvailable, PgTrickleError, RefreshError, SourceError
 from ..naming import CHANGES_SCHEMA, buffer_table
 from ..settings import all_settings
-from . import plan_cache
+from . import plan_cache, storage
 from ._tx import repeatable_read
 
 FULL = "FULL"
 DIFFERENTIAL = "DIFFERENTIAL"
 NO_DATA = "NO_DATA"
-
-
-class MissingInternalTables(Exception):
-    """A plan's hidden tables are missing, so a differential refresh cannot start."""
 
 
 @dataclass
@@ -206,8 +202,7 @@ def refresh(
             elif action == DIFFERENTIAL:
                 try:
                     _apply_differential(conn, rec, sources, result)
-                except (compiler.TooManyChangedInputs, MissingInternalTables) as exc:
-                    # raised before any write
+                except compiler.TooManyChangedInputs as exc:
                     result.action, result.fallback_reason = FULL, str(exc)
                     _apply_full(conn, rec, result)
             conn.execute(
@@ -236,10 +231,19 @@ def refresh(
         )
         raise
     except psycopg.Error as exc:
-        if action == DIFFERENTIAL and (exc.sqlstate or "").startswith("22"):
+        message = exc.diag.message_primary or str(exc)
+        retry_reason = None
+        if action == DIFFERENTIAL and exc.sqlstate == "42P01" and CHANGES_SCHEMA in message:
+            # A hidden table of the plan (a stage, a backing table) does not exist: the stream
+            # table was created by an earlier version that did not keep it. The full refresh
+            # creates it; nothing is checked on the normal path.
+            retry_reason = f"{message} (created by an earlier version); created and recomputed"
+        elif action == DIFFERENTIAL and (exc.sqlstate or "").startswith("22"):
             # A data exception (division by zero, bad cast, …) inside the delta: the delta
             # evaluates expressions on old images and on old/new row combinations that the
             # query itself never sees together. Recompute instead, saying why.
+            retry_reason = f"differential refresh raised {exc.sqlstate} ({message}); recomputed"
+        if retry_reason is not None:
             return refresh(
                 conn,
                 schema,
@@ -247,11 +251,10 @@ def refresh(
                 full=True,
                 initiated_by=initiated_by,
                 running_id=running_id,
-                _reason=f"differential refresh raised {exc.sqlstate} "
-                f"({exc.diag.message_primary or exc}); recomputed",
+                _reason=retry_reason,
             )
         err = RefreshError(
-            f"refresh of {rec.qualified} failed: {exc.diag.message_primary or exc}",
+            f"refresh of {rec.qualified} failed: {message}",
             sqlstate=exc.sqlstate,
         )
         _record_failure(
@@ -380,17 +383,18 @@ def _choose(
 
 
 def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> tuple[float, float, int] | None:
-    """``(last full refresh ms, last differential refresh ms, its change rows)`` from the
-    refresh history (refreshes only, not the initial population); None without both."""
+    """``(last full refresh ms, last differential refresh ms, its change rows)`` among the stream
+    table's last 100 completed refreshes (the initial population has no duration, so it does not
+    count); None without both. Bounded: it reads at most 100 entries of the history index."""
     row = conn.execute(
-        "SELECT (SELECT h.duration_ms FROM pgtrickle.pgt_refresh_history h "
-        "WHERE h.pgt_id = %(id)s AND h.status = 'COMPLETED' AND h.action = 'FULL' "
-        "AND h.duration_ms IS NOT NULL ORDER BY h.refresh_id DESC LIMIT 1), "
-        "d.duration_ms, d.rows_in FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT "
-        "h.duration_ms, h.rows_in FROM pgtrickle.pgt_refresh_history h WHERE h.pgt_id = %(id)s "
-        "AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL' AND h.rows_in > 0 "
-        "AND h.duration_ms IS NOT NULL ORDER BY h.refresh_id DESC LIMIT 1) AS d ON true",
-        {"id": pgt_id},
+        "SELECT (array_agg(h.duration_ms ORDER BY h.started_at DESC) FILTER (WHERE h.action = "
+        "'FULL'))[1], (array_agg(h.duration_ms ORDER BY h.started_at DESC) FILTER (WHERE "
+        "h.action = 'DIFFERENTIAL' AND h.rows_in > 0))[1], (array_agg(h.rows_in ORDER BY "
+        "h.started_at DESC) FILTER (WHERE h.action = 'DIFFERENTIAL' AND h.rows_in > 0))[1] "
+        "FROM (SELECT started_at, action, duration_ms, rows_in FROM pgtrickle.pgt_refresh_history "
+        "WHERE pgt_id = %s AND status = 'COMPLETED' AND duration_ms IS NOT NULL "
+        "ORDER BY started_at DESC LIMIT 100) AS h",
+        (pgt_id,),
     ).fetchone()
     if row is None or row[0] is None or row[1] is None:
         return None
@@ -415,9 +419,7 @@ def _apply_full(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord, result: RefreshResult
 ) -> None:
     plan = compile_for(conn, rec)
-    from .. import api  # (api imports this module)
-
-    api.create_missing_internal_tables(conn, plan)  # created by an earlier version: recomputed
+    storage.create_missing_internal_tables(conn, plan)  # created by an earlier version: recomputed
     for stage in plan.stages:  # innermost first: each reads only stages before it
         _recompute(conn, stage.name, stage.plan)
     for statement in recursive.populate(plan.recursive) if plan.recursive else []:
@@ -451,15 +453,24 @@ def _index_window(
 def _recompute(conn: psycopg.Connection[Any], name: str, plan: compiler.DeltaPlan) -> None:
     """Replace the rows of a hidden table (in the changes schema) by its plan's full query."""
     table = sql.Identifier(CHANGES_SCHEMA, name)
-    conn.execute(sql.SQL("DELETE FROM {}").format(table))
-    conn.execute(
+    _replace_rows(conn, table, plan)
+    conn.execute(sql.SQL("ANALYZE {}").format(table))
+
+
+def _replace_rows(
+    conn: psycopg.Connection[Any], table: sql.Identifier, plan: compiler.DeltaPlan
+) -> tuple[int, int]:
+    """Delete every row of ``table`` and insert ``plan.full_sql`` (MVCC-safe: readers keep
+    seeing the old rows until commit); returns (rows deleted, rows inserted)."""
+    deleted = conn.execute(sql.SQL("DELETE FROM {}").format(table)).rowcount
+    inserted = conn.execute(
         sql.SQL("INSERT INTO {} ({}) {}").format(
             table,
             sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan)),
             sql.SQL(plan.full_sql),
         )
-    )
-    conn.execute(sql.SQL("ANALYZE {}").format(table))
+    ).rowcount
+    return max(deleted, 0), max(inserted, 0)
 
 
 def _apply_differential(
@@ -471,13 +482,6 @@ def _apply_differential(
     plan = compile_for(conn, rec)
     if not plan.differential:
         raise RefreshError(f"stream table {rec.qualified} cannot be refreshed differentially")
-    from .. import api  # (api imports this module)
-
-    if api.missing_internal_tables(conn, plan):
-        raise MissingInternalTables(
-            "the hidden tables this version keeps for the query (stages, backing tables) do "
-            "not exist yet (created by an earlier version); created and recomputed"
-        )
     changed = [src for src in sources if src.pending]
     probes: dict[str, list[tuple[str, ...]]] = {}
     for p in [plan, *(stage.plan for stage in plan.stages)]:
@@ -631,20 +635,9 @@ def _rewrite(
     plan: compiler.DeltaPlan,
     result: RefreshResult,
 ) -> None:
-    """Replace the stream table's rows by ``plan.full_sql`` (MVCC-safe: readers keep seeing
-    the old rows until commit). For TopK that is the top rows of the backing table, read in
-    order through its index."""
-    target = _target(rec)
-    cur = conn.execute(sql.SQL("DELETE FROM {}").format(target))
-    result.rows_deleted = max(cur.rowcount, 0)
-    cur = conn.execute(
-        sql.SQL("INSERT INTO {} ({}) {}").format(
-            target,
-            sql.SQL(", ").join(sql.Identifier(c) for c in _columns(plan)),
-            sql.SQL(plan.full_sql),
-        )
-    )
-    result.rows_inserted = max(cur.rowcount, 0)
+    """Replace the stream table's rows by ``plan.full_sql``. For TopK that is the top rows of
+    the backing table, read in order through its index."""
+    result.rows_deleted, result.rows_inserted = _replace_rows(conn, _target(rec), plan)
 
 
 def _apply_delta(

@@ -136,6 +136,40 @@ def apply(cur: psycopg.Cursor[Any], ch: tuple[Any, ...]) -> None:
         cur.execute(f"DELETE FROM {table} WHERE id = %s", (ident,))
 
 
+def run_cycles(
+    conn: psycopg.Connection[Any],
+    query: str,
+    batches: list[list[tuple[Any, ...]]],
+    stats: dict[str, int],
+    *,
+    keyless_c: bool = False,
+    progress: str | None = None,
+) -> None:
+    """Fresh tables (SETUP), a DIFFERENTIAL stream table of ``query``, then per batch of changes
+    one refresh and the comparison with the query. ``progress``: a label printed every 1,000
+    cycles (long runs)."""
+    conn.execute("DROP TABLE IF EXISTS st")
+    conn.execute(
+        "DELETE FROM pgtrickle.pgt_dependencies; DELETE FROM pgtrickle.pgt_stream_tables; "
+        "DELETE FROM pgtrickle.pgt_change_tracking; DROP SCHEMA pgtrickle_changes CASCADE; "
+        "CREATE SCHEMA pgtrickle_changes"
+    )
+    conn.execute(SETUP.format(c_key="" if keyless_c else "PRIMARY KEY"))
+    pgt.create_stream_table(conn, "st", query, refresh_mode="DIFFERENTIAL")
+    for batch in batches:
+        with conn.cursor() as cur:
+            for ch in batch:
+                apply(cur, ch)
+        result = pgt.refresh_stream_table(conn, "st")
+        assert result.action in ("DIFFERENTIAL", "NO_DATA"), result
+        check = pgt.verify_stream_table(conn, "st")
+        assert check["equal"], f"{query} differs after {batch}: {check['sample']}"
+        stats["cycles"] += 1
+        if progress and stats["cycles"] % 1000 == 0:
+            print(f"{progress}: {stats['queries']} queries, {stats['cycles']} cycles")
+    stats["queries"] += 1
+
+
 def test_random_join_queries_stay_exact(conn: psycopg.Connection[Any]) -> None:
     pgt.install(conn)
     pgt.set_setting(conn, "auto_full_threshold", 1)
@@ -153,26 +187,7 @@ def test_random_join_queries_stay_exact(conn: psycopg.Connection[Any]) -> None:
     )
     def run(drawn: tuple[str, bool], batches: list[list[tuple[Any, ...]]]) -> None:
         query, keyless_c = drawn
-        conn.execute("DROP TABLE IF EXISTS st")
-        conn.execute(
-            "DELETE FROM pgtrickle.pgt_dependencies; DELETE FROM pgtrickle.pgt_stream_tables; "
-            "DELETE FROM pgtrickle.pgt_change_tracking; DROP SCHEMA pgtrickle_changes CASCADE; "
-            "CREATE SCHEMA pgtrickle_changes"
-        )
-        conn.execute(SETUP.format(c_key="" if keyless_c else "PRIMARY KEY"))
-        pgt.create_stream_table(conn, "st", query, refresh_mode="DIFFERENTIAL")
-        for batch in batches:
-            with conn.cursor() as cur:
-                for ch in batch:
-                    apply(cur, ch)
-            result = pgt.refresh_stream_table(conn, "st")
-            assert result.action in ("DIFFERENTIAL", "NO_DATA"), result
-            check = pgt.verify_stream_table(conn, "st")
-            assert check["equal"], f"{query} differs after {batch}: {check['sample']}"
-            STATS["cycles"] += 1
-            if STATS["cycles"] % 1000 == 0:
-                print(f"random queries: {STATS['queries']} queries, {STATS['cycles']} cycles")
-        STATS["queries"] += 1
+        run_cycles(conn, query, batches, STATS, keyless_c=keyless_c, progress="random queries")
 
     if SEED is not None:
         run = seed(int(SEED))(run)

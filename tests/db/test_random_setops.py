@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from test_random_queries import SETUP, apply, change
+from test_random_queries import change, run_cycles
 
 import dbt_pgtrickle as pgt
 
@@ -81,27 +81,6 @@ def grouping_queries(draw: st.DrawFn) -> str:
     )
 
 
-def _run(conn: psycopg.Connection[Any], query: str, batches: list[list[tuple[Any, ...]]]) -> None:
-    conn.execute("DROP TABLE IF EXISTS st")
-    conn.execute(
-        "DELETE FROM pgtrickle.pgt_dependencies; DELETE FROM pgtrickle.pgt_stream_tables; "
-        "DELETE FROM pgtrickle.pgt_change_tracking; DROP SCHEMA pgtrickle_changes CASCADE; "
-        "CREATE SCHEMA pgtrickle_changes"
-    )
-    conn.execute(SETUP.format(c_key="PRIMARY KEY"))  # the shared tables; c keyed here
-    pgt.create_stream_table(conn, "st", query, refresh_mode="DIFFERENTIAL")
-    for batch in batches:
-        with conn.cursor() as cur:
-            for ch in batch:
-                apply(cur, ch)
-        result = pgt.refresh_stream_table(conn, "st")
-        assert result.action in ("DIFFERENTIAL", "NO_DATA"), result
-        check = pgt.verify_stream_table(conn, "st")
-        assert check["equal"], f"{query} differs after {batch}: {check['sample']}"
-        STATS["cycles"] += 1
-    STATS["queries"] += 1
-
-
 def _property(strategy: Any) -> Any:
     def wrap(test: Any) -> Any:
         wrapped = settings(
@@ -127,7 +106,7 @@ def test_random_set_operations_stay_exact(conn: psycopg.Connection[Any]) -> None
 
     @_property(set_operations())
     def run(query: str, batches: list[list[tuple[Any, ...]]]) -> None:
-        _run(conn, query, batches)
+        run_cycles(conn, query, batches, STATS)
 
     run()
     print(f"\nrandom set operations: {STATS['queries']} queries, {STATS['cycles']} cycles so far")
@@ -139,7 +118,7 @@ def test_random_grouping_sets_stay_exact(conn: psycopg.Connection[Any]) -> None:
 
     @_property(grouping_queries())
     def run(query: str, batches: list[list[tuple[Any, ...]]]) -> None:
-        _run(conn, query, batches)
+        run_cycles(conn, query, batches, STATS)
 
     run()
     print(f"\nrandom grouping sets: {STATS['queries']} queries, {STATS['cycles']} cycles so far")

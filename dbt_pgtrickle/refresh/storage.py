@@ -1,0 +1,160 @@
+"""Storage of stream tables: the table itself and the hidden tables a plan keeps beside it
+(stages, TopK and set-operation backing tables, a recursive CTE's fixpoint), created at creation,
+rebuilt when the query changes, created on demand by a refresh when an earlier version did not
+make them, and dropped with the stream table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..citus import tables as _citus
+from ..dvm import compiler
+from ..dvm.operators import recursive
+from ..naming import CHANGES_SCHEMA
+
+
+def build_table(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    name: str,
+    plan: compiler.DeltaPlan,
+    populate: bool,
+    cplan: _citus.CitusPlan | None = None,
+) -> int:
+    """Create the storage table of a plan, and of its stages and backing tables (and fill
+    them); returns rows inserted into the storage table. With a Citus placement other than
+    local (``cplan``) the empty storage table is distributed before it is filled."""
+    _build_internal_tables(conn, plan, populate)
+    return _build_storage(conn, schema, name, plan, populate, cplan)
+
+
+def _build_storage(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    name: str,
+    plan: compiler.DeltaPlan,
+    populate: bool,
+    cplan: _citus.CitusPlan | None = None,
+) -> int:
+    target = sql.Identifier(schema, name)
+    conn.execute(
+        sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
+            target,
+            sql.SQL(plan.full_sql),
+        )
+    )
+    if plan.strategy not in (compiler.FULL_ONLY, compiler.TOPK):
+        # A distributed table's unique index must contain its distribution column.
+        keyed = plan.strategy in compiler.MERGE_STRATEGIES and (
+            cplan is None or cplan.distribution_column in (None, _citus.ROW_ID)
+        )
+        unique = sql.SQL("UNIQUE ") if keyed else sql.SQL("")
+        conn.execute(
+            sql.SQL("CREATE {}INDEX {} ON {} (__pgt_row_id)").format(
+                unique, sql.Identifier(f"{name}__pgt_row_id"[:63]), target
+            )
+        )
+        if plan.strategy == compiler.WINDOW_PARTITIONS:
+            conn.execute(
+                sql.SQL("CREATE INDEX {} ON {} (__pgt_part)").format(
+                    sql.Identifier(f"{name}__pgt_part"[:63]), target
+                )
+            )
+    if cplan is not None:
+        _citus.distribute(conn, schema, name, cplan)
+    if not populate:
+        return 0
+    cur = conn.execute(sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql)))
+    conn.execute(sql.SQL("ANALYZE {}").format(target))  # the first refresh plans with it
+    return max(cur.rowcount, 0)
+
+
+def _build_internal_tables(
+    conn: psycopg.Connection[Any],
+    plan: compiler.DeltaPlan,
+    populate: bool,
+    only: set[str] | None = None,
+) -> None:
+    """Create the stages and backing tables of a plan (all, or those named in ``only``)."""
+
+    def wanted(schema: str, name: str) -> bool:
+        return only is None or sql.Identifier(schema, name).as_string(conn) in only
+
+    for stage in plan.stages:  # innermost first
+        if wanted(CHANGES_SCHEMA, stage.name):
+            _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
+    if plan.recursive is not None and (only is None or plan.recursive.backing in only):
+        # The recursive CTE's fixpoint lives in a backing table; the stream table is the query
+        # over it.
+        for statement in recursive.backing_ddl(plan.recursive):
+            conn.execute(sql.SQL(statement))
+        for statement in recursive.populate(plan.recursive) if populate else []:
+            conn.execute(sql.SQL(statement))
+    if plan.topk is not None and wanted(CHANGES_SCHEMA, plan.topk.backing):
+        # The whole result lives in a backing table (maintained like any stream table); the
+        # stream table holds its top rows.
+        inner = plan.topk.inner
+        _build_storage(conn, CHANGES_SCHEMA, plan.topk.backing, inner, populate)
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                sql.Identifier(f"{plan.topk.backing}_order"),
+                sql.Identifier(CHANGES_SCHEMA, plan.topk.backing),
+                sql.SQL(plan.topk.order_sql),
+            )
+        )
+    if plan.counted is not None and wanted(CHANGES_SCHEMA, plan.counted.backing):
+        # a set operation's per-branch counts
+        _build_storage(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
+
+
+def _internal_table_names(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> list[str]:
+    """Quoted, qualified names of the hidden tables a plan keeps beside its stream table."""
+    names = [sql.Identifier(CHANGES_SCHEMA, s.name).as_string(conn) for s in plan.stages]
+    if plan.recursive is not None:
+        names.append(plan.recursive.backing)
+    if plan.backing is not None:
+        names.append(sql.Identifier(CHANGES_SCHEMA, plan.backing[0]).as_string(conn))
+    return names
+
+
+def _missing_internal_tables(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> set[str]:
+    """The hidden tables of a plan that do not exist: a stream table created by an earlier
+    version, whose query compiled without them, now needs them."""
+    names = _internal_table_names(conn, plan)
+    if not names:
+        return set()
+    rows = conn.execute(
+        "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NULL", (names,)
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def create_missing_internal_tables(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> None:
+    """Create (empty) the hidden tables of a plan that do not exist yet."""
+    missing = _missing_internal_tables(conn, plan)
+    if missing:
+        _build_internal_tables(conn, plan, False, only=missing)
+
+
+def drop_internal_tables(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Drop the tables a stream table keeps beside its own: the backing table of a TopK stream
+    table, of a set operation's per-branch counts or of a recursive CTE, and the stages
+    (materialised subqueries)."""
+    target = sql.Identifier(schema, name).as_string(conn)
+    for backing in (
+        compiler.topk_backing_name(target),
+        compiler.setop_backing_name(target),
+        compiler.recursive_backing_name(target),
+    ):
+        conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CHANGES_SCHEMA, backing))
+        )
+    stages = conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s AND starts_with(tablename, %s)",
+        (CHANGES_SCHEMA, compiler.stage_prefix(target)),
+    ).fetchall()
+    for (stage,) in stages:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(CHANGES_SCHEMA, stage)))
