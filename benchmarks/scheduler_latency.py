@@ -170,7 +170,7 @@ def tick_cost(dsn: str, count: int, ticks: int = 15) -> dict[str, Any]:
         for _ in range(ticks):
             daemon.next_poll = 0.0
             polls.append(daemon.tick().seconds * 1000)
-            daemon.woken = {stable}
+            daemon.woken = {stable: time.monotonic()}
             wakes.append(daemon.tick().seconds * 1000)
     finally:
         daemon._close(graceful=True)

@@ -491,6 +491,72 @@ SELECT st.pgt_schema || '.' || st.pgt_name AS stream_table,
  WHERE t.source_placement <> 'local' OR st.placement <> 'local';
 """
 
+# One pending-change probe for many stream tables (docs/scheduler.md): each change buffer is read
+# once, whatever the number of its readers. has_pending_changes (one stream table, one probe per
+# source buffer) stays as it is: it is the cheaper call for a single stream table, and the tests
+# check that both answer alike. Objects here must also be in CURRENT_SCHEMA.
+_PENDING_PROBE = """
+CREATE FUNCTION pgtrickle.pending_stream_tables(p_ids bigint[] DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE AS $fn$
+-- The stream tables among p_ids (every one when NULL) for which has_pending_changes is true,
+-- each once, in no particular order. Always pending: not populated yet (no frontier), or a
+-- source whose changes are not captured (cdc_mode 'none'). A change row with xid x is pending
+-- for a reader whose frontier is f when x >= pg_snapshot_xmin(f) and x is not visible in f, that
+-- is when x >= pg_snapshot_xmax(f) or x is one of pg_snapshot_xip(f) (a transaction f saw in
+-- progress). So each buffer is probed once for its largest xid at or above the smallest xmax
+-- of its readers' frontiers, and once for each distinct in-progress xid of those frontiers
+-- (none in a quiet database); each reader's frontier is compared with the result. TRUNCATE
+-- markers and rows imported from Citus workers are buffer rows like any other.
+DECLARE
+    found bigint[];
+    buf record;
+    top xid8;
+    seen xid8[];
+BEGIN
+    IF p_ids IS NULL THEN
+        p_ids := ARRAY(SELECT pgt_id FROM pgtrickle.pgt_stream_tables);
+    END IF;
+    found := ARRAY(
+        SELECT st.pgt_id FROM pgtrickle.pgt_stream_tables st
+         WHERE st.pgt_id = ANY (p_ids)
+           AND (st.frontier IS NULL OR EXISTS (
+                SELECT 1 FROM pgtrickle.pgt_dependencies d
+                  JOIN pgtrickle.pgt_change_tracking t USING (source_stable_name)
+                 WHERE d.pgt_id = st.pgt_id AND t.cdc_mode = 'none')));
+    FOR buf IN
+        SELECT d.source_stable_name AS stable,
+               array_agg(st.pgt_id) AS ids,
+               array_agg(st.frontier) AS frontiers,
+               min(pg_snapshot_xmax(st.frontier)) AS low,
+               ARRAY(SELECT DISTINCT x FROM unnest(array_agg(st.frontier)) f,
+                            pg_snapshot_xip(f) x) AS xips
+          FROM pgtrickle.pgt_stream_tables st
+          JOIN pgtrickle.pgt_dependencies d USING (pgt_id)
+         WHERE st.pgt_id = ANY (p_ids) AND st.pgt_id <> ALL (found)
+         GROUP BY d.source_stable_name
+    LOOP
+        EXECUTE format('SELECT max(b.__pgt_xid) FROM %I.%I b WHERE b.__pgt_xid >= $1',
+                       'pgtrickle_changes', 'changes_' || buf.stable)
+           INTO top USING buf.low;
+        seen := '{}';
+        IF cardinality(buf.xips) > 0 THEN
+            EXECUTE format('SELECT ARRAY(SELECT x FROM unnest($1) x WHERE EXISTS '
+                           '(SELECT 1 FROM %I.%I b WHERE b.__pgt_xid = x))',
+                           'pgtrickle_changes', 'changes_' || buf.stable)
+               INTO seen USING buf.xips;
+        END IF;
+        CONTINUE WHEN top IS NULL AND cardinality(seen) = 0;
+        found := found || ARRAY(
+            SELECT r.id FROM unnest(buf.ids, buf.frontiers) r(id, f)
+             WHERE top >= pg_snapshot_xmax(r.f)
+                OR EXISTS (SELECT 1 FROM pg_snapshot_xip(r.f) x WHERE x = ANY (seen)));
+    END LOOP;
+    RETURN QUERY SELECT DISTINCT unnest(found);
+END
+$fn$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog tables", _V1),
     Migration(2, "settings, history columns and indexes, status view", _V2),
@@ -504,6 +570,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "citus: placements, per-node import positions, worker slot health, citus_status",
         _CITUS_COLUMNS + _CITUS_VIEW,
     ),
+    Migration(5, "scheduler: one pending-change probe per change buffer", _PENDING_PROBE),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -641,4 +708,5 @@ CREATE TABLE pgtrickle.pgt_subscriptions (
     + _HELPERS
     + _SCHEDULER
     + _CITUS_VIEW
+    + _PENDING_PROBE
 )

@@ -6,9 +6,12 @@ transaction commits), ``work`` (catalog reads and refreshes, in the main thread)
 :class:`Keeper` thread, one that renews the heartbeat row and this scheduler's leases while a long
 refresh runs.
 
-A *tick* reads the catalog (stream tables, dependencies, settings), decides which stream tables are
-due (:mod:`.schedule`) and have changes pending (woken sources, or an index probe of their change
-buffers on a poll tick), and refreshes them in dependency order (:mod:`.dag`), each under its lease.
+A *tick* reads the catalog (stream tables, dependencies, settings), decides which stream tables
+have changes pending (woken sources, or on a poll tick every stream table, both through
+``pgtrickle.pending_stream_tables``, which reads each change buffer once) and are due
+(:mod:`.schedule`; a duration schedule counts from the oldest pending change, whose age the
+daemon bounds by when it learnt of the change), and refreshes them in dependency order
+(:mod:`.dag`), each under its lease.
 Between ticks it waits for a notification, the next due time or the poll interval, whichever comes
 first. Refresh failures back off exponentially; non-retryable ones suspend the stream table after
 ``scheduler_max_failures``; a lost connection (a database restart) closes everything and
@@ -25,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +46,7 @@ from ..settings import all_settings
 from . import leases
 from .dag import Graph
 from .metrics import Metrics
-from .schedule import CALCULATED, Schedule, parse
+from .schedule import CALCULATED, INTERVAL, Schedule, budget_due, parse
 
 log = logging.getLogger("dbt_pgtrickle.scheduler")
 
@@ -50,6 +54,8 @@ UTC = dt.timezone.utc
 #: Upper bound of one wait slice, so a stop request is noticed promptly.
 _WAIT_SLICE_S = 0.25
 _RECONNECT_MAX_S = 10.0
+#: How many recent refresh (per stream table) and tick durations estimate the next ones.
+_RECENT = 5
 
 
 class ConnectionLost(Exception):
@@ -166,7 +172,16 @@ class Scheduler:
         self.cfg: dict[str, Any] = {}
         self.dirty: set[int] = set()  # stream tables known to have pending changes
         self.not_before: dict[int, float] = {}  # pgt_id -> monotonic time (backoff, lease race)
-        self.woken: set[str] = set()  # stable names notified since the last tick
+        # stable names notified since the last tick -> monotonic time the wake-up arrived (or,
+        # when it waited in the connection during a tick, the last time the queue was empty)
+        self.woken: dict[str, float] = {}
+        self.quiet_at = 0.0  # monotonic time the listen connection last held no notification
+        # pgt_id of a pending stream table -> monotonic time at or before which its oldest
+        # pending change committed (keys: those in ``dirty``)
+        self.pending_since: dict[int, float] = {}
+        self.last_poll_at: float | None = None
+        self.refresh_s: dict[int, deque[float]] = {}  # recent refresh durations (s)
+        self.tick_s: deque[float] = deque(maxlen=_RECENT)  # recent tick durations (s)
         self.next_poll = 0.0
         self.next_prune = 0.0
         self.next_gauges = 0.0
@@ -233,6 +248,8 @@ class Scheduler:
             self.keeper.start()
         # After (re)connecting nothing is known: the first tick probes every stream table.
         self.next_poll = 0.0
+        self.last_poll_at = None
+        self.quiet_at = time.monotonic()
         log.info("scheduler %s serving database %s", self.holder, self.work.info.dbname)
 
     def _close(self, *, graceful: bool) -> None:
@@ -276,16 +293,22 @@ class Scheduler:
             if remaining <= 0:
                 return
             try:
-                got = False
                 slice_s = min(remaining, _WAIT_SLICE_S)
-                for note in self.listen.notifies(timeout=slice_s, stop_after=1):
-                    self.woken.add(note.payload)
-                    got = True
-                if got:
-                    # Take what else arrived in the same moment, then tick.
-                    for note in self.listen.notifies(timeout=0.0):
-                        self.woken.add(note.payload)
-                    return
+                asked = time.monotonic()
+                notes = list(self.listen.notifies(timeout=slice_s, stop_after=1))
+                back = time.monotonic()
+                if not notes:
+                    self.quiet_at = back
+                    continue
+                # A note that was waiting returns at once: it arrived after the queue was last
+                # seen empty. One that returned after a wait arrived just now.
+                arrived = back if back - asked > 0.002 else self.quiet_at
+                # Take what else arrived in the same moment, then tick.
+                notes += self.listen.notifies(timeout=0.0)
+                self.quiet_at = time.monotonic()
+                for note in notes:
+                    self.woken.setdefault(note.payload, arrived)
+                return
             except psycopg.Error as exc:
                 raise ConnectionLost(str(exc)) from exc
 
@@ -322,17 +345,68 @@ class Scheduler:
                 base[pgt_id].add((src_schema, src_name))
         return tables, Graph(upstream, base), readers
 
-    def _probe(self, ids: Iterable[int]) -> set[int]:
-        """The stream tables among ``ids`` with changes pending (one index probe per buffer)."""
+    def _probe(self, ids: Iterable[int] | None) -> set[int]:
+        """The stream tables among ``ids`` (None: all) with changes pending (one probe per change
+        buffer)."""
         assert self.work is not None
-        wanted = sorted(ids)
-        if not wanted:
+        wanted = None if ids is None else sorted(ids)
+        if wanted == []:
             return set()
         rows = self.work.execute(
-            "SELECT id FROM unnest(%s::bigint[]) AS id WHERE pgtrickle.has_pending_changes(id)",
-            (wanted,),
+            "SELECT pgtrickle.pending_stream_tables(%s::bigint[])", (wanted,)
         ).fetchall()
         return {r[0] for r in rows}
+
+    def _mark(self, ids: Iterable[int], since: float) -> None:
+        """Record ``ids`` as pending, their oldest change committed at ``since`` or later (the
+        earlier bound is kept for those pending already)."""
+        for pgt_id in ids:
+            self.dirty.add(pgt_id)
+            self.pending_since.setdefault(pgt_id, since)
+
+    def _expected_refresh_s(self, ids: Iterable[int]) -> float:
+        """Expected time to refresh ``ids``: the longest of each one's last few refreshes (read
+        from the refresh history the first time), summed."""
+        assert self.work is not None
+        missing = sorted(i for i in ids if i not in self.refresh_s)
+        if missing:
+            for pgt_id, durations in self.work.execute(
+                "SELECT s.id, ARRAY(SELECT h.duration_ms / 1000.0 "
+                "FROM pgtrickle.pgt_refresh_history h WHERE h.pgt_id = s.id "
+                "AND h.status = 'COMPLETED' AND h.duration_ms IS NOT NULL "
+                "ORDER BY h.started_at DESC LIMIT %s) FROM unnest(%s::bigint[]) AS s(id)",
+                (_RECENT, missing),
+            ).fetchall():
+                self.refresh_s[pgt_id] = deque((float(d) for d in durations), maxlen=_RECENT)
+        return sum(max(self.refresh_s[i], default=0.0) for i in ids)
+
+    def _due(
+        self,
+        t: StreamTable,
+        calculated: set[int],
+        now: dt.datetime,
+        now_mono: float,
+    ) -> float | None:
+        """Monotonic time at which pending stream table ``t`` is due (with the pending
+        ``calculated`` tables refreshed on its behalf); None: not by itself."""
+        assert t.schedule is not None
+        if t.schedule.kind == INTERVAL:
+            ids = {t.pgt_id} | (calculated & self.dirty)
+            since = min(self.pending_since.get(i, now_mono) for i in ids)
+            last = None
+            if t.last_refresh_at is not None:
+                last = now_mono - (now - t.last_refresh_at).total_seconds()
+            return budget_due(
+                t.schedule.seconds,
+                since,
+                last,
+                self._expected_refresh_s(ids),
+                max(self.tick_s, default=0.0),
+            )
+        due = t.schedule.next_due(t.last_refresh_at)
+        if due is None:
+            return None
+        return now_mono + (due - now).total_seconds()
 
     def tick(self) -> TickReport:
         """Refresh every due stream table with pending changes, upstream first."""
@@ -346,31 +420,42 @@ class Scheduler:
         tables, graph, readers = self._load()
         now_mono = time.monotonic()
         now = self._db_now()
-        woken = set().union(*(readers.get(stable, set()) for stable in self.woken))
+        self.dirty &= set(tables)
+
+        def floor(pgt_id: int, since: float) -> float:
+            # A change still pending committed after the last refresh began (its snapshot).
+            last = tables[pgt_id].last_refresh_at
+            if last is None:
+                return since
+            return max(since, now_mono - (now - last).total_seconds())
+
+        woken: dict[int, float] = {}
+        for stable, arrived in self.woken.items():
+            for pgt_id in readers.get(stable, ()):
+                woken[pgt_id] = min(woken.get(pgt_id, arrived), arrived)
         self.woken.clear()
         # A wake-up may come from a change a refresh of this tick already consumed (a refresh
         # of an upstream stream table notifies too): probe before refreshing.
-        self.dirty |= self._probe(woken - self.dirty)
+        for pgt_id in self._probe(woken.keys() - self.dirty):
+            self._mark([pgt_id], floor(pgt_id, woken[pgt_id]))
         poll = now_mono >= self.next_poll
         active = {
             i for i, t in tables.items() if t.schedule is not None and t.status != "SUSPENDED"
         }
-        self.dirty &= set(tables)
         if poll:
-            candidates = {
-                i
-                for i in active
-                if i not in self.dirty
-                and (
-                    tables[i].schedule.kind == CALCULATED  # type: ignore[union-attr]
-                    or tables[i].schedule.is_due(tables[i].last_refresh_at, now)  # type: ignore[union-attr]
-                )
-            }
-            self.dirty |= self._probe(candidates)
+            # Every stream table not known to be pending: one probe per change buffer however
+            # many there are. A change found now committed after the previous poll (which saw
+            # none) or, on the first poll, after the last refresh.
+            candidates = active - self.dirty
+            earliest = self.last_poll_at if self.last_poll_at is not None else float("-inf")
+            for pgt_id in self._probe(None) & candidates:
+                self._mark([pgt_id], floor(pgt_id, earliest))
             report.probed = len(candidates)
+            self.last_poll_at = now_mono
             self.next_poll = now_mono + self.poll_s
         self._maintenance(now_mono, poll, tables)
         report.seconds = time.monotonic() - started
+        self.tick_s.append(report.seconds)
         self.metrics.tick(report.seconds)
 
         next_due: float = self.next_poll
@@ -381,13 +466,12 @@ class Scheduler:
             calculated = _calculated_upstream(pgt_id, tables, graph)
             if pgt_id not in active or not (pgt_id in self.dirty or calculated & self.dirty):
                 continue
-            assert t.schedule is not None
-            due = t.schedule.next_due(t.last_refresh_at)
+            due = self._due(t, calculated, now, now_mono)
             if due is None:  # calculated: refreshed on behalf of its readers
                 continue
-            wait = max((due - now).total_seconds(), self.not_before.get(pgt_id, 0) - now_mono)
-            if wait > 0:
-                next_due = min(next_due, now_mono + wait)
+            at = max(due, self.not_before.get(pgt_id, 0.0))
+            if at > time.monotonic():
+                next_due = min(next_due, at)
                 continue
             group = graph.diamond(pgt_id)
             if group is not None:
@@ -404,6 +488,7 @@ class Scheduler:
         if self.flush_at is not None:
             next_due = min(next_due, self.flush_at)
         self.wake_at = next_due
+        self.pending_since = {i: s for i, s in self.pending_since.items() if i in self.dirty}
         return report
 
     def _db_now(self) -> dt.datetime:
@@ -445,7 +530,11 @@ class Scheduler:
                 self._failed(t, exc, report)
                 return False
             self.dirty.discard(t.pgt_id)
+            self.pending_since.pop(t.pgt_id, None)
             self.not_before.pop(t.pgt_id, None)
+            self.refresh_s.setdefault(t.pgt_id, deque(maxlen=_RECENT)).append(
+                result.duration_ms / 1000.0
+            )
             t.last_refresh_at = self._db_now()
             report.refreshed.append(t.qualified)
             changed = result.rows_inserted + result.rows_updated + result.rows_deleted
@@ -459,7 +548,7 @@ class Scheduler:
             )
             if changed:
                 # Readers now have pending changes (their capture triggers fired as well).
-                self.dirty |= graph.downstream.get(t.pgt_id, set())
+                self._mark(graph.downstream.get(t.pgt_id, ()), time.monotonic())
                 self.flush_at = time.monotonic() + self.cfg["notify_coalesce_ms"] / 1000.0
             log.info(
                 "refreshed %s: %s, +%d ~%d -%d in %.1f ms",

@@ -13,6 +13,7 @@ member reflects the same state of A (see docs/scheduler.md).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -92,20 +93,30 @@ def _reach(node: int, edges: Mapping[int, Iterable[int]]) -> set[int]:
 
 
 def topological_order(upstream: Mapping[int, Iterable[int]]) -> list[int]:
-    """Nodes ordered so each comes after the nodes it reads; ties by id. A cycle is a
-    :class:`ConfigError` (creation and alteration reject them, so it means a damaged catalog)."""
-    pending = {n: set(u) & set(upstream) for n, u in upstream.items()}
+    """Nodes ordered so each comes after the nodes it reads; ties by id (Kahn's algorithm with a
+    heap: O((nodes + edges) log nodes)). Edges to nodes outside ``upstream`` are ignored. A cycle
+    is a :class:`ConfigError` (creation and alteration reject them, so it means a damaged
+    catalog)."""
+    waiting: dict[int, int] = {}
+    readers: dict[int, list[int]] = {}
+    for node, ups in upstream.items():
+        known = {u for u in ups if u in upstream}
+        waiting[node] = len(known)
+        for up in known:
+            readers.setdefault(up, []).append(node)
+    ready = [n for n, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
     ordered: list[int] = []
-    while pending:
-        ready = sorted(n for n, ups in pending.items() if not ups)
-        if not ready:
-            raise ConfigError(
-                f"stream tables {sorted(pending)} depend on each other in a cycle; "
-                "alter one of them to break it"
-            )
-        for n in ready:
-            ordered.append(n)
-            del pending[n]
-        for ups in pending.values():
-            ups.difference_update(ready)
+    while ready:
+        node = heapq.heappop(ready)
+        ordered.append(node)
+        for reader in readers.get(node, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(ordered) < len(waiting):
+        stuck = sorted(set(waiting) - set(ordered))
+        raise ConfigError(
+            f"stream tables {stuck} depend on each other in a cycle; alter one of them to break it"
+        )
     return ordered

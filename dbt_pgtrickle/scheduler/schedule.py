@@ -3,8 +3,8 @@
 A stream table's ``schedule`` is one of
 
 * ``None`` — *on change*: due as soon as its sources have changes it has not applied;
-* a duration (``500ms``, ``30s``, ``5m``, ``1h30m``, ``1d``) — the most staleness accepted: due
-  when changes are pending and the last refresh is at least that long ago;
+* a duration (``500ms``, ``30s``, ``5m``, ``1h30m``, ``1d``) — a staleness budget: a change
+  should be visible at most that long after it committed; see :func:`budget_due`;
 * a cron expression with 5 fields (minute hour day month weekday) or 6 (a leading seconds field),
   or an alias (``@yearly``, ``@annually``, ``@monthly``, ``@weekly``, ``@daily``, ``@midnight``,
   ``@hourly``) — due when a fire time has passed since the last refresh (and changes are pending);
@@ -12,12 +12,13 @@ A stream table's ``schedule`` is one of
   is due reads it, so its schedule is effectively that of its readers.
 
 Nothing is refreshed while no change is pending: an idle database costs a tick one catalog read
-and an index probe per candidate change buffer, and writes nothing.
+and one probe per change buffer, and writes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ ON_CHANGE = "on_change"
 INTERVAL = "interval"
 CRON = "cron"
 CALCULATED = "calculated"
+#: Share of a duration schedule that a refresh is started early, beyond the expected refresh and
+#: tick time, to absorb their variation (see :func:`budget_due`).
+BUDGET_SAFETY = 0.05
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class Schedule:
     seconds: float = 0.0
 
     def next_due(self, last_refresh_at: dt.datetime | None) -> dt.datetime | None:
-        """Earliest time the stream table may be refreshed again, given pending changes.
+        """Earliest time the stream table may be refreshed again, given pending changes, counted
+        from the last refresh alone (a duration: the last refresh plus the duration; the daemon
+        uses :func:`budget_due` for durations, which also knows the age of the changes).
 
         ``None`` means "not by itself" (``calculated``); a time in the past means "now". A stream
         table never refreshed is due at once (``datetime.min``)."""
@@ -60,6 +66,32 @@ class Schedule:
     def is_due(self, last_refresh_at: dt.datetime | None, now: dt.datetime) -> bool:
         due = self.next_due(last_refresh_at)
         return due is not None and due <= now
+
+
+def budget_due(
+    budget_s: float,
+    oldest_change: float,
+    last_refresh: float | None,
+    refresh_s: float,
+    tick_s: float,
+) -> float:
+    """When a stream table with a duration schedule and pending changes is due (seconds on one
+    clock).
+
+    The schedule ``budget_s`` is a staleness budget: the oldest pending change (it committed at
+    ``oldest_change`` or later) should be visible ``budget_s`` after it committed. A refresh
+    started at time *t* makes it visible at about *t* + ``refresh_s`` (the expected refresh
+    time), and the daemon starts it about ``tick_s`` after the due time (its tick), so the
+    refresh is due ``refresh_s + tick_s`` plus a safety share of 5% of the budget before the
+    budget runs out. Under continuous writes that alone would refresh back to back once the
+    refresh time approaches the budget; so a refresh also never starts less than half the budget
+    after the previous one (started at ``last_refresh``) is expected to have finished. Never
+    refreshed (``last_refresh`` None): due at once, as before any duration elapsed.
+    """
+    if last_refresh is None:
+        return float("-inf")
+    lead = refresh_s + tick_s + BUDGET_SAFETY * budget_s
+    return max(oldest_change + budget_s - lead, last_refresh + refresh_s + budget_s / 2)
 
 
 def parse_duration(text: str) -> float:
@@ -90,8 +122,10 @@ def cron_next(text: str, after: dt.datetime) -> dt.datetime:
     return nxt
 
 
+@functools.lru_cache(maxsize=1024)
 def parse(text: str | None) -> Schedule:
-    """Parse a stored schedule; raises :class:`ConfigError` naming what is wrong."""
+    """Parse a stored schedule; raises :class:`ConfigError` naming what is wrong. (Cached: the
+    daemon parses every stream table's schedule on every tick.)"""
     if text is None or not str(text).strip():
         return Schedule(ON_CHANGE)
     value = str(text).strip()
