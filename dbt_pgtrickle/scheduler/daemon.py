@@ -421,6 +421,8 @@ class Scheduler:
         now_mono = time.monotonic()
         now = self._db_now()
         self.dirty &= set(tables)
+        for gone in self.refresh_s.keys() - tables.keys():
+            del self.refresh_s[gone]
 
         def floor(pgt_id: int, since: float) -> float:
             # A change still pending committed after the last refresh began (its snapshot).

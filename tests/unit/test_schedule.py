@@ -14,6 +14,7 @@ from dbt_pgtrickle.scheduler.schedule import (
     CRON,
     INTERVAL,
     ON_CHANGE,
+    budget_due,
     cron_next,
     parse,
     parse_duration,
@@ -45,6 +46,25 @@ def test_interval_due() -> None:
     assert not schedule.is_due(T0, T0 + dt.timedelta(seconds=59))
     assert schedule.is_due(T0, T0 + dt.timedelta(seconds=60))
     assert schedule.is_due(None, T0)  # never refreshed: due at once
+
+
+def test_budget_counts_from_the_oldest_pending_change() -> None:
+    # 10 s budget, refresh 0.5 s, tick 0.1 s: due 0.5 + 0.1 + 5% (0.5) = 1.1 s before the
+    # budget of the oldest change runs out.
+    assert budget_due(10.0, 100.0, 99.0, 0.5, 0.1) == pytest.approx(108.9)
+    # a change long after the last refresh does not make it due earlier
+    assert budget_due(10.0, 150.0, 99.0, 0.5, 0.1) == pytest.approx(158.9)
+    # never refreshed: due at once
+    assert budget_due(10.0, 100.0, None, 0.5, 0.1) == float("-inf")
+
+
+def test_budget_keeps_half_the_budget_between_refreshes() -> None:
+    # The refresh takes 8 s of the 10 s budget: the budget alone would start the next one
+    # before the previous one ends (back to back under continuous writes); instead it starts
+    # half the budget after the previous one is expected to end.
+    assert budget_due(10.0, 100.0, 100.0, 8.0, 0.1) == pytest.approx(100.0 + 8.0 + 5.0)
+    # the same when the expected refresh exceeds the budget
+    assert budget_due(10.0, 100.0, 100.0, 30.0, 0.1) == pytest.approx(135.0)
 
 
 @pytest.mark.parametrize(
@@ -107,8 +127,14 @@ def test_backoff_doubles_with_jitter_and_a_cap() -> None:
 def test_topological_order_and_cycle() -> None:
     assert topological_order({3: [1, 2], 2: [1], 1: []}) == [1, 2, 3]
     assert topological_order({5: [], 4: []}) == [4, 5]
-    with pytest.raises(ConfigError, match="cycle"):
-        topological_order({1: [2], 2: [1], 3: []})
+    assert topological_order({1: [9], 2: [], 3: [2, 7]}) == [1, 2, 3]  # 7, 9: not stream tables
+    assert topological_order({1: [4], 2: [], 3: [1], 4: [2]}) == [2, 4, 1, 3]
+    wide = {n: [] for n in range(5000)} | {5000 + n: [n, 4999 - n] for n in range(5000)}
+    order = topological_order(wide)
+    at = {n: i for i, n in enumerate(order)}
+    assert len(order) == 10000 and all(at[u] < at[n] for n, ups in wide.items() for u in ups)
+    with pytest.raises(ConfigError, match=r"\[1, 2, 4\] depend on each other in a cycle"):
+        topological_order({1: [2], 2: [1], 3: [], 4: [1]})
 
 
 def test_diamond_groups() -> None:
