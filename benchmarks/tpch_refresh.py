@@ -25,8 +25,12 @@ per repeat:
 3. in a rotated order: ``refresh_stream_table(tpch_qNN, full=True)`` (full recompute of the same
    stream table), ``REFRESH MATERIALIZED VIEW`` and ``… CONCURRENTLY``.
 
-AUTO's time for a cycle is the differential time when AUTO would refresh differentially and the
-full recompute time when it would recompute, so AUTO/full is measured side by side.
+AUTO's time for a cycle is the full recompute time when AUTO would recompute, and the
+differential time when it would refresh differentially — unless that is longer than the time
+budget AUTO would give the attempt (``auto_diff_budget`` of the last full refresh), where the
+engine cancels the attempt and recomputes: then the budget plus the full recompute time. So
+AUTO/full is measured side by side (the cancelled attempt itself is modelled, not run: the
+differential refresh of the cycle runs unbounded so its time is always known).
 
 At the end, one more cycle at the largest change rate, and the ``profiles`` slowest differential
 queries are refreshed once more under ``auto_explain`` (ANALYZE, BUFFERS, nested statements); the
@@ -232,22 +236,34 @@ def default_auto_threshold() -> float:
     return float(REGISTRY["auto_full_threshold"].default)
 
 
-def auto_choice(conn: psycopg.Connection[Any], name: str, threshold: float) -> tuple[str, str]:
-    """What a refresh in AUTO mode would do now with ``threshold`` (read-only, the engine's own
-    decision function). ``("?", reason)`` if the engine's internals changed shape."""
+def auto_choice(
+    conn: psycopg.Connection[Any], name: str, threshold: float
+) -> tuple[str, str, float | None]:
+    """What a refresh in AUTO mode would do now with ``threshold`` and the shipped cost
+    settings (read-only, the engine's own decision function), and the time budget in seconds
+    of a differential choice. ``("?", reason, None)`` if the engine's internals changed shape."""
     try:
         from dbt_pgtrickle.catalog import records
         from dbt_pgtrickle.refresh import engine
+        from dbt_pgtrickle.settings import REGISTRY
 
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             schema, rel = records.split_name(name)
             rec = records.get(conn, schema, rel)
             sources = engine._sources(conn, rec.pgt_id)
-            action, reason, _ = engine._choose(conn, rec, sources, False, threshold)
-        return action, reason or ""
+            action, reason, _, budget_ms = engine._choose(
+                conn,
+                rec,
+                sources,
+                False,
+                threshold,
+                float(REGISTRY["auto_cost_floor_ms"].default),
+                float(REGISTRY["auto_diff_budget"].default),
+            )
+        return action, reason or "", None if budget_ms is None else budget_ms / 1000
     except Exception as exc:  # the benchmark must not break on a refactored engine
-        return "?", f"could not evaluate AUTO's choice: {type(exc).__name__}: {exc}"
+        return "?", f"could not evaluate AUTO's choice: {type(exc).__name__}: {exc}", None
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +354,8 @@ def run_fraction(
     """One change rate; failures and mismatches go to ``errors`` (the run goes on; the harness
     reports the workload as failed)."""
     samples: dict[str, dict[str, list[Any]]] = {
-        n: {k: [] for k in (*KINDS, "action", "rows_in", "auto", "auto_reason")} for n in queries
+        n: {k: [] for k in (*KINDS, "action", "rows_in", "auto", "auto_reason", "auto_budget")}
+        for n in queries
     }
     cycles = []
     names = list(queries)
@@ -358,9 +375,10 @@ def run_fraction(
         for name in names[shift:] + names[:shift]:
             q = queries[name]
             s = samples[name]
-            choice, why = auto_choice(conn, q.stream_table, threshold)
+            choice, why, budget_s = auto_choice(conn, q.stream_table, threshold)
             s["auto"].append(choice)
             s["auto_reason"].append(why)
+            s["auto_budget"].append(budget_s)
             if timeout_ms:
                 set_setting(conn, "refresh_statement_timeout_ms", timeout_ms)
             try:
@@ -432,6 +450,14 @@ def repeats_for(p: dict[str, Any], fraction: float) -> int:
     return int(r)
 
 
+def auto_seconds(choice: str, diff: float, full: float, budget: float | None) -> float:
+    """AUTO's time in one cycle: the full recompute, the differential refresh, or a
+    differential attempt cancelled at its budget followed by the full recompute."""
+    if choice != "DIFFERENTIAL":
+        return full
+    return diff if budget is None or diff <= budget else budget + full
+
+
 def summarize_query(s: dict[str, list[Any]]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "actions": s["action"],
@@ -449,12 +475,20 @@ def summarize_query(s: dict[str, list[Any]]) -> dict[str, Any]:
     }
     entry["diff_censored"] = censored
     entry["samples_s"]["diff"] = s["diff"]
-    # AUTO's time per cycle: the variant it would have run
+    # AUTO's time per cycle: the variant it would have run; a differential refresh longer than
+    # its budget is cancelled there and followed by the full recompute
+    budgets = s.get("auto_budget") or [None] * len(s["auto"])
     auto = [
-        (d if choice == "DIFFERENTIAL" else f)
-        for d, f, choice in zip(s["diff"], s["full"], s["auto"], strict=True)
+        auto_seconds(choice, d, f, b)
+        for d, f, choice, b in zip(s["diff"], s["full"], s["auto"], budgets, strict=True)
         if choice in ("DIFFERENTIAL", "FULL") and d is not None
     ]
+    entry["auto_budget_s"] = budgets
+    entry["auto_over_budget"] = sum(
+        1
+        for d, c, b in zip(s["diff"], s["auto"], budgets, strict=True)
+        if c == "DIFFERENTIAL" and b is not None and d is not None and d > b
+    )
     s["diff"] = [v for v in s["diff"] if v is not None]  # failed refreshes have no time
     for k in KINDS:
         entry[f"{k}_ms"] = C.summary([v * 1000 for v in s[k]]) if s[k] else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import psycopg
@@ -258,9 +259,11 @@ def create_stream_table(
                 # transactions), so the population below sees every change they do not stream.
                 _citus.create_slots(c, cplan)
                 frontier = c.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
+                built = time.perf_counter()
                 rows = storage.build_table(
                     c, schema, rel, plan, initialize, cplan if cplan.placement != "local" else None
                 )
+                built_ms = (time.perf_counter() - built) * 1000
                 pgt_id = c.execute(
                     "INSERT INTO pgtrickle.pgt_stream_tables (pgt_schema, pgt_name, "
                     "defining_query, original_query, query_hash, schedule, requested_mode, "
@@ -292,9 +295,10 @@ def create_stream_table(
                         "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, pgt_schema, pgt_name, "
                         "started_at, ended_at, action, status, rows_in, rows_inserted, "
                         "rows_updated, rows_deleted, fallback_reason, initiated_by, "
-                        "frontier_after) VALUES (%s, %s, %s, now(), clock_timestamp(), 'FULL', "
-                        "'COMPLETED', 0, %s, 0, 0, 'initial population', 'create', %s)",
-                        (pgt_id, schema, rel, rows, frontier),
+                        "frontier_after, duration_ms) VALUES (%s, %s, %s, now(), "
+                        "clock_timestamp(), 'FULL', 'COMPLETED', 0, %s, 0, 0, "
+                        "'initial population', 'create', %s, %s)",
+                        (pgt_id, schema, rel, rows, frontier, built_ms),
                     )
             created = True
         except psycopg.errors.LockNotAvailable as exc:
@@ -353,7 +357,9 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
             if new_query:
                 storage.drop_internal_tables(c, schema, rel)  # the new plan builds its own
                 tmp = f"{rel}__pgt_new"[:63]
+                built = time.perf_counter()
                 rows = storage.build_table(c, schema, tmp, plan, True)
+                built_ms = (time.perf_counter() - built) * 1000
                 c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, rel)))
                 c.execute(
                     sql.SQL("ALTER TABLE {} RENAME TO {}").format(
@@ -393,10 +399,10 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
                 c.execute(
                     "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, pgt_schema, pgt_name, "
                     "started_at, ended_at, action, status, rows_in, rows_inserted, rows_updated, "
-                    "rows_deleted, fallback_reason, initiated_by, frontier_after) VALUES "
-                    "(%s, %s, %s, now(), clock_timestamp(), 'FULL', 'COMPLETED', 0, %s, 0, 0, "
-                    "'query altered', 'alter', %s)",
-                    (rec.pgt_id, schema, rel, rows, frontier),
+                    "rows_deleted, fallback_reason, initiated_by, frontier_after, duration_ms) "
+                    "VALUES (%s, %s, %s, now(), clock_timestamp(), 'FULL', 'COMPLETED', 0, %s, "
+                    "0, 0, 'query altered', 'alter', %s, %s)",
+                    (rec.pgt_id, schema, rel, rows, frontier, built_ms),
                 )
             c.execute(
                 "UPDATE pgtrickle.pgt_stream_tables SET schedule = %s, requested_mode = %s, "

@@ -75,10 +75,23 @@ REGISTRY: dict[str, Setting] = {
             "AUTO refresh mode: once the last full refresh of a stream table took at least this "
             "long, a refresh also compares measured costs: the last differential refresh's time "
             "per change row times the pending change rows, against the last full refresh's time "
-            "(refreshes only, not the initial population). If the estimate is higher, the refresh recomputes "
+            "(or the initial population). If the estimate is higher, the refresh recomputes "
             "(FULL) and records both figures as the reason. Below the floor a full refresh is "
             "cheap either way and the choice is left to auto_full_threshold. Off when "
             "auto_full_threshold is 1.",
+            minimum=0.0,
+        ),
+        Setting(
+            "auto_diff_budget",
+            float,
+            0.2,
+            "AUTO refresh mode: a differential refresh may take at most this fraction of the "
+            "stream table's last full refresh (or initial population) once that took at least "
+            "auto_cost_floor_ms. Past it, the attempt is cancelled and rolled back to a "
+            "savepoint, and the refresh recomputes the query in the same snapshot, recording "
+            "the reason; the next refreshes go straight to FULL while their change rows are at "
+            "least as many as the cancelled attempt's. So an AUTO refresh costs at most "
+            "(1 + this) times a full one. 0 turns the budget off.",
             minimum=0.0,
         ),
         Setting(

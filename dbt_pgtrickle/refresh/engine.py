@@ -37,7 +37,7 @@ from ..dvm.operators.scan import changes_relation
 from ..errors import LockNotAvailable, PgTrickleError, RefreshError, SourceError
 from ..naming import CHANGES_SCHEMA, buffer_table
 from ..settings import all_settings
-from . import plan_cache, storage
+from . import budget, plan_cache, storage
 from ._tx import repeatable_read
 
 FULL = "FULL"
@@ -188,8 +188,14 @@ def refresh(
             frontier = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             rec = records.get(conn, schema, name)  # re-read in our snapshot
             sources = _sources(conn, rec.pgt_id)
-            action, reason, rows_in = _choose(
-                conn, rec, sources, full, threshold, settings["auto_cost_floor_ms"]
+            action, reason, rows_in, budget_ms = _choose(
+                conn,
+                rec,
+                sources,
+                full,
+                threshold,
+                settings["auto_cost_floor_ms"],
+                settings["auto_diff_budget"],
             )
             if action == DIFFERENTIAL:
                 # A delta is many small joins: JIT compiling it costs more than it saves (up
@@ -200,8 +206,11 @@ def refresh(
             if action == FULL:
                 _apply_full(conn, rec, result)
             elif action == DIFFERENTIAL:
+                # Citus: the workers' statements are not bounded by a savepoint here.
+                local = rec.placement == "local" and not citus_sources
+                deadline = budget.Deadline(budget_ms, timeout_ms) if budget_ms and local else None
                 try:
-                    _apply_differential(conn, rec, sources, result)
+                    _attempt_differential(conn, rec, sources, result, deadline)
                 except compiler.TooManyChangedInputs as exc:
                     result.action, result.fallback_reason = FULL, str(exc)
                     _apply_full(conn, rec, result)
@@ -321,9 +330,11 @@ def _choose(
     full: bool,
     threshold: float,
     cost_floor_ms: float = 200.0,
-) -> tuple[str, str | None, int]:
-    """The action for this refresh, why (when not the obvious one), and pending change rows
-    (also stored per source in ``src.pending``)."""
+    budget_fraction: float = 0.0,
+) -> tuple[str, str | None, int, float | None]:
+    """The action for this refresh, why (when not the obvious one), pending change rows (also
+    stored per source in ``src.pending``) and, for an AUTO differential refresh, its time budget
+    in ms (:mod:`.budget`; None: unbounded)."""
     pending, truncated = 0, []
     captured = [src for src in sources if src.captured]
     if rec.frontier is not None and captured:
@@ -344,61 +355,90 @@ def _choose(
             if was_truncated:
                 truncated.append(f"{src.schema}.{src.name}")
     if full:
-        return FULL, "full refresh requested", pending
+        return FULL, "full refresh requested", pending, None
     if rec.frontier is None:
-        return FULL, "not populated yet", pending
+        return FULL, "not populated yet", pending, None
     if truncated:
-        return FULL, f"source {', '.join(truncated)} was truncated", pending
+        return FULL, f"source {', '.join(truncated)} was truncated", pending, None
     if rec.needs_full:
-        return FULL, "marked for a full refresh", pending
+        return FULL, "marked for a full refresh", pending, None
     uncaptured = [f"{s.schema}.{s.name}" for s in sources if not s.captured]
     if uncaptured:
-        return FULL, f"changes of {', '.join(uncaptured)} are not captured", pending
+        return FULL, f"changes of {', '.join(uncaptured)} are not captured", pending, None
     if pending == 0:
-        return NO_DATA, None, 0
+        return NO_DATA, None, 0, None
     if rec.effective_mode == FULL:
-        return FULL, rec.fallback_reason or "refresh mode FULL", pending
-    if rec.requested_mode == "AUTO" and threshold < 1.0:
-        total = _estimated_rows(conn, sources)
-        if total > 0 and pending / total > threshold:
+        return FULL, rec.fallback_reason or "refresh mode FULL", pending, None
+    if rec.requested_mode != "AUTO" or threshold >= 1.0:
+        return DIFFERENTIAL, None, pending, None
+    total = _estimated_rows(conn, sources)
+    if total > 0 and pending / total > threshold:
+        return (
+            FULL,
+            f"{pending} changed rows are {pending / total:.1%} of about {total:.0f} source "
+            f"rows, above auto_full_threshold {threshold:.0%}",
+            pending,
+            None,
+        )
+    costs = _measured_costs(conn, rec.pgt_id)
+    if costs.full_ms is None or costs.full_ms < cost_floor_ms:
+        return DIFFERENTIAL, None, pending, None  # a full refresh is cheap either way
+    if costs.over_rows is not None and pending >= costs.over_rows:
+        return (
+            FULL,
+            f"the last differential attempt, with {costs.over_rows} change rows, passed its time "
+            f"budget; {pending} change rows now",
+            pending,
+            None,
+        )
+    if costs.diff_ms is not None and costs.diff_rows:
+        estimate = costs.diff_ms * pending / costs.diff_rows
+        if estimate > costs.full_ms:
             return (
                 FULL,
-                f"{pending} changed rows are {pending / total:.1%} of about {total:.0f} source "
-                f"rows, above auto_full_threshold {threshold:.0%}",
+                f"estimated differential refresh {estimate:.0f} ms ({pending} change rows at "
+                f"the rate of the last one: {costs.diff_ms:.0f} ms for {costs.diff_rows}) above "
+                f"the last full refresh ({costs.full_ms:.0f} ms)",
                 pending,
+                None,
             )
-        costs = _measured_costs(conn, rec.pgt_id)
-        if costs is not None:
-            full_ms, diff_ms, diff_rows = costs
-            estimate = diff_ms * pending / diff_rows
-            if full_ms >= cost_floor_ms and estimate > full_ms:
-                return (
-                    FULL,
-                    f"estimated differential refresh {estimate:.0f} ms ({pending} change rows at "
-                    f"the rate of the last one: {diff_ms:.0f} ms for {diff_rows}) above the last "
-                    f"full refresh ({full_ms:.0f} ms)",
-                    pending,
-                )
-    return DIFFERENTIAL, None, pending
+    return DIFFERENTIAL, None, pending, (budget_fraction * costs.full_ms) or None
 
 
-def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> tuple[float, float, int] | None:
-    """``(last full refresh ms, last differential refresh ms, its change rows)`` among the stream
-    table's last 100 completed refreshes (the initial population has no duration, so it does not
-    count); None without both. Bounded: it reads at most 100 entries of the history index."""
+@dataclass
+class _Costs:
+    """What the history says of a stream table's refresh costs (see :func:`_measured_costs`)."""
+
+    full_ms: float | None  # the last full refresh or population (not a budget fallback)
+    diff_ms: float | None  # the last differential refresh that consumed changes
+    diff_rows: int  # its change rows
+    over_rows: int | None  # change rows of a later differential attempt over its budget
+
+
+def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
+    """The costs among the stream table's last 100 completed refreshes. Bounded: it reads at
+    most 100 entries of the history index."""
     row = conn.execute(
         "SELECT (array_agg(h.duration_ms ORDER BY h.started_at DESC) FILTER (WHERE h.action = "
-        "'FULL'))[1], (array_agg(h.duration_ms ORDER BY h.started_at DESC) FILTER (WHERE "
-        "h.action = 'DIFFERENTIAL' AND h.rows_in > 0))[1], (array_agg(h.rows_in ORDER BY "
-        "h.started_at DESC) FILTER (WHERE h.action = 'DIFFERENTIAL' AND h.rows_in > 0))[1] "
-        "FROM (SELECT started_at, action, duration_ms, rows_in FROM pgtrickle.pgt_refresh_history "
-        "WHERE pgt_id = %s AND status = 'COMPLETED' AND duration_ms IS NOT NULL "
-        "ORDER BY started_at DESC LIMIT 100) AS h",
-        (pgt_id,),
+        "'FULL' AND NOT h.over))[1], (array_agg(h.duration_ms ORDER BY h.started_at DESC) "
+        "FILTER (WHERE h.diff))[1], (array_agg(h.rows_in ORDER BY h.started_at DESC) FILTER "
+        "(WHERE h.diff))[1], (array_agg(h.rows_in ORDER BY h.started_at DESC) FILTER (WHERE "
+        "h.diff OR h.over))[1], (array_agg(h.over ORDER BY h.started_at DESC) FILTER (WHERE "
+        "h.diff OR h.over))[1] "
+        "FROM (SELECT started_at, action, duration_ms, rows_in, action = 'DIFFERENTIAL' AND "
+        "rows_in > 0 AS diff, action = 'FULL' AND starts_with(coalesce(fallback_reason, ''), "
+        "%s) AS over FROM pgtrickle.pgt_refresh_history WHERE pgt_id = %s AND status = "
+        "'COMPLETED' AND duration_ms IS NOT NULL ORDER BY started_at DESC LIMIT 100) AS h",
+        (budget.BUDGET_REASON, pgt_id),
     ).fetchone()
-    if row is None or row[0] is None or row[1] is None:
-        return None
-    return float(row[0]), float(row[1]), int(row[2])
+    assert row is not None
+    full_ms, diff_ms, diff_rows, last_rows, last_over = row
+    return _Costs(
+        None if full_ms is None else float(full_ms),
+        None if diff_ms is None else float(diff_ms),
+        int(diff_rows or 0),
+        int(last_rows) if last_over else None,
+    )
 
 
 def _estimated_rows(conn: psycopg.Connection[Any], sources: list[_Source]) -> float:
@@ -473,11 +513,45 @@ def _replace_rows(
     return max(deleted, 0), max(inserted, 0)
 
 
+def _attempt_differential(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    sources: list[_Source],
+    result: RefreshResult,
+    deadline: budget.Deadline | None,
+) -> None:
+    """The differential refresh, within ``deadline`` when there is one: past it, everything
+    the attempt did is rolled back and the query is recomputed (same snapshot), saying why."""
+    if deadline is None:
+        _apply_differential(conn, rec, sources, result)
+        return
+    try:
+        with conn.transaction():  # a savepoint: an attempt over budget leaves nothing behind
+            _apply_differential(conn, rec, sources, result, deadline)
+    except budget.OverBudget:
+        pass
+    except psycopg.errors.QueryCanceled as exc:
+        if not deadline.is_ours(exc):
+            raise
+    else:
+        deadline.disarm(conn)
+        return
+    # The savepoint's rollback restored the user's statement_timeout.
+    result.rows_inserted = result.rows_updated = result.rows_deleted = 0
+    result.action = FULL
+    result.fallback_reason = (
+        f"{budget.BUDGET_REASON} of {deadline.budget_ms:.0f} ms (auto_diff_budget of the last "
+        f"full refresh) with {result.rows_in} change rows; recomputed"
+    )
+    _apply_full(conn, rec, result)
+
+
 def _apply_differential(
     conn: psycopg.Connection[Any],
     rec: records.StreamTableRecord,
     sources: list[_Source],
     result: RefreshResult,
+    deadline: budget.Deadline | None = None,
 ) -> None:
     plan = compile_for(conn, rec)
     if not plan.differential:
@@ -490,6 +564,7 @@ def _apply_differential(
             known.extend(c for c in probed if c not in known)
     for src in changed:
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
+        budget.arm(conn, deadline)
         conn.execute(
             sql.SQL(
                 "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {} "
@@ -500,7 +575,9 @@ def _apply_differential(
         _index_window(conn, src.stable, probes.get(src.stable, []))
     changed_stables = {src.stable for src in changed}
     for stage in plan.stages:
-        if stage.plan.inputs & changed_stables and _refresh_stage(conn, stage, changed_stables):
+        if stage.plan.inputs & changed_stables and _refresh_stage(
+            conn, stage, changed_stables, deadline
+        ):
             _index_window(conn, stage.stable, probes.get(stage.stable, []))
             changed_stables.add(stage.stable)
     if not (plan.inputs or plan.source_stables) & changed_stables:
@@ -517,8 +594,10 @@ def _apply_differential(
         )
         _rewrite(conn, rec, plan, result)
         return
+    budget.arm(conn, deadline)
     for statement in plan.prepare_for(changed_stables):
         conn.execute(sql.SQL(statement))
+    budget.arm(conn, deadline)
     delta_sql = plan.delta_for(changed_stables)
     apply = sql.Identifier("__pgt_apply")
     conn.execute(
@@ -530,6 +609,7 @@ def _apply_differential(
     # Statistics make the planner join the (small) delta to the stream table through its
     # row-id index instead of scanning the whole stream table.
     conn.execute(sql.SQL("ANALYZE {}").format(apply))
+    budget.arm(conn, deadline)
     if plan.counted is not None:
         # A set operation: the per-branch counts go to the backing table, the copies (the
         # apply table's __pgt_w) to the stream table below.
@@ -551,13 +631,19 @@ def _apply_differential(
         _rewrite(conn, rec, plan, result)
 
 
-def _refresh_stage(conn: psycopg.Connection[Any], stage: compiler.Stage, changed: set[str]) -> bool:
+def _refresh_stage(
+    conn: psycopg.Connection[Any],
+    stage: compiler.Stage,
+    changed: set[str],
+    deadline: budget.Deadline | None = None,
+) -> bool:
     """Apply a stage's delta to its table and leave what changed there as the stage's change
     window (old rows weighted -1, new rows +1) for the plans reading it. Returns whether the
     stage's rows changed."""
     table = sql.Identifier(CHANGES_SCHEMA, stage.name)
     apply = sql.Identifier(f"__pgt_apply_{stage.stable}")
     window = sql.Identifier(changes_relation(stage.stable))
+    budget.arm(conn, deadline)
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
             apply, sql.SQL(stage.plan.delta_for(changed))
@@ -575,6 +661,7 @@ def _refresh_stage(conn: psycopg.Connection[Any], stage: compiler.Stage, changed
         ).format(window, cols, table, touched)
     )
     result = RefreshResult(stage.name, DIFFERENTIAL)
+    budget.arm(conn, deadline)
     _apply_delta(conn, stage.plan, table, apply, result)
     if not (result.rows_inserted or result.rows_updated or result.rows_deleted):
         conn.execute(sql.SQL("DROP TABLE {}").format(window))

@@ -569,6 +569,7 @@ def test_auto_compares_measured_costs_above_the_floor(db: psycopg.Connection[Any
     """AUTO recomputes when the last differential refresh's time per change row, times the
     pending rows, exceeds the last full refresh's time (once that is above the floor)."""
     pgt.set_setting(db, "auto_cost_floor_ms", 0)
+    pgt.set_setting(db, "auto_diff_budget", 0)  # tested below
     pgt.create_stream_table(db, "st", "select g, count(*) as n, sum(v) as s from src group by g")
     db.execute("UPDATE src SET v = v + 1 WHERE id = 1")
     assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"  # no measurement yet
@@ -587,3 +588,54 @@ def test_auto_compares_measured_costs_above_the_floor(db: psycopg.Connection[Any
     db.execute("UPDATE src SET v = v + 1 WHERE id = 3")
     assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
     assert pgt.verify_stream_table(db, "st")["equal"]
+
+
+def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
+    db: psycopg.Connection[Any],
+) -> None:
+    """An AUTO differential refresh gets auto_diff_budget of the last full refresh; past it the
+    statement is cancelled, the attempt rolled back, the query recomputed in the same refresh;
+    later refreshes with as many change rows go straight to FULL, fewer try again."""
+    # 20 ms per evaluated row: a delta over 20 new rows takes 400 ms whatever its plan.
+    db.execute(
+        "CREATE FUNCTION slow(x int) RETURNS int LANGUAGE sql IMMUTABLE "
+        "AS 'SELECT x FROM (SELECT pg_sleep(0.02)) AS s'"
+    )
+    db.execute("CREATE TABLE few (id int PRIMARY KEY, g int, v int)")
+    db.execute("INSERT INTO few VALUES (1, 1, 1), (2, 2, 2)")
+    pgt.set_setting(db, "auto_cost_floor_ms", 50)
+    pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
+    history = "SELECT action, fallback_reason FROM pgtrickle.pgt_refresh_history "
+    created = db.execute(history + "ORDER BY refresh_id").fetchall()
+    assert created == [("FULL", "initial population")]
+    assert db.execute("SELECT duration_ms > 0 FROM pgtrickle.pgt_refresh_history").fetchone() == (
+        True,
+    )
+    # The population was 2 rows; pretend a full refresh costs 500 ms: the budget is 100 ms.
+    db.execute("UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 500")
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 22) i")
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert r.action == "FULL", r
+    assert (r.fallback_reason or "").startswith(
+        "differential refresh passed its time budget of 100 ms"
+    ), r.fallback_reason
+    assert r.rows_in == 20
+    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+    # Nothing of the attempt is left: no temporary table, the user's statement_timeout is back.
+    assert db.execute("SHOW statement_timeout").fetchone() == ("0",)
+    db.execute("UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 500 WHERE action = 'FULL'")
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(23, 42) i")
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert r.action == "FULL"
+    assert "the last differential attempt, with 20 change rows, passed its time budget" in (
+        r.fallback_reason or ""
+    ), r.fallback_reason
+    db.execute("UPDATE few SET g = 7 WHERE id = 1")  # 2 change rows: 40 ms, in the budget
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert (r.action, r.fallback_reason) == ("DIFFERENTIAL", None), r
+    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+    # The user's own statement_timeout, smaller than the budget, is an error, not a fallback.
+    pgt.set_setting(db, "refresh_statement_timeout_ms", 30)
+    db.execute("INSERT INTO few SELECT i, 1, i FROM generate_series(43, 44) i")
+    with pytest.raises(pgt.RefreshError, match="statement timeout"):
+        pgt.refresh_stream_table(db, "slow_st")
