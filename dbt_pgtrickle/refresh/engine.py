@@ -478,15 +478,7 @@ def _index_window(
     """Index a change window on the columns correlated lookups probe, then analyse it."""
     window = sql.Identifier(changes_relation(stable))
     for probed in probes:
-        try:
-            with conn.transaction():  # a savepoint: a type without btree support is fine
-                conn.execute(
-                    sql.SQL("CREATE INDEX ON {} ({})").format(
-                        window, sql.SQL(", ").join(sql.Identifier(c) for c in probed)
-                    )
-                )
-        except psycopg.errors.UndefinedObject:
-            pass  # no default operator class: the probes scan the (small) window instead
+        storage.create_index(conn, window, probed)
     conn.execute(sql.SQL("ANALYZE {}").format(window))
 
 

@@ -86,6 +86,7 @@ def _build_internal_tables(
     for stage in plan.stages:  # innermost first
         if wanted(CHANGES_SCHEMA, stage.name):
             _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
+            _index_probed_columns(conn, plan, stage)
     if plan.recursive is not None and (only is None or plan.recursive.backing in only):
         # The recursive CTE's fixpoint lives in a backing table; the stream table is the query
         # over it.
@@ -108,6 +109,38 @@ def _build_internal_tables(
     if plan.counted is not None and wanted(CHANGES_SCHEMA, plan.counted.backing):
         # a set operation's per-branch counts
         _build_storage(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
+
+
+def _index_probed_columns(
+    conn: psycopg.Connection[Any], plan: compiler.DeltaPlan, stage: compiler.Stage
+) -> None:
+    """Index a stage's table on the columns that correlated lookups of the plans reading it
+    probe (the same columns as its change window's: ``x IN (SELECT v FROM stage)`` counts the
+    stage's rows with ``v = x`` per candidate row; without an index each probe scans the whole
+    stage)."""
+    probed: list[tuple[str, ...]] = []
+    for reader in [plan, *(s.plan for s in plan.stages)]:
+        probed.extend(
+            c for c in reader.change_index_columns.get(stage.stable, []) if c not in probed
+        )
+    for columns in probed:
+        create_index(conn, sql.Identifier(CHANGES_SCHEMA, stage.name), columns)
+
+
+def create_index(
+    conn: psycopg.Connection[Any], table: sql.Identifier, columns: tuple[str, ...]
+) -> None:
+    """``CREATE INDEX`` on ``columns``, in a savepoint: a column type without a default btree
+    operator class leaves the table unindexed (its probes scan it) instead of failing."""
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("CREATE INDEX ON {} ({})").format(
+                    table, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                )
+            )
+    except psycopg.errors.UndefinedObject:
+        pass
 
 
 def _internal_table_names(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> list[str]:
