@@ -141,8 +141,13 @@ def _msg(exc: psycopg.Error) -> str:
 def _plan(conn: psycopg.Connection[Any], schema: str, name: str, query: str) -> compiler.DeltaPlan:
     _sqlglot.parse(query)  # non-SELECT and syntax errors, before PostgreSQL sees the text
     names = _describe(conn, query)
+    lookup = DatabaseLookup(conn)
+    # A view is read through its definition as it is now: the stream table keeps that
+    # definition (its defining query), so a later CREATE OR REPLACE VIEW cannot make the
+    # stored rows and the deltas disagree.
+    expanded = _sqlglot.expand_views(query, lookup.view_definition)
     return compiler.compile_query(
-        query, DatabaseLookup(conn), names, sql.Identifier(schema, name).as_string(conn)
+        expanded, lookup, names, sql.Identifier(schema, name).as_string(conn)
     )
 
 
@@ -342,8 +347,12 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
         mode = _check_mode(changes.get("refresh_mode", rec.requested_mode))
         schedule = _check_schedule(changes["schedule"]) if "schedule" in changes else rec.schedule
         query = _clean_query(changes.get("query", rec.original_query))
-        new_query = "query" in changes and _sqlglot.query_hash(query) != rec.query_hash
         plan = _plan(c, schema, rel, query)
+        # The same text can mean a new query when a view it reads was redefined.
+        new_query = "query" in changes and (
+            _sqlglot.query_hash(query) != rec.query_hash
+            or plan.defining_query != rec.defining_query
+        )
         if new_query:
             _reject_cycle(c, schema, rel, plan)
         effective, reason = _modes(plan, mode)

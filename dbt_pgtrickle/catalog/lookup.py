@@ -32,6 +32,17 @@ class DatabaseLookup:
             self._tables[key] = describe_table(self.conn, schema, name)
         return self._tables[key]
 
+    def view_definition(self, schema: str | None, name: str) -> str | None:
+        """The SELECT of a view (as ``pg_get_viewdef`` prints it, names qualified where the
+        search_path needs it); None for a table or anything that does not resolve."""
+        ident = sql.Identifier(name) if schema is None else sql.Identifier(schema, name)
+        row = self.conn.execute(
+            "SELECT pg_get_viewdef(c.oid) FROM pg_class c "
+            "WHERE c.oid = to_regclass(%s) AND c.relkind = 'v'",
+            (ident.as_string(self.conn),),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def expression_types(self, from_clause: str, exprs: list[str]) -> list[str]:
         # Both texts were rendered by the compiler from the parsed query (identifiers quoted).
         query = sql.SQL("SELECT {} FROM {} LIMIT 0").format(

@@ -69,7 +69,41 @@ def parse(query: str) -> exp.Query:
         raise QueryError("SELECT ... INTO is not allowed in a defining query")
     normalized = normalize_identifiers(tree, dialect=DIALECT)
     assert isinstance(normalized, exp.Query)
+    _unwrap_leading_join_parens(normalized)
     return normalized
+
+
+def _is_join_group(node: exp.Expr) -> bool:
+    """Whether ``node`` is a parenthesised join group ``(a JOIN b …)`` (not a derived table)."""
+    return (
+        isinstance(node, exp.Subquery)
+        and not node.alias
+        and not any(node.args.get(a) for a in ("laterals", "pivots", "sample"))
+        and (
+            isinstance(node.this, exp.Table)
+            or (isinstance(node.this, exp.Subquery) and bool(node.this.alias))  # derived table
+            or _is_join_group(node.this)
+        )
+    )
+
+
+def _unwrap_leading_join_parens(tree: exp.Query) -> None:
+    """``FROM ((a JOIN b ON …) LEFT JOIN c ON …) JOIN d …`` → ``FROM a JOIN b ON … LEFT JOIN c
+    ON … JOIN d …``: joins associate to the left, so parentheses around the leading join
+    group change nothing (PostgreSQL prints every view's joins that way)."""
+    for select in tree.find_all(exp.Select):
+        frm = select.args.get("from_")
+        while frm is not None:
+            paren = frm.this
+            if not _is_join_group(paren):
+                break
+            inner = paren.this
+            hoisted = list(paren.args.get("joins") or [])
+            if not _is_join_group(inner):  # the first table of the group
+                hoisted = list(inner.args.get("joins") or []) + hoisted
+                inner.set("joins", None)
+            frm.set("this", inner)
+            select.set("joins", hoisted + list(select.args.get("joins") or []))
 
 
 def _parse_error_text(exc: ParseError) -> str:
@@ -97,6 +131,47 @@ def render(node: exp.Expr) -> str:
 def query_hash(text: str) -> str:
     """Hash of a query's text as given (dbt compares compiled SQL with it)."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: How deep views may reference views (PostgreSQL has no limit; a deeper chain is refused).
+MAX_VIEW_DEPTH = 16
+
+
+def expand_views(query: str, definition: Callable[[str | None, str], str | None]) -> str:
+    """``query`` with every view it reads replaced by the view's definition as a derived table
+    under the same alias (views of views too), or ``query`` unchanged when it reads no view.
+    ``definition(schema, name)``: the view's SELECT, or None for anything else."""
+    tree = parse(query)
+    expanded = False
+    for _ in range(MAX_VIEW_DEPTH):
+        cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+        replaced = False
+        for table in list(tree.find_all(exp.Table)):
+            if not isinstance(table.this, exp.Identifier):
+                continue  # table functions such as generate_series(...)
+            schema = table.db or None
+            if schema is None and table.name in cte_names:
+                continue
+            text = definition(schema, table.name)
+            if text is None:
+                continue
+            alias = table.args.get("alias") or exp.TableAlias(
+                this=exp.to_identifier(table.name, quoted=True)
+            )
+            table.replace(
+                exp.Subquery(
+                    this=parse(text.rstrip().rstrip(";")),
+                    alias=alias,
+                    joins=table.args.get("joins"),  # a view leading a parenthesised join
+                )
+            )
+            replaced = expanded = True
+        if not replaced:
+            return render(tree) if expanded else query
+    raise QueryError(
+        f"the query reads views nested more than {MAX_VIEW_DEPTH} deep; "
+        "read a view closer to the tables"
+    )
 
 
 def referenced_tables(tree: exp.Query) -> list[tuple[str | None, str]]:

@@ -302,6 +302,9 @@ QUERIES: dict[str, str] = {
     "scalar_select_list": (
         "select g, count(*) as n, (select count(*) from dim) as total from src group by g"
     ),
+    "view_filtered": "select id, g, x2 from v_src where x2 > 0 or h is null",
+    "view_grouped_join": "select d.label, v.n, v.sx from v_grouped v join dim d on d.k = v.g",
+    "view_of_view_agg": "select label, count(*) as n, sum(x2) as s from v_join group by label",
     "in_grouped": (
         "select k, label from dim where k in (select g from src group by g having sum(x) > 0)"
     ),
@@ -386,6 +389,9 @@ INSERT INTO node VALUES (0, NULL, 'root'), (1, 0, 'x'), (2, 0, 'y'), (3, 1, NULL
 CREATE TABLE doc (id int PRIMARY KEY, g int, arr int[], j jsonb, o jsonb);
 INSERT INTO doc VALUES (1, 0, '{1,2,2}', '[1, 1, 3]', '{"a": "1", "b": "3"}'),
     (2, 1, '{}', '[]', '{}'), (3, NULL, NULL, NULL, NULL), (4, 1, '{3,NULL}', '["2", null]', NULL);
+CREATE VIEW v_src AS SELECT id, g, h, x * 2 AS x2 FROM src WHERE x IS DISTINCT FROM 3;
+CREATE VIEW v_grouped AS SELECT g, count(*) AS n, sum(x) AS sx FROM src GROUP BY g;
+CREATE VIEW v_join AS SELECT s.id, s.x2, d.label FROM v_src s LEFT JOIN dim d ON d.k = s.g;
 """
 
 STATS = {"cycles": 0, "examples": 0}
@@ -673,6 +679,7 @@ GROUPS = {
         "window_over_group",
         "cte_twice_scalar_max",
     ],
+    "views": ["view_filtered", "view_grouped_join", "view_of_view_agg"],
     "stages_scalar": [
         "scalar_uncorrelated",
         "scalar_correlated",

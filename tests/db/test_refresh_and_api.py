@@ -639,3 +639,30 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
     db.execute("INSERT INTO few SELECT i, 1, i FROM generate_series(43, 44) i")
     with pytest.raises(pgt.RefreshError, match="statement timeout"):
         pgt.refresh_stream_table(db, "slow_st")
+
+
+def test_view_source_is_expanded_and_keeps_its_definition(db: psycopg.Connection[Any]) -> None:
+    """A view is read through its definition at creation (capture on the table under it); a
+    later CREATE OR REPLACE VIEW does not change what the stream table maintains until its
+    query is altered. A materialized view is not captured: AUTO recomputes, saying why."""
+    db.execute("CREATE VIEW big AS SELECT id, g, v FROM src WHERE v > 100")
+    info = pgt.create_stream_table(
+        db, "st", "select g, count(*) as n from big group by g", refresh_mode="DIFFERENTIAL"
+    )
+    assert info["effective_mode"] == "DIFFERENTIAL"
+    sources = db.execute("SELECT source_name FROM pgtrickle.pgt_dependencies").fetchall()
+    assert sources == [("src",)]
+    db.execute("UPDATE src SET v = v + 100 WHERE id <= 10")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    db.execute("CREATE OR REPLACE VIEW big AS SELECT id, g, v FROM src WHERE v > 150")
+    db.execute("DELETE FROM src WHERE id = 190")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    kept = "SELECT g, count(*) FROM src WHERE v > 100 GROUP BY g EXCEPT SELECT g, n FROM st"
+    assert db.execute(kept).fetchall() == []
+    pgt.alter_stream_table(db, "st", query="select g, count(*) as n from big group by g")
+    assert pgt.verify_stream_table(db, "st")["equal"]
+    db.execute("CREATE MATERIALIZED VIEW frozen AS SELECT id, g FROM src")
+    info = pgt.create_stream_table(db, "st2", "select g, count(*) as n from frozen group by g")
+    assert info["effective_mode"] == "FULL"
+    assert "frozen is a matview" in (info["fallback_reason"] or "")
