@@ -1782,6 +1782,66 @@ class _StageExtractor:
                         tree.args["group"].append("expressions", column.copy())
 
 
+def _groups_or_windows(select: exp.Select) -> bool:
+    """Whether a SELECT block groups, aggregates or computes windows (at its own level)."""
+    if select.args.get("group") or select.args.get("having"):
+        return True
+    for e in select.expressions:
+        for node in e.walk():
+            if isinstance(node, exp.Subquery):
+                continue
+            if isinstance(node, exp.AggFunc | exp.Window) and not _within_subquery(node, e):
+                return True
+    return False
+
+
+def _within_subquery(node: exp.Expr, root: exp.Expr) -> bool:
+    parent = node.parent
+    while parent is not None and parent is not root:
+        if isinstance(parent, exp.Subquery):
+            return True
+        parent = parent.parent
+    return False
+
+
+def stage_set_operation_branches(
+    tree: exp.Query, name_for: Callable[[str], tuple[str, str]]
+) -> tuple[exp.Query, list[StageSpec]]:
+    """Branches of a set operation that group, aggregate or compute windows become stages: the
+    branch is replaced by ``SELECT c0 AS name0, … FROM stage``, so the set operation's rules
+    read the stage's applied changes like a table's. Returns the tree unchanged and no stages
+    for anything else."""
+    if not isinstance(tree, exp.SetOperation):
+        return tree, []
+    tree = tree.copy()
+    extractor = _StageExtractor(name_for)
+
+    def walk(node: exp.Expr) -> None:
+        while isinstance(node, exp.Subquery) and not node.args.get("alias"):
+            node = node.this
+        if isinstance(node, exp.SetOperation):
+            walk(node.this)
+            walk(node.expression)
+        elif isinstance(node, exp.Select) and _groups_or_windows(node):
+            names = output_names_of(node)
+            columns = [f"c{i}" for i in range(len(names))]
+            table = extractor.stage(node, columns)
+            node.replace(
+                exp.select(
+                    *(
+                        exp.alias_(
+                            exp.column(c, table=table.alias, quoted=True),
+                            exp.to_identifier(n or c, quoted=True),
+                        )
+                        for c, n in zip(columns, names, strict=True)
+                    )
+                ).from_(table)
+            )
+
+    walk(tree)
+    return tree, extractor.specs
+
+
 def extract_stages(
     tree: exp.Query, lookup: ir.SchemaLookup, name_for: Callable[[str], tuple[str, str]]
 ) -> tuple[exp.Query, list[StageSpec]]:

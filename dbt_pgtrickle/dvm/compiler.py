@@ -314,7 +314,9 @@ def compile_query(
         def name_for(text: str) -> tuple[str, str]:
             return CHANGES_SCHEMA, f"{prefix}{fnv1a_64(text.encode()):016x}"
 
-        tree, specs = _sqlglot.extract_stages(tree, lookup, name_for)
+        tree, specs = _sqlglot.extract_stages(tree, lookup, name_for)  # a SELECT's subqueries
+        if not specs:  # a set operation's grouped branches
+            tree, specs = _sqlglot.stage_set_operation_branches(tree, name_for)
         if specs:
             stages, lookup = _compile_stages(specs, lookup, owner)
         set_op = _sqlglot.set_operation(tree)
@@ -322,10 +324,9 @@ def compile_query(
             selects, op_tree, set_op_notes = set_op
             branches = [_sqlglot.analyze(b, lookup, output_names) for b in selects]
             if any(b.aggregate or b.window_partition is not None for b in branches):
-                raise UnsupportedConstruct(
+                raise UnsupportedConstruct(  # a grouped branch the stages did not take
                     "GROUP BY, aggregates or windows inside a branch of a set operation",
-                    "compute the grouped branch in its own stream table and combine the stream "
-                    "tables, or " + _sqlglot.FULL_ONLY_HINT,
+                    _sqlglot.FULL_ONLY_HINT,
                 )
             kinds = _set_op_kinds(op_tree)
             pure_union = len(kinds) == 1 and kinds <= {("union", True), ("union", False)}
@@ -334,6 +335,7 @@ def compile_query(
             else:
                 plan = _counted_plan(op_tree, branches, normalized, target)
             plan.notes = set_op_notes
+            _attach_stages(plan, stages, plan.sources)
             return plan
         shape = _sqlglot.analyze(tree, lookup, output_names)
         for item in shape.froms:
@@ -423,6 +425,18 @@ def compile_query(
         plan = _linear_plan(shape, ops)
     plan.defining_query = normalized
     read = [*(f.source for f in shape.tables), *(sj.source for sj in shape.semijoins)]
+    plan.inputs = {stable_name(src.schema, src.name) for src in read}
+    plan.notes = shape.notes
+    plan.shape = shape
+    plan.target = target
+    plan.change_index_columns = _probed_columns(shape)
+    _attach_stages(plan, stages, read)
+    return plan
+
+
+def _attach_stages(plan: DeltaPlan, stages: list[Stage], read: list[ir.SourceTable]) -> None:
+    """Give ``plan`` its stages: its sources become the tables it ``read`` that are not stages
+    plus the stages' own sources, and its operators are preceded by the stages'."""
     stage_names = {st.name for st in stages}
     unique: dict[str, ir.SourceTable] = {}
     for src in read:
@@ -432,11 +446,6 @@ def compile_query(
         for src in st.plan.sources:
             unique.setdefault(src.qualified, src)
     plan.sources = list(unique.values())
-    plan.inputs = {stable_name(src.schema, src.name) for src in read}
-    plan.notes = shape.notes
-    plan.shape = shape
-    plan.target = target
-    plan.change_index_columns = _probed_columns(shape)
     plan.stages = stages
     if stages:
         plan.operators = [
@@ -447,7 +456,6 @@ def compile_query(
             ),
             *plan.operators,
         ]
-    return plan
 
 
 def _columns_of(alias: str, condition: str) -> tuple[str, ...]:

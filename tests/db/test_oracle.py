@@ -302,6 +302,20 @@ QUERIES: dict[str, str] = {
     "scalar_select_list": (
         "select g, count(*) as n, (select count(*) from dim) as total from src group by g"
     ),
+    "setop_grouped_union_all": (
+        "select g, count(*) as n from src group by g union all select g, x from src where x > 2"
+    ),
+    "setop_grouped_except": (
+        "select g from src group by g having sum(x) > 0 except select k from dim where label = 'd1'"
+    ),
+    "setop_grouped_intersect_all": (
+        "select g, count(*) as n from bag group by g "
+        "intersect all select g, count(x) from bag group by g"
+    ),
+    "setop_window_union": (
+        "select id, rank() over (partition by g order by x) as r from src "
+        "union select id, g from src where h is null"
+    ),
     "view_filtered": "select id, g, x2 from v_src where x2 > 0 or h is null",
     "view_grouped_join": "select d.label, v.n, v.sx from v_grouped v join dim d on d.k = v.g",
     "view_of_view_agg": "select label, count(*) as n, sum(x2) as s from v_join group by label",
@@ -678,6 +692,12 @@ GROUPS = {
         "derived_left_join_grouped",
         "window_over_group",
         "cte_twice_scalar_max",
+    ],
+    "set_operations_grouped": [
+        "setop_grouped_union_all",
+        "setop_grouped_except",
+        "setop_grouped_intersect_all",
+        "setop_window_union",
     ],
     "views": ["view_filtered", "view_grouped_join", "view_of_view_agg"],
     "stages_scalar": [
