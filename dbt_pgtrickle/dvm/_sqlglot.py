@@ -1681,10 +1681,18 @@ class _StageExtractor:
         sub.replace(column)
         return column
 
-    def scalar(self, tree: exp.Select, sub: exp.Subquery, conjunct: exp.Expr | None) -> None:
+    def scalar(
+        self,
+        tree: exp.Select,
+        sub: exp.Subquery,
+        conjunct: exp.Expr | None,
+        select_list: bool = False,
+    ) -> None:
         """A scalar subquery: uncorrelated one-row aggregates are cross-joined; a correlated
         aggregate compared in a WHERE conjunct is grouped by its correlation columns and joined
-        on them (an empty group yields NULL, and the comparison is then not true either)."""
+        on them (an empty group yields NULL, and the comparison is then not true either). In
+        the select list (``select_list``) the join is a LEFT JOIN: a row without a group gets
+        NULL, which is what the aggregate of no rows is."""
         select = sub.this
         if not isinstance(select, exp.Select) or len(select.expressions) != 1:
             return
@@ -1695,15 +1703,23 @@ class _StageExtractor:
             return
         value = _unalias(select.expressions[0])
         if (
-            conjunct is None
-            or not isinstance(_strip_parens(conjunct), _COMPARISONS)
-            or sub.parent is not _strip_parens(conjunct)
+            (
+                not select_list
+                and (
+                    conjunct is None
+                    or not isinstance(_strip_parens(conjunct), _COMPARISONS)
+                    or sub.parent is not _strip_parens(conjunct)
+                )
+            )
             or select.args.get("group")
             or select.args.get("having")
             or select.args.get("limit")
             or select.args.get("distinct")
             or not any(isinstance(n, exp.AggFunc) for n in value.walk())
-            or not all(isinstance(n, _NULL_PRESERVING) for n in value.walk())
+            or not (
+                isinstance(value, exp.Count)
+                or all(isinstance(n, _NULL_PRESERVING) for n in value.walk())
+            )
         ):
             return
         inner_aliases = _defined_aliases(select)
@@ -1747,8 +1763,14 @@ class _StageExtractor:
                 for n, (_, o) in zip(names, keys, strict=True)
             ]
         )
-        tree.append("joins", exp.Join(this=table, on=on))
-        sub.replace(exp.column("v", table=table.alias, quoted=True))
+        # count() of no rows is 0, not NULL: a row without a group must stay, with 0.
+        counted = isinstance(value, exp.Count)
+        side = "LEFT" if select_list or counted else None
+        tree.append("joins", exp.Join(this=table, on=on, side=side))
+        column = exp.column("v", table=table.alias, quoted=True)
+        sub.replace(
+            exp.Coalesce(this=column, expressions=[exp.Literal.number(0)]) if counted else column
+        )
 
     def run(self, tree: exp.Select) -> None:
         self.derived_tables(tree)
@@ -1768,7 +1790,11 @@ class _StageExtractor:
         having = tree.args.get("having")
         roots = [*tree.expressions, *([having.this] if having is not None else [])]
         grouped = tree.args.get("group") is not None
-        has_aggs = any(isinstance(n, exp.AggFunc) for e in tree.expressions for n in e.walk())
+        has_aggs = any(
+            isinstance(n, exp.AggFunc) and not _within_subquery(n, e)
+            for e in tree.expressions
+            for n in e.walk()
+        )
         for root in roots:
             for sub in _scalar_subqueries(root):
                 if (
@@ -1780,6 +1806,12 @@ class _StageExtractor:
                     column = self.cross_join(tree, sub)
                     if grouped:
                         tree.args["group"].append("expressions", column.copy())
+        # Correlated aggregates in the select list of an ungrouped query: LEFT JOINed stages.
+        if not (grouped or has_aggs or having is not None):
+            for root in tree.expressions:
+                for sub in _scalar_subqueries(root):
+                    if isinstance(sub.this, exp.Select) and _outer_columns(sub.this):
+                        self.scalar(tree, sub, None, select_list=True)
 
 
 def _groups_or_windows(select: exp.Select) -> bool:

@@ -316,6 +316,16 @@ QUERIES: dict[str, str] = {
         "select id, rank() over (partition by g order by x) as r from src "
         "union select id, g from src where h is null"
     ),
+    "scalar_correlated_select_list": (
+        "select s.id, s.x, (select max(b.x) from bag b where b.g = s.g) as mx from src s"
+    ),
+    "scalar_correlated_count_select": (
+        "select s.id, (select count(*) from bag b where b.g = s.g and b.x > 0) as n from src s "
+        "where s.x is not null"
+    ),
+    "scalar_correlated_count_where": (
+        "select d.k, d.label from dim d where (select count(*) from src s where s.g = d.k) < 4"
+    ),
     "view_filtered": "select id, g, x2 from v_src where x2 > 0 or h is null",
     "view_grouped_join": "select d.label, v.n, v.sx from v_grouped v join dim d on d.k = v.g",
     "view_of_view_agg": "select label, count(*) as n, sum(x2) as s from v_join group by label",
@@ -708,6 +718,11 @@ GROUPS = {
         "scalar_select_list",
         "in_grouped",
         "not_in_grouped",
+    ],
+    "stages_scalar_correlated": [
+        "scalar_correlated_select_list",
+        "scalar_correlated_count_select",
+        "scalar_correlated_count_where",
     ],
 }
 # Groups whose tables the src/bag/dim mutations do not touch draw their own mutations.

@@ -183,12 +183,12 @@ REJECTED = [
     ("select region, rank() over (order by count(*)) as r from orders group by 1", "window"),
     ("select id, rank() over w as r from orders window w as (order by id)", "WINDOW clause"),
     (
-        "select id, (select max(n) from events e where e.n = o.qty) as m from orders o",
+        "select id, (select e.n from events e where e.n = o.qty) as m from orders o",
         "subquery",
     ),
     ("select id from orders where qty > (select n from events limit 1)", "subquery"),
     (
-        "select id from orders o where qty > (select count(*) from events e where e.n = o.id)",
+        "select id from orders o where qty > (select count(*) from events e where e.n > o.id)",
         "subquery",
     ),
     (
