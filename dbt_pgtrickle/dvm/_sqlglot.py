@@ -1077,8 +1077,8 @@ MAX_GROUPING_SETS = 64
 
 def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | None:
     """The grouping sets of a ``GROUP BY`` with ``GROUPING SETS``, ``ROLLUP``, ``CUBE`` or ``()``
-    (as PostgreSQL expands them: the cross product of the items' sets, duplicates kept); None
-    for a plain ``GROUP BY``."""
+    (as PostgreSQL expands them: the cross product of the items' sets, duplicates kept unless
+    ``GROUP BY DISTINCT``); None for a plain ``GROUP BY``."""
     if group is None:
         return None
     items = list(group.expressions)
@@ -1087,8 +1087,6 @@ def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | Non
         isinstance(i, special) or (isinstance(i, exp.Tuple) and not i.expressions) for i in items
     ):
         return None
-    if group.args.get("all") is False:
-        raise UnsupportedConstruct("GROUP BY DISTINCT", "remove DISTINCT, or " + FULL_ONLY_HINT)
 
     def unit(e: exp.Expr) -> list[exp.Expr]:
         while isinstance(e, exp.Paren):  # (a) is the set {a}
@@ -1114,6 +1112,17 @@ def _expand_grouping_sets(group: exp.Group | None) -> list[list[exp.Expr]] | Non
     sets: list[list[exp.Expr]] = [[]]
     for item in items:
         sets = [a + b for a in sets for b in expand(item)]
+    if group.args.get("all") is False:
+        # GROUP BY DISTINCT: PostgreSQL compares the grouping sets as sets ((a, b) is (b, a),
+        # (a, a) is (a)) and keeps the first of equal ones.
+        seen: set[frozenset[str]] = set()
+        unique = []
+        for grouping_set in sets:
+            key = frozenset(render(e) for e in grouping_set)
+            if key not in seen:
+                seen.add(key)
+                unique.append(grouping_set)
+        sets = unique
     return sets
 
 

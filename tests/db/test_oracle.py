@@ -326,6 +326,9 @@ QUERIES: dict[str, str] = {
     "scalar_correlated_count_where": (
         "select d.k, d.label from dim d where (select count(*) from src s where s.g = d.k) < 4"
     ),
+    "grouping_sets_distinct": (
+        "select g, h, count(*) as n, sum(x) as sx from src group by distinct cube(g, h), rollup(g)"
+    ),
     "view_filtered": "select id, g, x2 from v_src where x2 > 0 or h is null",
     "view_grouped_join": "select d.label, v.n, v.sx from v_grouped v join dim d on d.k = v.g",
     "view_of_view_agg": "select label, count(*) as n, sum(x2) as s from v_join group by label",
@@ -680,6 +683,7 @@ GROUPS = {
         "grouping_sets_dupes",
         "rollup_join_expression",
         "group_by_item_and_rollup",
+        "grouping_sets_distinct",
     ],
     "topk": ["topk_rows", "topk_agg", "topk_offset", "topk_join"],
     "windows": [

@@ -110,7 +110,6 @@ def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[An
             "intersect select g, 1 from src",
             "time-varying",
         ),
-        ("select g, count(*) as n from src group by distinct rollup (g)", "GROUP BY DISTINCT"),
         ("select id, now() as t from src", "time-varying"),
         ("select s.id, l.x from src s left join lateral (select s.v as x) l on true", "LATERAL"),
         ("select id, unnest(array[v, g::int]) as x from src", r"unnest\(\) outside FROM"),

@@ -197,7 +197,6 @@ REJECTED = [
     ),
     ("select id from orders o where exists (select 1 from orders o)", "repeats an alias"),
     ("select n from (select n from events limit 3) s", "LIMIT without ORDER BY"),
-    ("select region from orders group by distinct rollup(region)", "GROUP BY DISTINCT"),
     (
         "select count(*) from orders group by cube(id, region, amount, qty, score, id + 1, 1 - id)",
         "128 grouping sets (at most 64",
