@@ -104,7 +104,7 @@ def test_auto_on_unsupported_query_is_full_with_reason(db: psycopg.Connection[An
     ("query", "construct"),
     [
         ("select id from src order by v desc limit 3", "not an output column"),
-        ("select id, (select s.v from src s where s.id = src.g) as m from src", "subquery"),
+        ("select id, (select s.g from src s where s.id = src.v) as m from src", "subquery"),
         (
             "select g, count(*) as n from src group by g having max(now()) is not null "
             "intersect select g, 1 from src",
