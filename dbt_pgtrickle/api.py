@@ -18,6 +18,7 @@ from ._conn import session
 from .catalog import install as _install
 from .catalog import records
 from .catalog.lookup import DatabaseLookup
+from .cdc import unlogged
 from .cdc.triggers import ensure_capture, release_capture
 from .citus import capture as _citus_capture
 from .citus import tables as _citus
@@ -213,6 +214,7 @@ def _register_sources(
             "source_name) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (pgt_id, stable, src.schema, src.name),
         )
+    unlogged.rearm(conn, pgt_id)  # reads an unlogged buffer: its crash sentinel starts armed
 
 
 def create_stream_table(
@@ -532,6 +534,7 @@ def drop_stream_table(conn: Conn, name: str) -> None:
             storage.drop_internal_tables(c, schema, rel)
             stables = _detach_sources(c, rec.pgt_id)
             c.execute("DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = %s", (rec.pgt_id,))
+            unlogged.forget(c, rec.pgt_id)
             for stable in stables:
                 if release_capture(c, stable):
                     slots.append((stable, _citus_capture.release(c, stable)))

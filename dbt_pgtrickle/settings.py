@@ -120,6 +120,22 @@ REGISTRY: dict[str, Setting] = {
             minimum=0,
         ),
         Setting(
+            "change_buffer_unlogged",
+            bool,
+            False,
+            "Create change buffers (one per captured source, when its first stream table is "
+            "created) as UNLOGGED tables: capture then writes no WAL, which makes bulk "
+            "statements on captured tables cheaper (docs/BENCHMARK.md, write path). The price: "
+            "PostgreSQL empties unlogged tables after a crash restart and on a promoted standby, "
+            "and unlogged buffers are not replicated. The runtime detects that (an unlogged "
+            "sentinel row per reading stream table) and recomputes each reader once, FULL, with "
+            "the reason in the refresh history; the scheduler refreshes them even without new "
+            "writes. Off (logged buffers) is the safe default: no recompute after a crash, and "
+            "stream tables on a promoted standby stay differential. Existing buffers keep their "
+            "kind; `ALTER TABLE pgtrickle_changes.changes_<stable name> SET UNLOGGED` (or SET "
+            "LOGGED) converts one, and an unlogged one's readers recompute once.",
+        ),
+        Setting(
             "history_retention_days",
             int,
             14,

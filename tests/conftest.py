@@ -8,7 +8,8 @@ and is stopped (``pg_ctl stop -m fast``) and deleted at the end of the session. 
 binaries the tests that need one are skipped with the reason.
 
 ``dsn``: a fresh, empty database for one test, dropped afterwards. ``conn``: an autocommit
-psycopg connection to it.
+psycopg connection to it. ``own_server``: a cluster of the test's own that it may stop (even
+``pg_ctl stop -m immediate``) and start again.
 
 Every test that uses one of these fixtures, or is marked ``embedded``, is marked ``db``, so
 ``pytest -m "not db"`` runs only the tests that need no server.
@@ -247,3 +248,41 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield connection
     finally:
         connection.close()
+
+
+@pytest.fixture
+def own_server(pg_server_dsn: str) -> Iterator[tuple[Cluster, str]]:
+    """A PostgreSQL cluster this test may stop and start (same binaries as the session's)."""
+    with psycopg.connect(pg_server_dsn) as admin:  # the session server's own binaries
+        row = admin.execute("SELECT setting FROM pg_config WHERE name = 'BINDIR'").fetchone()
+    if row is None or not (Path(row[0]) / "pg_ctl").exists():
+        pytest.skip("the test server's binaries are not on this machine")
+    user = server_user()
+    tmp = Path(tempfile.mkdtemp(prefix="pgtrickle-restart-", dir="/tmp"))
+    cluster: Cluster | None = None
+    try:
+        tmp.chmod(0o755)
+        bindir = reachable_bindir(Path(row[0]), user, tmp / "pginstall")
+        cluster = Cluster(bindir, tmp / "data", user=user)
+        cluster.own(tmp)
+        cluster.initdb(
+            settings={
+                "listen_addresses": LOOPBACK,
+                "fsync": "off",
+                "unix_socket_directories": str(tmp),
+            },
+            sync=False,
+        )
+        port = cluster.start(timeout=60)
+        yield (
+            cluster,
+            make_conninfo(
+                host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres", connect_timeout=5
+            ),
+        )
+    finally:
+        try:
+            if cluster is not None:
+                cluster.stop(timeout=60)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

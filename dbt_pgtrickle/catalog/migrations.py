@@ -557,6 +557,152 @@ END
 $fn$;
 """
 
+# Change buffers (cdc/triggers.py, cdc/unlogged.py): the crash sentinel of unlogged buffers, and
+# the pending-change probes using the buffers' BRIN index and reporting readers whose unlogged
+# buffers were emptied. Objects here must also be in CURRENT_SCHEMA.
+_CHANGE_BUFFERS = """
+CREATE UNLOGGED TABLE pgtrickle.pgt_unlogged_sentinel (
+    pgt_id bigint PRIMARY KEY
+);
+
+CREATE OR REPLACE FUNCTION pgtrickle.has_pending_changes(p_pgt_id bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $fn$
+-- Whether the stream table has change rows it has not applied (always true before its first
+-- population, when a source's changes are not captured, and when its unlogged change buffers
+-- were emptied by a crash: see cdc/unlogged.py). One BRIN-bounded probe per source buffer.
+DECLARE
+    f pg_snapshot;
+    src record;
+    found boolean;
+BEGIN
+    SELECT frontier INTO f FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF f IS NULL THEN
+        RETURN true;
+    END IF;
+    FOR src IN
+        SELECT d.source_stable_name AS stable, t.cdc_mode, c.relpersistence = 'u' AS unlogged
+          FROM pgtrickle.pgt_dependencies d
+          JOIN pgtrickle.pgt_change_tracking t USING (source_stable_name)
+          LEFT JOIN pg_class c ON c.relname = 'changes_' || d.source_stable_name
+                              AND c.relnamespace = 'pgtrickle_changes'::regnamespace
+         WHERE d.pgt_id = p_pgt_id
+    LOOP
+        IF src.cdc_mode = 'none' THEN
+            RETURN true;
+        END IF;
+        IF src.unlogged AND NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_unlogged_sentinel s
+                                         WHERE s.pgt_id = p_pgt_id) THEN
+            RETURN true;
+        END IF;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I b WHERE b.__pgt_xid >= '
+                       'pg_snapshot_xmin($1) AND ((b.__pgt_xid)::text)::bigint >= '
+                       '(pg_snapshot_xmin($1)::text)::bigint '
+                       'AND NOT pg_visible_in_snapshot(b.__pgt_xid, $1))',
+                       'pgtrickle_changes', 'changes_' || src.stable)
+           INTO found USING f;
+        IF found THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgtrickle.pending_stream_tables(p_ids bigint[] DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE AS $fn$
+-- The stream tables among p_ids (every one when NULL) for which has_pending_changes is true,
+-- each once, in no particular order. Always pending: not populated yet (no frontier), or a
+-- source whose changes are not captured (cdc_mode 'none'). A change row with xid x is pending
+-- for a reader whose frontier is f when x >= pg_snapshot_xmin(f) and x is not visible in f, that
+-- is when x >= pg_snapshot_xmax(f) or x is one of pg_snapshot_xip(f) (a transaction f saw in
+-- progress). So each buffer is probed once for its largest xid at or above the smallest xmax
+-- of its readers' frontiers, and once for each distinct in-progress xid of those frontiers
+-- (none in a quiet database); each reader's frontier is compared with the result. TRUNCATE
+-- markers and rows imported from Citus workers are buffer rows like any other. Both probes repeat
+-- their condition on the expression of the buffer's BRIN index (cdc/triggers.py). Also always
+-- pending: a reader of an unlogged buffer whose sentinel row is gone (cdc/unlogged.py).
+DECLARE
+    found bigint[];
+    buf record;
+    top xid8;
+    seen xid8[];
+BEGIN
+    IF p_ids IS NULL THEN
+        p_ids := ARRAY(SELECT pgt_id FROM pgtrickle.pgt_stream_tables);
+    END IF;
+    found := ARRAY(
+        SELECT st.pgt_id FROM pgtrickle.pgt_stream_tables st
+         WHERE st.pgt_id = ANY (p_ids)
+           AND (st.frontier IS NULL OR EXISTS (
+                SELECT 1 FROM pgtrickle.pgt_dependencies d
+                  JOIN pgtrickle.pgt_change_tracking t USING (source_stable_name)
+                 WHERE d.pgt_id = st.pgt_id AND t.cdc_mode = 'none')
+            OR (EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
+                          JOIN pg_class c ON c.relname = 'changes_' || d.source_stable_name
+                                         AND c.relnamespace = 'pgtrickle_changes'::regnamespace
+                         WHERE d.pgt_id = st.pgt_id AND c.relpersistence = 'u')
+                AND NOT EXISTS (SELECT 1 FROM pgtrickle.pgt_unlogged_sentinel s
+                                 WHERE s.pgt_id = st.pgt_id))));
+    FOR buf IN
+        SELECT d.source_stable_name AS stable,
+               array_agg(st.pgt_id) AS ids,
+               array_agg(st.frontier) AS frontiers,
+               min(pg_snapshot_xmax(st.frontier)) AS low,
+               ARRAY(SELECT DISTINCT x FROM unnest(array_agg(st.frontier)) f,
+                            pg_snapshot_xip(f) x) AS xips
+          FROM pgtrickle.pgt_stream_tables st
+          JOIN pgtrickle.pgt_dependencies d USING (pgt_id)
+         WHERE st.pgt_id = ANY (p_ids) AND st.pgt_id <> ALL (found)
+         GROUP BY d.source_stable_name
+    LOOP
+        EXECUTE format('SELECT max(b.__pgt_xid) FROM %I.%I b WHERE b.__pgt_xid >= $1 '
+                       'AND ((b.__pgt_xid)::text)::bigint >= ($1::text)::bigint',
+                       'pgtrickle_changes', 'changes_' || buf.stable)
+           INTO top USING buf.low;
+        seen := '{}';
+        IF cardinality(buf.xips) > 0 THEN
+            EXECUTE format('SELECT ARRAY(SELECT x FROM unnest($1) x WHERE EXISTS '
+                           '(SELECT 1 FROM %I.%I b WHERE b.__pgt_xid = x '
+                           'AND ((b.__pgt_xid)::text)::bigint = (x::text)::bigint))',
+                           'pgtrickle_changes', 'changes_' || buf.stable)
+               INTO seen USING buf.xips;
+        END IF;
+        CONTINUE WHEN top IS NULL AND cardinality(seen) = 0;
+        found := found || ARRAY(
+            SELECT r.id FROM unnest(buf.ids, buf.frontiers) r(id, f)
+             WHERE top >= pg_snapshot_xmax(r.f)
+                OR EXISTS (SELECT 1 FROM pg_snapshot_xip(r.f) x WHERE x = ANY (seen)));
+    END LOOP;
+    RETURN QUERY SELECT DISTINCT unnest(found);
+END
+$fn$;
+"""
+
+# Buffers created before version 6 trade their B-tree on __pgt_xid for the BRIN index that
+# cdc/triggers.py now creates (same name, same definition as xid_index_statement).
+_BRIN_EXISTING_BUFFERS = """
+DO $do$
+DECLARE
+    b record;
+BEGIN
+    FOR b IN
+        SELECT c.relname FROM pgtrickle.pgt_change_tracking t
+          JOIN pg_class c ON c.relname = 'changes_' || t.source_stable_name
+                         AND c.relnamespace = 'pgtrickle_changes'::regnamespace
+    LOOP
+        EXECUTE format('DROP INDEX IF EXISTS %I.%I', 'pgtrickle_changes', b.relname || '_xid');
+        EXECUTE format('CREATE INDEX %I ON %I.%I USING brin ((((__pgt_xid)::text)::bigint)) '
+                       'WITH (pages_per_range = 32, autosummarize = on)',
+                       b.relname || '_xid', 'pgtrickle_changes', b.relname);
+    END LOOP;
+END
+$do$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog tables", _V1),
     Migration(2, "settings, history columns and indexes, status view", _V2),
@@ -571,6 +717,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         _CITUS_COLUMNS + _CITUS_VIEW,
     ),
     Migration(5, "scheduler: one pending-change probe per change buffer", _PENDING_PROBE),
+    Migration(
+        6,
+        "change buffers: BRIN xid index, unlogged-buffer crash sentinel, pending probes",
+        _CHANGE_BUFFERS + _BRIN_EXISTING_BUFFERS,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -709,4 +860,5 @@ CREATE TABLE pgtrickle.pgt_subscriptions (
     + _SCHEDULER
     + _CITUS_VIEW
     + _PENDING_PROBE
+    + _CHANGE_BUFFERS
 )

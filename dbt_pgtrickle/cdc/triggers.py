@@ -8,6 +8,14 @@ For a source ``schema.table`` with stable name ``S`` we create
 * four statement-level AFTER triggers (INSERT, UPDATE, DELETE with transition tables, TRUNCATE)
   calling SECURITY DEFINER functions that write one set-based INSERT per statement.
 
+The buffer has one index, a BRIN index on :data:`XID_KEY` (the xid as a bigint: PostgreSQL has no
+BRIN operator class for ``xid8``). Rows are appended in roughly increasing xid order, so the
+per-range maximum lets a change window (``xid >= xmin of the previous frontier``) skip the pages
+of older rows, while each insert costs next to nothing (a B-tree entry per change row cost 6.5 MB
+of WAL per 100,000 rows; docs/BENCHMARK.md). Readers add :func:`xid_key_bound` to their window
+predicate so the planner can use it. With the setting ``change_buffer_unlogged`` the buffer is
+created ``UNLOGGED`` (no WAL at all); :mod:`.unlogged` detects when a crash emptied it.
+
 An UPDATE writes its old images (−1) and new images (+1); a TRUNCATE writes one marker row that
 makes every consumer's next refresh a FULL one. Every capture function also notifies
 :data:`WAKE_CHANNEL` (see :func:`wake_statement`) so the scheduler wakes on changes. One buffer
@@ -26,6 +34,7 @@ from psycopg import sql
 from ..dvm.ir import SourceTable
 from ..errors import NameCollision
 from ..naming import CHANGES_SCHEMA, buffer_table, stable_name, trigger_function, trigger_name
+from ..settings import get_setting
 
 #: The channel change capture notifies (payload: the source's stable name) to wake the scheduler.
 WAKE_CHANNEL = "pgtrickle_wake"
@@ -36,6 +45,19 @@ _EVENTS = (
     ("del", "DELETE", "REFERENCING OLD TABLE AS __pgt_old"),
     ("trunc", "TRUNCATE", ""),
 )
+
+
+#: The expression the BRIN index of a buffer covers: ``__pgt_xid`` as a bigint.
+XID_KEY = "((__pgt_xid)::text)::bigint"
+
+
+def xid_key_bound(alias: str, snapshot: sql.Composable) -> sql.Composed:
+    """``<alias>.xid key >= xmin(snapshot) as a bigint``: redundant with the window predicate
+    ``__pgt_xid >= pg_snapshot_xmin(snapshot)``, written on the indexed expression so that the
+    planner can use the buffer's BRIN index."""
+    return sql.SQL("(({}.__pgt_xid)::text)::bigint >= (pg_snapshot_xmin({})::text)::bigint").format(
+        sql.Identifier(alias), snapshot
+    )
 
 
 @dataclass(frozen=True)
@@ -122,17 +144,14 @@ def ensure_capture(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type from format_type
         for c in source.columns
     ]
+    unlogged = get_setting(conn, "change_buffer_unlogged")
     conn.execute(
         sql.SQL(
-            "CREATE TABLE {} (__pgt_xid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
+            "CREATE {} TABLE {} (__pgt_xid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
             '__pgt_action "char" NOT NULL, __pgt_w smallint NOT NULL, {})'
-        ).format(buf, sql.SQL(", ").join(col_defs))
+        ).format(sql.SQL("UNLOGGED" if unlogged else ""), buf, sql.SQL(", ").join(col_defs))
     )
-    conn.execute(
-        sql.SQL("CREATE INDEX {} ON {} (__pgt_xid)").format(
-            sql.Identifier(f"{buffer_table(stable)}_xid"), buf
-        )
-    )
+    conn.execute(xid_index_statement(stable))
     if triggers:
         _install_triggers(conn, source, stable)
     conn.execute(
@@ -148,6 +167,19 @@ def ensure_capture(
         ),
     )
     return ChangeBuffer(source.schema, source.name, stable, tuple(c.name for c in source.columns))
+
+
+def xid_index_statement(stable: str) -> sql.Composed:
+    """``CREATE INDEX`` of the BRIN index on :data:`XID_KEY` of a source's buffer. Small ranges
+    (32 pages) keep a window read close to the pages it needs; ``autosummarize`` summarises a
+    range once it is full, so a buffer that only grows is pruned without waiting for VACUUM."""
+    return sql.SQL(
+        "CREATE INDEX {} ON {} USING brin (({})) WITH (pages_per_range = 32, autosummarize = on)"
+    ).format(
+        sql.Identifier(f"{buffer_table(stable)}_xid"),
+        sql.Identifier(CHANGES_SCHEMA, buffer_table(stable)),
+        sql.SQL(XID_KEY),
+    )
 
 
 def _install_triggers(conn: psycopg.Connection[Any], source: SourceTable, stable: str) -> None:

@@ -28,7 +28,8 @@ from psycopg import sql
 
 from ..catalog import records
 from ..catalog.lookup import DatabaseLookup, describe_table
-from ..cdc.triggers import repair_capture, sources_missing_capture
+from ..cdc import unlogged
+from ..cdc.triggers import XID_KEY, repair_capture, sources_missing_capture, xid_key_bound
 from ..citus import capture as citus_capture
 from ..citus import tables as citus_tables
 from ..dvm import compiler
@@ -68,6 +69,7 @@ class _Source:
     captured: bool
     columns: list[str]
     pending: int = 0
+    unlogged: bool = False  # its change buffer is UNLOGGED (see cdc/unlogged.py)
 
 
 def _target(rec: records.StreamTableRecord) -> sql.Identifier:
@@ -101,21 +103,27 @@ def describe_query(conn: psycopg.Connection[Any], query: str) -> list[str]:
 
 def _sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[_Source]:
     rows = conn.execute(
-        "SELECT d.source_schema, d.source_name, d.source_stable_name, "
-        "t.source_stable_name IS NOT NULL, coalesce(t.captured_columns, '[]'::jsonb) "
-        "FROM pgtrickle.pgt_dependencies d LEFT JOIN pgtrickle.pgt_change_tracking t "
-        "USING (source_stable_name) WHERE d.pgt_id = %s ORDER BY 1, 2",
+        sql.SQL(
+            "SELECT d.source_schema, d.source_name, d.source_stable_name, "
+            "t.source_stable_name IS NOT NULL, coalesce(t.captured_columns, '[]'::jsonb), {} "
+            "FROM pgtrickle.pgt_dependencies d LEFT JOIN pgtrickle.pgt_change_tracking t "
+            "USING (source_stable_name) WHERE d.pgt_id = %s ORDER BY 1, 2"
+        ).format(unlogged.BUFFER_IS_UNLOGGED),
         (pgt_id,),
     ).fetchall()
-    return [_Source(r[0], r[1], r[2], r[3], [c["name"] for c in r[4]]) for r in rows]
+    return [_Source(r[0], r[1], r[2], r[3], [c["name"] for c in r[4]], unlogged=r[5]) for r in rows]
 
 
 def _window(src: _Source) -> sql.Composed:
-    """WHERE clause selecting the change window of ``src`` (parameter: previous frontier, twice)."""
+    """WHERE clause selecting the change window of ``src`` (parameter: previous frontier). The
+    second condition repeats the first on the expression of the buffer's BRIN index."""
     return sql.SQL(
-        "FROM {} AS b WHERE b.__pgt_xid >= pg_snapshot_xmin(%(f)s::pg_snapshot) "
+        "FROM {} AS b WHERE b.__pgt_xid >= pg_snapshot_xmin(%(f)s::pg_snapshot) AND {} "
         "AND NOT pg_visible_in_snapshot(b.__pgt_xid, %(f)s::pg_snapshot)"
-    ).format(sql.Identifier(CHANGES_SCHEMA, buffer_table(src.stable)))
+    ).format(
+        sql.Identifier(CHANGES_SCHEMA, buffer_table(src.stable)),
+        xid_key_bound("b", sql.SQL("%(f)s::pg_snapshot")),
+    )
 
 
 def refresh(
@@ -188,6 +196,9 @@ def refresh(
             frontier = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
             rec = records.get(conn, schema, name)  # re-read in our snapshot
             sources = _sources(conn, rec.pgt_id)
+            lost = [f"{s.schema}.{s.name}" for s in sources if s.unlogged]
+            if lost and unlogged.rearm(conn, rec.pgt_id):  # a crash emptied the buffers
+                full, _reason = True, _reason or unlogged.reset_reason(lost)
             action, reason, rows_in, budget_ms = _choose(
                 conn,
                 rec,
@@ -962,13 +973,21 @@ def cleanup_buffers(conn: psycopg.Connection[Any], stables: list[str]) -> int:
             sql.SQL("pg_visible_in_snapshot(__pgt_xid, {}::pg_snapshot)").format(sql.Literal(f))
             for f in frontiers
         )
-        # A row visible in a snapshot has an xid below its xmax; the xid index bounds the scan.
+        # A row visible in a snapshot has an xid below its xmax; the bound on the BRIN index's
+        # expression lets the scan skip ranges of newer rows (a lagging consumer's backlog).
         xmaxs = sql.SQL(", ").join(
             sql.SQL("pg_snapshot_xmax({}::pg_snapshot)").format(sql.Literal(f)) for f in frontiers
         )
         cur = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE __pgt_xid < least({}) AND {}").format(
-                sql.Identifier(CHANGES_SCHEMA, buffer_table(stable)), xmaxs, conds
+            sql.SQL(
+                "DELETE FROM {} WHERE __pgt_xid < least({}) AND {} < (least({})::text)::bigint "
+                "AND {}"
+            ).format(
+                sql.Identifier(CHANGES_SCHEMA, buffer_table(stable)),
+                xmaxs,
+                sql.SQL(XID_KEY),
+                xmaxs,
+                conds,
             )
         )
         deleted += max(cur.rowcount, 0)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from daemons import Daemon, heartbeat, wait_for
-from psycopg.conninfo import make_conninfo
 
 import dbt_pgtrickle as pgt
-from dbt_pgtrickle.embedded import LOOPBACK, SUPERUSER, Cluster, reachable_bindir, server_user
+from dbt_pgtrickle.embedded import Cluster
 
 pytestmark = pytest.mark.scheduler
 
@@ -148,44 +143,6 @@ def test_failures_back_off_and_suspend_only_when_not_retryable(
         10,
         "the daemon refreshing the resumed table",
     )
-
-
-@pytest.fixture
-def own_server(pg_server_dsn: str) -> Iterator[tuple[Cluster, str]]:
-    """A PostgreSQL cluster this test may stop and start (same binaries as the session's)."""
-    with psycopg.connect(pg_server_dsn) as admin:  # the session server's own binaries
-        row = admin.execute("SELECT setting FROM pg_config WHERE name = 'BINDIR'").fetchone()
-    if row is None or not (Path(row[0]) / "pg_ctl").exists():
-        pytest.skip("the test server's binaries are not on this machine")
-    user = server_user()
-    tmp = Path(tempfile.mkdtemp(prefix="pgtrickle-restart-", dir="/tmp"))
-    cluster: Cluster | None = None
-    try:
-        tmp.chmod(0o755)
-        bindir = reachable_bindir(Path(row[0]), user, tmp / "pginstall")
-        cluster = Cluster(bindir, tmp / "data", user=user)
-        cluster.own(tmp)
-        cluster.initdb(
-            settings={
-                "listen_addresses": LOOPBACK,
-                "fsync": "off",
-                "unix_socket_directories": str(tmp),
-            },
-            sync=False,
-        )
-        port = cluster.start(timeout=60)
-        yield (
-            cluster,
-            make_conninfo(
-                host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres", connect_timeout=5
-            ),
-        )
-    finally:
-        try:
-            if cluster is not None:
-                cluster.stop(timeout=60)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_daemon_reconnects_after_a_database_restart(
