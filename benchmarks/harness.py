@@ -118,13 +118,24 @@ class Context:
     results_dir: Path
     profile: str
     session_settings: list[str] = field(default_factory=list)
+    pgtrickle_settings: list[str] = field(default_factory=list)
 
     def log(self, msg: str) -> None:
         C.log(msg)
 
     def scratch_database(self, suffix: str) -> str:
-        """Create (or recreate) a scratch database and return its DSN."""
-        return C.create_database(self.admin_dsn, self.scratch_name(suffix))
+        """Create (or recreate) a scratch database and return its DSN; with runtime settings
+        (``--pgtrickle-set``), pgtrickle is installed there and they are stored."""
+        dsn = C.create_database(self.admin_dsn, self.scratch_name(suffix))
+        if self.pgtrickle_settings:
+            from dbt_pgtrickle import install, set_setting
+
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                install(conn)
+                for item in self.pgtrickle_settings:
+                    name, _, value = item.partition("=")
+                    set_setting(conn, name.strip(), value.strip())
+        return dsn
 
     def scratch_name(self, suffix: str) -> str:
         return f"pgt_bench_{suffix}"
@@ -226,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     params = resolve_params(args)
-    ctx = Context(args.dsn, results_dir, args.profile, args.set or [])
+    ctx = Context(args.dsn, results_dir, args.profile, args.set or [], args.pgtrickle_set or [])
     failed: list[str] = []
     for workload, stem, p in jobs(workloads, params, args.tag):
         ctx.log(f"=== {stem} ({args.profile})")
@@ -256,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
             "loadavg_at_end": list(os.getloadavg()),
             "params": p,
             "session_settings": ctx.session_settings,
+            "pgtrickle_settings": ctx.pgtrickle_settings,
             "error": error,
             "results": results,
         }
@@ -313,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     r.add_argument("--fail-fast", action="store_true", help="stop at the first failing workload")
     C.add_session_settings_option(r)
+    r.add_argument(
+        "--pgtrickle-set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="dbt-pgtrickle setting stored in the workloads' scratch databases (write_path, "
+        "daemon, peers' dbt part), e.g. change_buffer_unlogged=on (repeatable)",
+    )
     rep = sub.add_parser("report", help="regenerate the docs tables from the JSON files")
     rep.add_argument("--results", default=str(RESULTS_DIR))
     rep.add_argument("--docs", default=str(DOCS))

@@ -17,7 +17,9 @@ in its own autocommit transaction, so its time includes the commit:
 * ``bulk_update``: ``UPDATE`` of those ``bulk_rows`` rows (amount and group change);
 * ``bulk_delete``: ``DELETE`` of those rows.
 
-Before every bulk statement the change buffer is drained (a refresh, timed separately as the
+The change buffer is logged unless the run stores the setting ``change_buffer_unlogged``
+(``--pgtrickle-set change_buffer_unlogged=on``; recorded in the results). Before every bulk
+statement the change buffer is drained (a refresh, timed separately as the
 deferred cost capture leaves to the refresh) and a ``CHECKPOINT`` runs. Reported per statement:
 median time per variant, the ratio capture/plain (the write amplification of capture; median of
 the per-repeat ratios) and ivm/plain, and the WAL bytes each statement wrote.
@@ -33,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks import _common as C
-from dbt_pgtrickle import create_stream_table, install, refresh_stream_table
+from dbt_pgtrickle import create_stream_table, get_setting, install, refresh_stream_table
 
 QUERY = "SELECT grp, count(*) AS n, sum(amount) AS total FROM {t} GROUP BY grp"
 BULK = ("bulk_insert", "bulk_update", "bulk_delete")
@@ -104,6 +106,7 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     try:
         with psycopg.connect(dsn, autocommit=True) as setup:
             install(setup)
+            unlogged = bool(get_setting(setup, "change_buffer_unlogged"))
             ivm_version = pg_ivm_ready(setup)
         if ivm_version:
             preload_pg_ivm(ctx.admin_dsn, db)
@@ -203,6 +206,7 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         "pg_ivm": ivm_version,
         "base_rows": base,
         "bulk_rows": bulk,
+        "change_buffer_unlogged": unlogged,
         "stream_table_query": QUERY.format(t="wp_capture"),
         "checks": checks,
         "single": {},
