@@ -619,17 +619,25 @@ LANGUAGE plpgsql STABLE AS $fn$
 -- source whose changes are not captured (cdc_mode 'none'). A change row with xid x is pending
 -- for a reader whose frontier is f when x >= pg_snapshot_xmin(f) and x is not visible in f, that
 -- is when x >= pg_snapshot_xmax(f) or x is one of pg_snapshot_xip(f) (a transaction f saw in
--- progress). So each buffer is probed once for its largest xid at or above the smallest xmax
--- of its readers' frontiers, and once for each distinct in-progress xid of those frontiers
--- (none in a quiet database); each reader's frontier is compared with the result. TRUNCATE
--- markers and rows imported from Citus workers are buffer rows like any other. Both probes repeat
--- their condition on the expression of the buffer's BRIN index (cdc/triggers.py). Also always
--- pending: a reader of an unlogged buffer whose sentinel row is gone (cdc/unlogged.py).
+-- progress). The buffer's index is a BRIN index (cdc/triggers.py), which finds rows at or above
+-- a bound cheaply but not the largest xid, so each buffer is probed for "a row at or above the
+-- smallest xmax of its readers' frontiers" (one probe in a quiet database) and, if there is
+-- one, binary-searched for top, the largest of those xmaxes with a row at or above it (whether
+-- there is one falls as the xmax grows); a reader is pending when its xmax is at most top. And
+-- once for each distinct in-progress xid of those frontiers (none in a quiet database). Every
+-- probe repeats its condition on the expression of the BRIN index. TRUNCATE markers and rows
+-- imported from Citus workers are buffer rows like any other. Also always pending: a reader of
+-- an unlogged buffer whose sentinel row is gone (cdc/unlogged.py).
 DECLARE
     found bigint[];
     buf record;
     top xid8;
     seen xid8[];
+    probe text;
+    hit boolean;
+    lo integer;
+    hi integer;
+    mid integer;
 BEGIN
     IF p_ids IS NULL THEN
         p_ids := ARRAY(SELECT pgt_id FROM pgtrickle.pgt_stream_tables);
@@ -651,7 +659,8 @@ BEGIN
         SELECT d.source_stable_name AS stable,
                array_agg(st.pgt_id) AS ids,
                array_agg(st.frontier) AS frontiers,
-               min(pg_snapshot_xmax(st.frontier)) AS low,
+               ARRAY(SELECT DISTINCT pg_snapshot_xmax(f) FROM unnest(array_agg(st.frontier)) f
+                      ORDER BY 1) AS xmaxes,
                ARRAY(SELECT DISTINCT x FROM unnest(array_agg(st.frontier)) f,
                             pg_snapshot_xip(f) x) AS xips
           FROM pgtrickle.pgt_stream_tables st
@@ -659,10 +668,26 @@ BEGIN
          WHERE st.pgt_id = ANY (p_ids) AND st.pgt_id <> ALL (found)
          GROUP BY d.source_stable_name
     LOOP
-        EXECUTE format('SELECT max(b.__pgt_xid) FROM %I.%I b WHERE b.__pgt_xid >= $1 '
-                       'AND ((b.__pgt_xid)::text)::bigint >= ($1::text)::bigint',
-                       'pgtrickle_changes', 'changes_' || buf.stable)
-           INTO top USING buf.low;
+        probe := format('SELECT EXISTS (SELECT 1 FROM %I.%I b WHERE b.__pgt_xid >= $1 '
+                        'AND ((b.__pgt_xid)::text)::bigint >= ($1::text)::bigint)',
+                        'pgtrickle_changes', 'changes_' || buf.stable);
+        top := NULL;
+        EXECUTE probe INTO hit USING buf.xmaxes[1];
+        IF hit THEN
+            top := buf.xmaxes[1];
+            lo := 2;
+            hi := cardinality(buf.xmaxes);
+            WHILE lo <= hi LOOP
+                mid := (lo + hi) / 2;
+                EXECUTE probe INTO hit USING buf.xmaxes[mid];
+                IF hit THEN
+                    top := buf.xmaxes[mid];
+                    lo := mid + 1;
+                ELSE
+                    hi := mid - 1;
+                END IF;
+            END LOOP;
+        END IF;
         seen := '{}';
         IF cardinality(buf.xips) > 0 THEN
             EXECUTE format('SELECT ARRAY(SELECT x FROM unnest($1) x WHERE EXISTS '

@@ -30,10 +30,14 @@ def differences(conn: psycopg.Connection[Any], name: str) -> int:
 
 
 def pending(conn: psycopg.Connection[Any], name: str) -> bool:
+    """has_pending_changes, checked against the scheduler's many-table probe."""
     row = conn.execute(
-        "SELECT pgtrickle.has_pending_changes(pgtrickle.stream_table_id(%s))", (name,)
+        "SELECT pgtrickle.has_pending_changes(pgtrickle.stream_table_id(%s)), "
+        "pgtrickle.stream_table_id(%s) IN (SELECT pgtrickle.pending_stream_tables())",
+        (name, name),
     ).fetchone()
-    return bool(row[0])  # type: ignore[index]
+    assert row is not None and row[0] == row[1], (name, row)
+    return bool(row[0])
 
 
 def persistence(conn: psycopg.Connection[Any], table: str) -> str:
@@ -192,3 +196,29 @@ def test_setting_parses(conn: psycopg.Connection[Any], value: str) -> None:
     pgt.install(conn)
     pgt.set_setting(conn, "change_buffer_unlogged", value)
     assert pgt.get_setting(conn, "change_buffer_unlogged") is (value == "on")
+
+
+def test_pending_probe_finds_the_readers_behind_on_one_buffer(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Seven readers of one buffer, each refreshed after one more write: the scheduler's probe
+    (a binary search over the readers' frontiers on the BRIN index) agrees with the per-table
+    probe for each, before and after a write none of them has seen."""
+    pgt.install(conn)
+    conn.execute("CREATE TABLE src (id int PRIMARY KEY, g text, v int)")
+    names = [f"r{i}" for i in range(7)]
+    for name in names:
+        pgt.create_stream_table(conn, name, "SELECT count(*) AS n FROM src")
+    for i, name in enumerate(names):
+        conn.execute("INSERT INTO src VALUES (%s, 'a', 1)", (i,))
+        assert pgt.refresh_stream_table(conn, name).action == "DIFFERENTIAL"
+    assert [pending(conn, n) for n in names] == [True] * 6 + [False]
+    for i in (6, 0, 3):
+        assert pgt.refresh_stream_table(conn, names[i]).action in ("DIFFERENTIAL", "NO_DATA")
+    assert [pending(conn, n) for n in names] == [False, True, True, False, True, True, False]
+    conn.execute("INSERT INTO src VALUES (100, 'b', 2)")
+    assert all(pending(conn, n) for n in names)
+    for name in names:
+        pgt.refresh_stream_table(conn, name)
+        assert pgt.verify_stream_table(conn, name)["equal"]
+    assert not any(pending(conn, n) for n in names)
