@@ -254,13 +254,12 @@ def _compile_stages(
     for spec in specs:
         table_sql = f"{quote_ident(spec.schema)}.{quote_ident(spec.name)}"
         plan = compile_query(spec.query, lookup, list(spec.columns), table_sql, owner=owner)
-        if not plan.differential or plan.backing is not None or plan.recursive is not None:
+        if not plan.differential or plan.counted is not None or plan.recursive is not None:
             exc = UnsupportedConstruct("a subquery that cannot be maintained differentially")
             exc.full_reason = (  # type: ignore[attr-defined]
                 f"subquery: {plan.unsupported}"
                 if plan.unsupported
-                else "subquery with LIMIT, INTERSECT/EXCEPT or WITH RECURSIVE: "
-                + _sqlglot.FULL_ONLY_HINT
+                else "subquery with INTERSECT/EXCEPT or WITH RECURSIVE: " + _sqlglot.FULL_ONLY_HINT
             )
             raise exc
         types = lookup.expression_types(
@@ -268,13 +267,12 @@ def _compile_stages(
             [f"{quote_ident('__pgt_t')}.{quote_ident(c)}" for c in spec.columns],
         )
         keyed = plan.strategy in MERGE_STRATEGIES
+        # A TopK stage holds its top rows as they are (no row id; a multiset to its readers).
+        row_id = () if plan.topk is not None else (ir.Column("__pgt_row_id", "bigint", keyed),)
         source = ir.SourceTable(
             spec.schema,
             spec.name,
-            (
-                ir.Column("__pgt_row_id", "bigint", keyed),
-                *(ir.Column(c, t) for c, t in zip(spec.columns, types, strict=True)),
-            ),
+            (*row_id, *(ir.Column(c, t) for c, t in zip(spec.columns, types, strict=True))),
             ("__pgt_row_id",) if keyed else None,
         )
         for inner in plan.stages:

@@ -472,6 +472,8 @@ def _apply_full(
     plan = compile_for(conn, rec)
     storage.create_missing_internal_tables(conn, plan)  # created by an earlier version: recomputed
     for stage in plan.stages:  # innermost first: each reads only stages before it
+        if stage.plan.topk is not None:
+            _recompute(conn, stage.plan.topk.backing, stage.plan.topk.inner)
         _recompute(conn, stage.name, stage.plan)
     for statement in recursive.populate(plan.recursive) if plan.recursive else []:
         conn.execute(sql.SQL(statement))
@@ -654,6 +656,8 @@ def _refresh_stage(
     )
     conn.execute(sql.SQL("ANALYZE {}").format(apply))
     cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in stage.source.columns)
+    if stage.plan.topk is not None:
+        return _refresh_topk_stage(conn, stage, table, apply, window, cols, deadline)
     touched = sql.SQL("{} IN (SELECT {} FROM {})").format(
         sql.Identifier(stage.key), sql.Identifier(stage.key), apply
     )
@@ -673,6 +677,37 @@ def _refresh_stage(
         sql.SQL("INSERT INTO {} SELECT 1::smallint, {} FROM {} WHERE {}").format(
             window, cols, table, touched
         )
+    )
+    return True
+
+
+def _refresh_topk_stage(
+    conn: psycopg.Connection[Any],
+    stage: compiler.Stage,
+    table: sql.Identifier,
+    apply: sql.Identifier,
+    window: sql.Identifier,
+    cols: sql.Composable,
+    deadline: budget.Deadline | None,
+) -> bool:
+    """A stage with ``ORDER BY … LIMIT``: the delta goes to its backing table; if that
+    changed, the top rows are re-read and the change window is all old rows (−1) and all new
+    ones (+1) — at most twice the limit."""
+    topk = stage.plan.topk
+    assert topk is not None
+    budget.arm(conn, deadline)
+    inner = RefreshResult(stage.name, DIFFERENTIAL)
+    _apply_delta(conn, topk.inner, sql.Identifier(CHANGES_SCHEMA, topk.backing), apply, inner)
+    if not (inner.rows_inserted or inner.rows_updated or inner.rows_deleted):
+        return False
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT (-1)::smallint AS __pgt_w, {} FROM {}"
+        ).format(window, cols, table)
+    )
+    _replace_rows(conn, table, stage.plan)
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT 1::smallint, {} FROM {}").format(window, cols, table)
     )
     return True
 

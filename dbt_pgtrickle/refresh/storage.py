@@ -85,6 +85,8 @@ def _build_internal_tables(
 
     for stage in plan.stages:  # innermost first
         if wanted(CHANGES_SCHEMA, stage.name):
+            if stage.plan.topk is not None:  # a subquery with ORDER BY … LIMIT
+                _build_topk_backing(conn, stage.plan.topk, populate)
             _build_storage(conn, CHANGES_SCHEMA, stage.name, stage.plan, populate)
             _index_probed_columns(conn, plan, stage)
     if plan.recursive is not None and (only is None or plan.recursive.backing in only):
@@ -95,20 +97,23 @@ def _build_internal_tables(
         for statement in recursive.populate(plan.recursive) if populate else []:
             conn.execute(sql.SQL(statement))
     if plan.topk is not None and wanted(CHANGES_SCHEMA, plan.topk.backing):
-        # The whole result lives in a backing table (maintained like any stream table); the
-        # stream table holds its top rows.
-        inner = plan.topk.inner
-        _build_storage(conn, CHANGES_SCHEMA, plan.topk.backing, inner, populate)
-        conn.execute(
-            sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                sql.Identifier(f"{plan.topk.backing}_order"),
-                sql.Identifier(CHANGES_SCHEMA, plan.topk.backing),
-                sql.SQL(plan.topk.order_sql),
-            )
-        )
+        _build_topk_backing(conn, plan.topk, populate)
     if plan.counted is not None and wanted(CHANGES_SCHEMA, plan.counted.backing):
         # a set operation's per-branch counts
         _build_storage(conn, CHANGES_SCHEMA, plan.counted.backing, plan.counted.inner, populate)
+
+
+def _build_topk_backing(conn: psycopg.Connection[Any], topk: compiler.TopK, populate: bool) -> None:
+    """TopK: the whole result lives in a backing table (maintained like any stream table); the
+    stream table (or stage) holds its top rows, read through the index on the order."""
+    _build_storage(conn, CHANGES_SCHEMA, topk.backing, topk.inner, populate)
+    conn.execute(
+        sql.SQL("CREATE INDEX {} ON {} ({})").format(
+            sql.Identifier(f"{topk.backing}_order"),
+            sql.Identifier(CHANGES_SCHEMA, topk.backing),
+            sql.SQL(topk.order_sql),
+        )
+    )
 
 
 def _index_probed_columns(
@@ -145,7 +150,11 @@ def create_index(
 
 def _internal_table_names(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> list[str]:
     """Quoted, qualified names of the hidden tables a plan keeps beside its stream table."""
-    names = [sql.Identifier(CHANGES_SCHEMA, s.name).as_string(conn) for s in plan.stages]
+    names = []
+    for s in plan.stages:
+        if s.plan.topk is not None:
+            names.append(sql.Identifier(CHANGES_SCHEMA, s.plan.topk.backing).as_string(conn))
+        names.append(sql.Identifier(CHANGES_SCHEMA, s.name).as_string(conn))
     if plan.recursive is not None:
         names.append(plan.recursive.backing)
     if plan.backing is not None:
@@ -191,3 +200,9 @@ def drop_internal_tables(conn: psycopg.Connection[Any], schema: str, name: str) 
     ).fetchall()
     for (stage,) in stages:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(CHANGES_SCHEMA, stage)))
+        stage_target = sql.Identifier(CHANGES_SCHEMA, stage).as_string(conn)
+        conn.execute(  # a stage with ORDER BY … LIMIT keeps a backing table of its own
+            sql.SQL("DROP TABLE IF EXISTS {}").format(
+                sql.Identifier(CHANGES_SCHEMA, compiler.topk_backing_name(stage_target))
+            )
+        )

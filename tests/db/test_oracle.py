@@ -329,6 +329,18 @@ QUERIES: dict[str, str] = {
     "grouping_sets_distinct": (
         "select g, h, count(*) as n, sum(x) as sx from src group by distinct cube(g, h), rollup(g)"
     ),
+    "derived_topk_join": (
+        "select d.label, t.id, t.x from dim d "
+        "join (select id, g, x from src order by x desc nulls last, id limit 4) t on t.g = d.k"
+    ),
+    "derived_topk_grouped": (
+        "select t.g, count(*) as n, sum(t.x) as sx "
+        "from (select id, g, x from src order by x nulls first, id limit 5) t group by t.g"
+    ),
+    "derived_topk_offset": (
+        "select t.h, t.id from (select id, h from src order by id desc limit 3 offset 1) t "
+        "where t.h is not null"
+    ),
     "view_filtered": "select id, g, x2 from v_src where x2 > 0 or h is null",
     "view_grouped_join": "select d.label, v.n, v.sx from v_grouped v join dim d on d.k = v.g",
     "view_of_view_agg": "select label, count(*) as n, sum(x2) as s from v_join group by label",
@@ -713,6 +725,7 @@ GROUPS = {
         "setop_grouped_intersect_all",
         "setop_window_union",
     ],
+    "stages_topk": ["derived_topk_join", "derived_topk_grouped", "derived_topk_offset"],
     "views": ["view_filtered", "view_grouped_join", "view_of_view_agg"],
     "stages_scalar": [
         "scalar_uncorrelated",
