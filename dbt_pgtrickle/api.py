@@ -211,8 +211,10 @@ def _register_sources(
             )
         conn.execute(
             "INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_stable_name, source_schema, "
-            "source_name) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (pgt_id, stable, src.schema, src.name),
+            "source_name, source_placement) SELECT %s, %s, %s, %s, source_placement "
+            "FROM pgtrickle.pgt_change_tracking WHERE source_stable_name = %s "
+            "ON CONFLICT DO NOTHING",
+            (pgt_id, stable, src.schema, src.name, stable),
         )
     unlogged.rearm(conn, pgt_id)  # reads an unlogged buffer: its crash sentinel starts armed
 
@@ -338,6 +340,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
     """
     allowed = {"query", "schedule", "refresh_mode"}
     unknown = set(changes) - allowed
+    _citus.refuse_placement_change(name, changes)
     if unknown:
         raise ConfigError(
             f"cannot alter {', '.join(sorted(unknown))}; alterable: {', '.join(sorted(allowed))}"
@@ -357,6 +360,7 @@ def alter_stream_table(conn: Conn, name: str, **changes: Any) -> dict[str, Any]:
         )
         if new_query:
             _reject_cycle(c, schema, rel, plan)
+            _citus.refuse_query_change(c, rec, plan)
         effective, reason = _modes(plan, mode)
         with repeatable_read(c):
             c.execute(

@@ -31,6 +31,9 @@ class StreamTableRecord:
     options: dict[str, Any]
     placement: str = "local"
     distribution_column: str | None = None
+    #: Whether a source is captured from Citus worker slots (``cdc_mode = 'citus_slot'``): only
+    #: then does a refresh import from the workers first.
+    citus_captured: bool = False
 
     @property
     def qualified(self) -> str:
@@ -40,7 +43,12 @@ class StreamTableRecord:
 _COLUMNS = (
     "pgt_id, pgt_schema, pgt_name, defining_query, original_query, query_hash, schedule, "
     "requested_mode, effective_mode, status, frontier::text AS frontier, needs_full, "
-    "fallback_reason, initialize, cdc_mode, options, placement, distribution_column"
+    "fallback_reason, initialize, cdc_mode, options, placement, distribution_column, "
+    # In the same query (an index probe per stream table), so a refresh without Citus sources
+    # learns that it has none without a query of its own.
+    "EXISTS (SELECT FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_change_tracking t "
+    "USING (source_stable_name) WHERE d.pgt_id = pgt_stream_tables.pgt_id "
+    "AND t.cdc_mode = 'citus_slot') AS citus_captured"
 )
 
 

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from .. import settings as _settings
+from ..catalog import records
 from ..dvm import compiler
 from ..errors import ConfigError
 from . import capture
@@ -128,6 +129,48 @@ def plan_create(
     return result
 
 
+def refuse_placement_change(name: str, changes: dict[str, Any]) -> None:
+    """``alter_stream_table`` does not move a stream table between local, reference and
+    distributed storage: the error says to drop and create it again."""
+    asked = [o for o in OPTIONS if o in changes]
+    if asked:
+        raise ConfigError(
+            f"{' and '.join(asked)} of stream table {name} cannot be changed by "
+            "alter_stream_table; drop the stream table and create it again with the new "
+            f"{' and '.join(asked)} (a dbt model with a changed placement is rebuilt by "
+            "dbt run --full-refresh)"
+        )
+
+
+def refuse_query_change(
+    conn: psycopg.Connection[Any], rec: records.StreamTableRecord, plan: compiler.DeltaPlan
+) -> None:
+    """A new query for a stream table on Citus (reference or distributed storage, or a source
+    captured from worker slots, before or after) is refused: the in-place rebuild would build
+    local storage and would not import the changes waiting in the workers' slots before its
+    snapshot (they would be applied twice)."""
+    why = None
+    if rec.placement != LOCAL:
+        why = f"is a {rec.placement} table"
+    elif rec.citus_captured:
+        why = "reads Citus reference or distributed tables"
+    elif is_citus_loaded(conn):
+        cited = [
+            f"{src.schema}.{src.name}"
+            for src in plan.sources
+            if src.kind in ("table", "partitioned")
+            and placement(conn, src.schema, src.name).is_citus
+        ]
+        if cited:
+            why = f"would read Citus tables ({', '.join(cited)})"
+    if why:
+        raise ConfigError(
+            f"the query of stream table {rec.qualified} cannot be altered in place: it {why}; "
+            "drop the stream table and create it again with the new query (a dbt model on "
+            "Citus is rebuilt by dbt run --full-refresh)"
+        )
+
+
 def ensure_replica_identity(conn: psycopg.Connection[Any], cplan: CitusPlan) -> list[str]:
     """Set ``REPLICA IDENTITY FULL`` on Citus sources that lack it (UPDATE/DELETE must carry the
     old row); its own statement, before the creating transaction. Returns the tables changed."""
@@ -215,10 +258,6 @@ def register_source(
         else {}
     )
     capture.register(conn, stable, p.kind, p.distribution_column, cplan.new_slots[stable], shards)
-    conn.execute(
-        "UPDATE pgtrickle.pgt_dependencies SET source_placement = %s WHERE source_stable_name = %s",
-        (p.kind, stable),
-    )
 
 
 def distribute(conn: psycopg.Connection[Any], schema: str, name: str, cplan: CitusPlan) -> None:

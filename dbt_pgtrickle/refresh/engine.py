@@ -162,7 +162,7 @@ def refresh(
         )
     action = FULL if full else DIFFERENTIAL
     reason: str | None = None
-    citus_sources = citus_capture.citus_sources(conn, rec.pgt_id)
+    citus_sources = citus_capture.citus_sources(conn, rec.pgt_id) if rec.citus_captured else []
     try:
         with repeatable_read(conn):
             # Small statistics samples: the temporary tables analysed below are read once.
@@ -482,7 +482,8 @@ def _apply_full(
     _rewrite(conn, rec, plan, result)
     # Fresh statistics: the next differential refresh joins its delta to these tables through
     # their row-id index (a stale or missing estimate made a 219-row delete scan 525,000 rows).
-    conn.execute(sql.SQL("ANALYZE {}").format(_target(rec)))
+    if rec.placement == "local":  # Citus refuses it here (see storage._build_storage)
+        conn.execute(sql.SQL("ANALYZE {}").format(_target(rec)))
 
 
 def _index_window(

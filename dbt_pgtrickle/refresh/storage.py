@@ -68,7 +68,10 @@ def _build_storage(
     if not populate:
         return 0
     cur = conn.execute(sql.SQL("INSERT INTO {} {}").format(target, sql.SQL(plan.full_sql)))
-    conn.execute(sql.SQL("ANALYZE {}").format(target))  # the first refresh plans with it
+    if cplan is None:  # the first refresh plans with it
+        # (Not on Citus: after the INSERT ran locally on the coordinator's placement, Citus
+        # refuses the ANALYZE in the same transaction; the nodes' autovacuum analyses shards.)
+        conn.execute(sql.SQL("ANALYZE {}").format(target))
     return max(cur.rowcount, 0)
 
 

@@ -10,6 +10,8 @@ import psycopg
 import pytest
 
 import dbt_pgtrickle as pgt
+from dbt_pgtrickle.catalog import records
+from dbt_pgtrickle.errors import ConfigError
 from dbt_pgtrickle.naming import replication_slot, stable_name
 
 
@@ -266,3 +268,79 @@ def test_two_stream_tables_on_one_distributed_source(citus_db) -> None:
         _equal(c, "by_region", "by_customer")
         # one slot per node for the shared source
         assert c.execute("SELECT count(*) FROM pgtrickle.pgt_worker_slots").fetchone() == (2,)
+
+
+def test_colocation_recorded_and_notice_when_not_colocated(citus_db) -> None:
+    """A distributed stream table on the source's distribution column (same type, same shard
+    count) is co-located with it; one on another column is not, and its creator is told."""
+    notices: list[str] = []
+    with citus_db.connect() as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        pgt.install(c)
+        _orders(c)
+        pgt.create_stream_table(
+            c,
+            "by_id",
+            "SELECT id, amount FROM orders WHERE amount > 100",
+            placement="distributed",
+            distribution_column="id",
+        )
+        assert not [n for n in notices if "co-located" in n], notices
+        pgt.create_stream_table(
+            c,
+            "by_customer",
+            "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id",
+            placement="distributed",
+            distribution_column="customer_id",
+        )
+        (warned,) = [n for n in notices if "co-located" in n]
+        assert "public.by_customer" in warned and "customer_id" in warned
+        assert "cross-shard" in warned
+        rows = c.execute(
+            "SELECT pgt_name, citus_colocated_with FROM pgtrickle.pgt_stream_tables ORDER BY 1"
+        ).fetchall()
+        assert rows == [("by_customer", None), ("by_id", "public.orders")]
+        status = c.execute(
+            "SELECT DISTINCT stream_table, citus_colocated_with FROM pgtrickle.citus_status "
+            "ORDER BY 1"
+        ).fetchall()
+        assert status == [("public.by_customer", None), ("public.by_id", "public.orders")]
+        assert (
+            pgt.explain_stream_table(c, "by_id", format="json")["citus"]["citus_colocated_with"]
+            == "public.orders"
+        )
+        assert "co-located with no source" in pgt.explain_stream_table(c, "by_customer")
+        # Both record the distributed source in the catalog row every refresh reads.
+        for name in ("by_id", "by_customer"):
+            assert records.get(c, "public", name).citus_captured
+        deps = c.execute(
+            "SELECT DISTINCT source_placement FROM pgtrickle.pgt_dependencies"
+        ).fetchall()
+        assert deps == [("distributed",)]
+        _churn(c, 5000)
+        for name in ("by_id", "by_customer"):
+            assert pgt.refresh_stream_table(c, name).action == "DIFFERENTIAL"
+        _equal(c, "by_id", "by_customer")
+
+
+def test_alter_on_citus(citus_db) -> None:
+    """Placement and, on Citus, the query are not altered in place (loud errors saying to drop
+    and create again); the schedule and refresh mode are."""
+    with citus_db.connect() as c:
+        pgt.install(c)
+        _orders(c)
+        c.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        c.execute("INSERT INTO items SELECT g, g % 3 FROM generate_series(1, 20) g")
+        pgt.create_stream_table(c, "by_region", AGG, placement="local")
+        pgt.create_stream_table(c, "by_v", "SELECT v, count(*) AS n FROM items GROUP BY v")
+        with pytest.raises(ConfigError, match="placement of stream table by_region cannot"):
+            pgt.alter_stream_table(c, "by_region", placement="distributed")
+        with pytest.raises(ConfigError, match="reads Citus reference or distributed tables"):
+            pgt.alter_stream_table(c, "by_region", query=AGG.replace("count(*)", "count(note)"))
+        with pytest.raises(ConfigError, match=r"would read Citus tables \(public.orders\)"):
+            pgt.alter_stream_table(c, "by_v", query="SELECT region AS v FROM orders")
+        pgt.alter_stream_table(c, "by_region", schedule="5m", refresh_mode="DIFFERENTIAL")
+        pgt.alter_stream_table(c, "by_v", query="SELECT v, sum(id) AS s FROM items GROUP BY v")
+        _churn(c, 6000)
+        assert pgt.refresh_stream_table(c, "by_region").action == "DIFFERENTIAL"
+        _equal(c, "by_region", "by_v")

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 import dbt_pgtrickle as pgt
+from dbt_pgtrickle.catalog import records
 from dbt_pgtrickle.citus import capture, is_citus_loaded, placement, shard_placements, worker_nodes
 from dbt_pgtrickle.errors import ConfigError
 
@@ -67,3 +68,32 @@ def test_local_placement_recorded_and_explained(shop: psycopg.Connection[Any]) -
     }
     assert "placement" not in pgt.explain_stream_table(shop, "st")
     assert shop.execute("SELECT count(*) FROM pgtrickle.citus_status").fetchone() == (0,)
+
+
+def test_refresh_without_citus_sources_asks_nothing_about_citus(
+    shop: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog row read by every refresh already says whether a source is captured from
+    Citus worker slots; without one, the refresh runs no Citus catalog query of its own."""
+    pgt.create_stream_table(shop, "st", "SELECT region, count(*) AS n FROM orders GROUP BY 1")
+    assert not records.get(shop, "public", "st").citus_captured
+
+    def no_citus(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a refresh without Citus sources queried the Citus catalog")
+
+    monkeypatch.setattr(capture, "citus_sources", no_citus)
+    monkeypatch.setattr(capture, "prepare_refresh", no_citus)
+    shop.execute("UPDATE orders SET region = 7 WHERE id < 5")
+    assert pgt.refresh_stream_table(shop, "st").action == "DIFFERENTIAL"
+    assert pgt.verify_stream_table(shop, "st")["equal"]
+
+
+@pytest.mark.parametrize(
+    "change", [{"placement": "local"}, {"distribution_column": "region", "schedule": "1m"}]
+)
+def test_placement_is_not_altered_in_place(
+    shop: psycopg.Connection[Any], change: dict[str, Any]
+) -> None:
+    pgt.create_stream_table(shop, "st", "SELECT region, count(*) AS n FROM orders GROUP BY 1")
+    with pytest.raises(ConfigError, match="drop the stream table and create it again"):
+        pgt.alter_stream_table(shop, "st", **change)

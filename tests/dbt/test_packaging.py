@@ -178,3 +178,12 @@ def test_index_names_are_stable_and_fit_postgres() -> None:
     name = spec.name("x" * 80)
     assert name == spec.name("x" * 80) and len(name) <= 63 and "__pgt_ix_" in name
     assert name != IndexSpec(("lower(name)", "id")).name("x" * 80)
+
+
+def test_query_change_on_citus_is_a_rebuild() -> None:
+    """alter_stream_table refuses a new query for a stream table on Citus, so dbt rebuilds."""
+    cfg = StreamTableConfig.from_model("m", {"schedule": "1m"})
+    for state in (_state(placement="reference"), _state(citus_sources=True)):
+        assert [(c.key, c.how) for c in config_changes(state, "select 2 as x", cfg)] == [
+            ("query", "rebuild")
+        ]

@@ -208,6 +208,9 @@ class PgTrickleAdapter(PostgresAdapter):
         rows = self._query(
             "SELECT pgt_schema, pgt_name, query_hash, original_query, schedule, requested_mode, "
             "effective_mode, status, cdc_mode, placement, options, distribution_column, "
+            "EXISTS (SELECT FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_change_tracking "
+            "t USING (source_stable_name) WHERE d.pgt_id = pgt_stream_tables.pgt_id "
+            "AND t.cdc_mode = 'citus_slot') AS citus_sources, "
             "ARRAY(SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
             "      WHERE x.indrelid = to_regclass(format('%%I.%%I', pgt_schema, pgt_name)) "
             "        AND strpos(i.relname, %s) > 0 ORDER BY 1) AS model_indexes "
@@ -231,6 +234,7 @@ class PgTrickleAdapter(PostgresAdapter):
             options=dict(r["options"] or {}),
             model_indexes=tuple(r["model_indexes"] or ()),
             distribution_column=r["distribution_column"],
+            citus_sources=bool(r["citus_sources"]),
         )
 
     @available

@@ -10,8 +10,8 @@ has (one row of ``pgtrickle.pgt_stream_tables`` plus the model-managed indexes);
 ``indexes``
     configured indexes created or dropped in place;
 ``rebuild``
-    change capture mode and Citus placement: the stream table must be dropped and created again,
-    which dbt does only under ``--full-refresh``.
+    change capture mode and Citus placement (and the query of a stream table on Citus): the
+    stream table must be dropped and created again, which dbt does only under ``--full-refresh``.
 """
 
 from __future__ import annotations
@@ -205,6 +205,8 @@ class CatalogState:
     options: dict[str, Any] = field(default_factory=dict)
     model_indexes: tuple[str, ...] = ()
     distribution_column: str | None = None
+    #: A source is captured from Citus worker slots.
+    citus_sources: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -228,7 +230,10 @@ def config_changes(state: CatalogState, sql: str, wanted: StreamTableConfig) -> 
     changes: list[ConfigChange] = []
     new_hash = query_hash(sql)
     if new_hash != state.query_hash:
-        changes.append(ConfigChange("query", state.query_hash, new_hash, "alter"))
+        # On Citus the query is not altered in place (see citus.tables.refuse_query_change).
+        on_citus = state.placement != "local" or state.citus_sources
+        how = "rebuild" if on_citus else "alter"
+        changes.append(ConfigChange("query", state.query_hash, new_hash, how))
     if wanted.schedule != state.schedule:
         changes.append(ConfigChange("schedule", state.schedule, wanted.schedule, "alter"))
     if wanted.refresh_mode != state.requested_mode:
