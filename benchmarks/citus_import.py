@@ -9,9 +9,10 @@ for the run), a stream table over it (which creates the replication slots), comm
 then times the import of all of them from the workers' slots into the coordinator's change
 buffer (``dbt_pgtrickle.citus.capture.poll_source``), batch by batch
 (``citus_poll_batch_changes`` decoded messages per batch: peek, decode, COPY, coordinator commit,
-slot advance).
+slot advance), polling up to ``--concurrency`` nodes at a time (``citus_poll_concurrency``).
 
-    python benchmarks/citus_import.py --dsn "host=… dbname=…" --changes 100000 --workers 2
+    python benchmarks/citus_import.py --dsn "host=… dbname=…" --changes 100000 --workers 2 \
+        --concurrency 4
 
 Prints one JSON object (changes, seconds, changes/s, batches, p50/p99 batch milliseconds).
 """
@@ -39,10 +40,13 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def run(dsn: str, changes: int, workers: int, txn_rows: int, batch: int) -> dict[str, Any]:
+def run(
+    dsn: str, changes: int, workers: int, txn_rows: int, batch: int, concurrency: int = 4
+) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as c:
         pgt.install(c)
         pgt.set_setting(c, "citus_poll_batch_changes", batch)
+        pgt.set_setting(c, "citus_poll_concurrency", concurrency)
         nodes = c.execute(
             "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0 AND isactive "
             "ORDER BY nodeid"
@@ -106,6 +110,7 @@ def run(dsn: str, changes: int, workers: int, txn_rows: int, batch: int) -> dict
             "citus": version[0] if version else None,
             "server_version": c.info.server_version,
             "workers": workers,
+            "poll_concurrency": concurrency,
             "changes": report.imported,
             "worker_transactions": report.transactions,
             "seconds": round(seconds, 3),
@@ -126,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--txn-rows", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    result = run(args.dsn, args.changes, args.workers, args.txn_rows, args.batch)
+    result = run(args.dsn, args.changes, args.workers, args.txn_rows, args.batch, args.concurrency)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -243,6 +243,16 @@ REGISTRY: dict[str, Setting] = {
             minimum=1,
         ),
         Setting(
+            "citus_poll_concurrency",
+            int,
+            4,
+            "Citus change import: nodes of one source polled at the same time, each by its own "
+            "thread over its own connections to the node and to the coordinator; 1 polls them "
+            "one after the other. Each node's changes are still imported before its slot is "
+            "confirmed.",
+            minimum=1,
+        ),
+        Setting(
             "citus_reference_row_threshold",
             int,
             100000,

@@ -18,6 +18,9 @@ coordinator so pollers of one source take turns:
    position;
 3. after that commit, advance the slot on the node.
 
+The nodes of a source are polled concurrently (``citus_poll_concurrency``), one thread and one
+connection pair per node, so each node keeps this order on its own.
+
 A crash before 2 commits leaves the changes in the slot; a crash between 2 and 3 leaves them in
 the slot too, but their position is recorded, so the next poll skips them. Nothing is lost or
 imported twice. Imported rows carry the importing coordinator transaction's ``xid8``, so the
@@ -35,6 +38,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -510,21 +514,59 @@ def poll_source(
         if change.reinitialise:
             report.reinitialised.append(src.qualified)
         recorded, _ = _recorded(conn, src.stable)
-        for node_id, addr in sorted(recorded.items()):
-            try:
-                n, t = _poll_node(conn, src, node_id, addr, batch)
-                report.imported += n
-                report.transactions += t
-            except (WorkerUnavailable, psycopg.OperationalError) as exc:
-                _failed(conn, src, node_id, addr, exc)
-                if strict:
-                    raise WorkerUnavailable(
-                        f"Citus node {addr.name}:{addr.port} could not be polled for "
-                        f"{src.qualified}: {str(exc).strip()}",
-                        sqlstate=getattr(exc, "sqlstate", None) or "08006",
-                    ) from None
-                report.failed_nodes.append(f"{addr.name}:{addr.port}")
+        for node_id, addr, outcome in _poll_nodes(conn, src, sorted(recorded.items()), batch):
+            if not isinstance(outcome, Exception):
+                report.imported += outcome[0]
+                report.transactions += outcome[1]
+                continue
+            _failed(conn, src, node_id, addr, outcome)
+            if strict:
+                raise WorkerUnavailable(
+                    f"Citus node {addr.name}:{addr.port} could not be polled for "
+                    f"{src.qualified}: {str(outcome).strip()}",
+                    sqlstate=getattr(outcome, "sqlstate", None) or "08006",
+                ) from None
+            report.failed_nodes.append(f"{addr.name}:{addr.port}")
     return report
+
+
+_NodeOutcome = tuple[int, int] | WorkerUnavailable | psycopg.OperationalError
+
+
+def _poll_nodes(
+    conn: psycopg.Connection[Any],
+    src: CitusSource,
+    nodes: list[tuple[int, NodeAddress]],
+    batch: int,
+) -> list[tuple[int, NodeAddress, _NodeOutcome]]:
+    """Poll ``nodes`` for ``src``, up to ``citus_poll_concurrency`` at a time: the first on
+    ``conn``, each other one in a thread on a coordinator connection of its own. Every node's
+    slot is read by one thread only, so its import-then-confirm order is unchanged; imports of
+    different nodes take turns on the source's catalog row (see :func:`_import`), while the
+    peeks and decoding of one node overlap another's import. A node that cannot be polled
+    yields its exception (the caller counts it); any other error is raised once every thread
+    has finished."""
+    limit = int(_settings.get_setting(conn, "citus_poll_concurrency"))
+
+    def poll(coordinator: psycopg.Connection[Any], node_id: int, addr: NodeAddress) -> _NodeOutcome:
+        try:
+            return _poll_node(coordinator, src, node_id, addr, batch)
+        except (WorkerUnavailable, psycopg.OperationalError) as exc:
+            return exc
+
+    def poll_on_twin(node_id: int, addr: NodeAddress) -> _NodeOutcome:
+        with coordinator_twin(conn) as twin:
+            return poll(twin, node_id, addr)
+
+    if limit <= 1 or len(nodes) <= 1:
+        return [(node_id, addr, poll(conn, node_id, addr)) for node_id, addr in nodes]
+    with ThreadPoolExecutor(max_workers=limit - 1, thread_name_prefix="pgtrickle-citus") as pool:
+        futures = [pool.submit(poll_on_twin, node_id, addr) for node_id, addr in nodes[1:]]
+        first = poll(conn, *nodes[0])
+        rest = [f.result() for f in futures]
+    return [
+        (node_id, addr, out) for (node_id, addr), out in zip(nodes, [first, *rest], strict=True)
+    ]
 
 
 def _poll_node(
