@@ -109,9 +109,11 @@ def test_crash_between_import_and_confirm_neither_loses_nor_duplicates(
         # 1. the import transaction dies before its commit: nothing recorded, all stays in slots
         original_import = capture._import
 
-        def import_then_crash(*args: Any, **kwargs: Any) -> int:
-            with c.transaction():
-                original_import(*args, **kwargs)
+        def import_then_crash(conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> int:
+            # on the importing connection (nodes are polled by threads on connections of their
+            # own): the import's transaction becomes a savepoint of one that rolls back
+            with conn.transaction():
+                original_import(conn, *args, **kwargs)
                 raise Crash
 
         monkeypatch.setattr(capture, "_import", import_then_crash)
