@@ -36,7 +36,7 @@ import dbt_pgtrickle as pgt
 
 TABLES = ("plain", "full_identity", "watched")
 STATEMENTS = {
-    "insert": "INSERT INTO {t} SELECT g, g % 10, g FROM generate_series(1, %(rows)s) g",
+    "insert": "INSERT INTO {t} SELECT g, g %% 10, g FROM generate_series(1, %(rows)s) g",
     "update": "UPDATE {t} SET amount = amount + 1",
     "delete": "DELETE FROM {t}",
 }
