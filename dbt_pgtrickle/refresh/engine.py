@@ -340,7 +340,7 @@ def _choose(
     sources: list[_Source],
     full: bool,
     threshold: float,
-    cost_floor_ms: float = 200.0,
+    cost_floor_ms: float = 50.0,
     budget_fraction: float = 0.0,
 ) -> tuple[str, str | None, int, float | None]:
     """The action for this refresh, why (when not the obvious one), pending change rows (also
@@ -413,7 +413,8 @@ def _choose(
                 pending,
                 None,
             )
-    return DIFFERENTIAL, None, pending, (budget_fraction * costs.full_ms) or None
+    budget_ms = max(budget_fraction * costs.full_ms, cost_floor_ms) if budget_fraction else None
+    return DIFFERENTIAL, None, pending, budget_ms
 
 
 @dataclass
