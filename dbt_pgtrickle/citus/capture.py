@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -841,24 +841,54 @@ def prepare_refresh(conn: psycopg.Connection[Any], sources: list[CitusSource]) -
                     "for a full refresh, retry",
                     sqlstate="40001",
                 )
-        for src in sorted(sources, key=lambda s: (s.schema, s.name)):
-            try:
-                conn.execute(
+        # Citus sends a LOCK to the nodes first, in the refresh's transaction on each node,
+        # whose REPEATABLE READ snapshot its first statement takes: before the lock on the
+        # coordinator waited for the writers routed through it. A full refresh read the nodes
+        # in those snapshots and missed the last writes, which the import below counted as
+        # seen. So: the coordinator first (writers routed through it wait from then on), their
+        # two-phase commits finished on the nodes, and only then the nodes (writers connected
+        # to them, MX, wait from then on; the refresh's snapshots there see every write routed
+        # through the coordinator).
+        _lock_sources(conn, sources, on_coordinator_only)
+        for src in sources:
+            _await_prepared(twin, src)
+        _lock_sources(conn, sources, lambda statement: statement)
+        for src in sources:
+            poll_source(twin, src, strict=True, topology=False)
+
+
+def on_coordinator_only(statement: sql.Composed) -> sql.Composed:
+    """``statement`` (a LOCK) run without Citus sending it to the nodes: a LOCK there would
+    start the transaction's work on each node, and with it its snapshot, too early (see
+    :func:`prepare_refresh`)."""
+    return sql.SQL(
+        "SET LOCAL citus.enable_ddl_propagation = off; {}; "
+        "SET LOCAL citus.enable_ddl_propagation TO DEFAULT"
+    ).format(statement)
+
+
+def _lock_sources(
+    conn: psycopg.Connection[Any],
+    sources: list[CitusSource],
+    wrap: Callable[[sql.Composed], sql.Composed],
+) -> None:
+    for src in sorted(sources, key=lambda s: (s.schema, s.name)):
+        try:
+            conn.execute(
+                wrap(
                     sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
                         sql.Identifier(src.schema, src.name)
                     )
                 )
-            except psycopg.errors.InternalError as exc:
-                # Citus propagates the lock to the nodes; it reports a lost node connection
-                # (e.g. a worker restarted under this session's cached connection) as XX000.
-                raise WorkerUnavailable(
-                    f"locking {src.qualified} on the Citus nodes failed: "
-                    f"{exc.diag.message_primary or exc}; retry",
-                    sqlstate="08006",
-                ) from None
-        for src in sources:
-            _await_prepared(twin, src)
-            poll_source(twin, src, strict=True, topology=False)
+            )
+        except psycopg.errors.InternalError as exc:
+            # Citus propagates the lock to the nodes; it reports a lost node connection
+            # (e.g. a worker restarted under this session's cached connection) as XX000.
+            raise WorkerUnavailable(
+                f"locking {src.qualified} on the Citus nodes failed: "
+                f"{exc.diag.message_primary or exc}; retry",
+                sqlstate="08006",
+            ) from None
 
 
 def catch_up(conn: psycopg.Connection[Any], stables: set[str]) -> None:

@@ -183,8 +183,11 @@ def refresh(
             # One round trip (no parameters: the simple protocol allows several statements;
             # SET takes no snapshot).
             conn.execute(sql.SQL("; ").join(settings_sql))
+            lock = sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_target(rec))
+            if rec.placement != "local":  # Citus: on the coordinator only (see the function)
+                lock = citus_capture.on_coordinator_only(lock)
             try:
-                conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(_target(rec)))
+                conn.execute(lock)
             except psycopg.errors.LockNotAvailable:
                 raise LockNotAvailable(
                     f"stream table {rec.qualified} is being refreshed or altered by another "

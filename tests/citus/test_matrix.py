@@ -192,8 +192,8 @@ def test_concurrent_dml_and_refresh(citus_db) -> None:
     try:
         with citus_db.connect() as c:
             for i in range(6):
-                if i % 2:
-                    pgt.refresh_stream_table(c, "by_region")  # while writers write
+                if i % 2:  # while writers write; once a full refresh (it reads the nodes)
+                    pgt.refresh_stream_table(c, "by_region", full=i == 3)
                     continue
                 # Hold the writers between statements to compare the stream table with the
                 # query at one state right after a refresh.
