@@ -164,17 +164,21 @@ def _modes(plan: compiler.DeltaPlan, requested: str) -> tuple[str, str | None]:
     return "DIFFERENTIAL", None
 
 
-def _lock_sources(conn: psycopg.Connection[Any], plan: compiler.DeltaPlan) -> None:
+def _lock_sources(
+    conn: psycopg.Connection[Any],
+    plan: compiler.DeltaPlan,
+    cplan: _citus.CitusPlan | None = None,
+) -> None:
     """Block writers of the captured sources until commit (no snapshot is taken by LOCK), so
-    every write is either visible to the initial population or captured by the new triggers."""
+    every write is either visible to the initial population or captured by the new triggers
+    (Citus sources: on the coordinator here, on the nodes in ``_citus.create_slots``)."""
     # A fixed order (schema, name): two creations sharing sources never deadlock.
     for src in sorted(plan.sources, key=lambda s: (s.schema, s.name)):
         if src.kind in ("table", "partitioned"):
-            conn.execute(
-                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-                    sql.Identifier(src.schema, src.name)
-                )
+            lock = sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                sql.Identifier(src.schema, src.name)
             )
+            conn.execute(_citus.lock_on_coordinator_only(cplan, src.schema, src.name, lock))
 
 
 def _detach_sources(conn: psycopg.Connection[Any], pgt_id: int) -> list[str]:
@@ -263,7 +267,7 @@ def create_stream_table(
                 c.execute(
                     sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms"))
                 )
-                _lock_sources(c, plan)
+                _lock_sources(c, plan, cplan)
                 # Citus sources: slots first (their creation waits for the nodes' running
                 # transactions), so the population below sees every change they do not stream.
                 _citus.create_slots(c, cplan)

@@ -891,6 +891,13 @@ def _lock_sources(
             ) from None
 
 
+def needed_nodes(
+    conn: psycopg.Connection[Any], schema: str, name: str, kind: str
+) -> list[WorkerNode]:
+    """The nodes a source of placement ``kind`` is captured on."""
+    return list(_needed_nodes(conn, schema, name, kind).values())
+
+
 def catch_up(conn: psycopg.Connection[Any], stables: set[str]) -> None:
     """For a creating transaction, after it locked the sources and before its snapshot (``conn``
     is another autocommit connection): import what the already captured sources ``stables``
@@ -907,7 +914,16 @@ def _await_prepared(
     """Wait (bounded) until no two-phase transaction prepared before now is pending on the
     source's nodes: a coordinator commit returns before ``COMMIT PREPARED`` reaches them."""
     recorded, _ = _recorded(conn, src.stable)
-    for addr in recorded.values():
+    await_prepared_on(conn, list(recorded.values()), timeout_s)
+
+
+def await_prepared_on(
+    conn: psycopg.Connection[Any],
+    nodes: Sequence[WorkerNode | NodeAddress],
+    timeout_s: float = 10.0,
+) -> None:
+    """:func:`_await_prepared` on ``nodes`` (a node that cannot be reached is skipped)."""
+    for addr in nodes:
         try:
             with _node(conn, addr) as wconn:
                 deadline = time.monotonic() + timeout_s

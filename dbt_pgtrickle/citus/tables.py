@@ -233,10 +233,32 @@ def create_slots(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
     from ..naming import stable_name
 
     with capture.coordinator_twin(conn) as twin:
+        # The creating transaction locked the Citus sources on the coordinator only
+        # (lock_on_coordinator_only): now their writers' two-phase commits are done on the
+        # nodes, lock them there, which opens the transaction's work on each node and the
+        # snapshot its population reads (see capture.prepare_refresh for why in this order).
+        for (schema, name), p in sorted(cplan.citus_sources.items()):
+            capture.await_prepared_on(twin, capture.needed_nodes(twin, schema, name, p.kind))
+        for schema, name in sorted(cplan.citus_sources):
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                    sql.Identifier(schema, name)
+                )
+            )
         for schema, name, kind, stable in cplan.uncaptured:
             cplan.new_slots[stable] = capture.create_slots(twin, schema, name, kind, stable)
         captured = {stable_name(s, n) for s, n in cplan.citus_sources} - set(cplan.new_slots)
         capture.catch_up(twin, captured)
+
+
+def lock_on_coordinator_only(
+    cplan: CitusPlan | None, schema: str, name: str, lock: sql.Composed
+) -> sql.Composed:
+    """A creating transaction's ``lock`` of a source, kept on the coordinator for a Citus
+    source (:func:`create_slots` takes it on the nodes later)."""
+    if cplan is not None and (schema, name) in cplan.citus_sources:
+        return capture.on_coordinator_only(lock)
+    return lock
 
 
 def drop_new_slots(conn: psycopg.Connection[Any], cplan: CitusPlan) -> None:
