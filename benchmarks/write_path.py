@@ -22,7 +22,9 @@ The change buffer is logged unless the run stores the setting ``change_buffer_un
 statement the change buffer is drained (a refresh, timed separately as the
 deferred cost capture leaves to the refresh) and a ``CHECKPOINT`` runs. Reported per statement:
 median time per variant, the ratio capture/plain (the write amplification of capture; median of
-the per-repeat ratios) and ivm/plain, and the WAL bytes each statement wrote.
+the per-repeat ratios) and ivm/plain, the WAL bytes each statement wrote and, when the server runs
+on this machine, the server process's CPU time per statement and its capture/plain ratio (far
+less sensitive than the wall time to other jobs on a shared machine).
 """
 
 from __future__ import annotations
@@ -94,6 +96,18 @@ def build(conn: psycopg.Connection[Any], table: str, rows: int) -> None:
     )
 
 
+def backend_cpu_ns(conn: psycopg.Connection[Any], pid: int) -> int | None:
+    """CPU time the server process of ``conn`` has run so far (``/proc/<pid>/schedstat``, ns),
+    or None when the server is not on this machine. The capture triggers run in that process,
+    so a statement's difference is its server CPU time, which the load of other processes on
+    a shared machine barely changes (unlike the wall time)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def wal_lsn(conn: psycopg.Connection[Any]) -> int:
     return int(conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()[0])  # type: ignore[index]
 
@@ -127,6 +141,8 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         }
         bulk_ms: dict[str, dict[str, list[float]]] = {k: {v: [] for v in variants} for k in BULK}
         wal: dict[str, dict[str, list[int]]] = {k: {v: [] for v in variants} for k in BULK}
+        cpu_ms: dict[str, dict[str, list[float]]] = {k: {v: [] for v in variants} for k in BULK}
+        backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
         refresh_ms: dict[str, list[float]] = {k: [] for k in BULK}
         next_id = base + 1
         for rep in range(repeats):
@@ -173,12 +189,16 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
                 for v in order:
                     conn.execute("CHECKPOINT")
                     before = wal_lsn(conn)
+                    cpu0 = backend_cpu_ns(conn, backend)
                     t0 = time.perf_counter()
                     cur = conn.execute(
                         sql.SQL(statements[kind]).format(sql.Identifier(tables[v])),
                         {"lo": lo, "hi": hi},
                     )
                     bulk_ms[kind][v].append((time.perf_counter() - t0) * 1000)
+                    cpu1 = backend_cpu_ns(conn, backend)
+                    if cpu0 is not None and cpu1 is not None:
+                        cpu_ms[kind][v].append((cpu1 - cpu0) / 1e6)
                     wal[kind][v].append(wal_lsn(conn) - before)
                     if cur.rowcount != bulk:
                         raise RuntimeError(f"{kind} on {tables[v]} touched {cur.rowcount} rows")
@@ -226,6 +246,12 @@ def run_workload(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         e["capture_over_plain"] = statistics.median(
             c / pl for c, pl in zip(per["capture"], per["plain"], strict=True)
         )
+        cpu = cpu_ms[kind]
+        if all(len(cpu[v]) == len(per[v]) for v in variants):
+            e["server_cpu_ms"] = {v: C.summary(ms) for v, ms in cpu.items()}
+            e["capture_over_plain_cpu"] = statistics.median(
+                c / pl for c, pl in zip(cpu["capture"], cpu["plain"], strict=True)
+            )
         if ivm_version:
             e["ivm_over_plain"] = statistics.median(
                 c / pl for c, pl in zip(per["ivm"], per["plain"], strict=True)
