@@ -87,6 +87,8 @@ def test_buffer_has_a_brin_xid_index_the_window_and_cleanup_use(
     conn.execute("INSERT INTO src SELECT g, 'a', g FROM generate_series(1, 50) g")
     frontier = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]  # type: ignore[index]
     src = engine._Source("public", "src", stable_name("public", "src"), True, ["id", "g", "v"])
+    assert "::bigint" not in engine._window(src).as_string(conn)  # no lagging reader: plain scan
+    src.lagging_peer = True
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")  # only the index can serve it now
         plan = conn.execute(
@@ -213,6 +215,13 @@ def test_pending_probe_finds_the_readers_behind_on_one_buffer(
         conn.execute("INSERT INTO src VALUES (%s, 'a', 1)", (i,))
         assert pgt.refresh_stream_table(conn, name).action == "DIFFERENTIAL"
     assert [pending(conn, n) for n in names] == [True] * 6 + [False]
+    behind = [
+        engine._sources(
+            conn, conn.execute("SELECT pgtrickle.stream_table_id(%s)", (n,)).fetchone()[0]
+        )[0].lagging_peer  # type: ignore[index]
+        for n in names
+    ]
+    assert behind == [False] + [True] * 6  # r0 is the slowest reader: no one behind it
     for i in (6, 0, 3):
         assert pgt.refresh_stream_table(conn, names[i]).action in ("DIFFERENTIAL", "NO_DATA")
     assert [pending(conn, n) for n in names] == [False, True, True, False, True, True, False]
