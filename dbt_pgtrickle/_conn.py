@@ -14,7 +14,11 @@ from .errors import PgTrickleError
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
     try:
-        return psycopg.connect(dsn, autocommit=True, application_name="pgtrickle")
+        conn = psycopg.connect(dsn, autocommit=True, application_name="pgtrickle")
+        # No server-side prepared statements: a generic plan for a change-window read (its
+        # bounds are parameters) can scan the whole buffer (see scheduler.daemon).
+        conn.prepare_threshold = None
+        return conn
     except psycopg.ProgrammingError as exc:  # libpq could not parse the connection string
         raise PgTrickleError(f"invalid connection string: {str(exc).strip()}") from None
     except psycopg.Error as exc:

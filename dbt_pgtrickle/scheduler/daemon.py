@@ -97,6 +97,15 @@ def _broken(conn: psycopg.Connection[Any] | None) -> bool:
     return conn is None or conn.closed or conn.broken
 
 
+def _no_prepared_statements(conn: psycopg.Connection[Any]) -> None:
+    """psycopg prepares a statement run five times on one connection; PostgreSQL may then pick
+    a generic plan, which for the pending probe and the change-window reads (their bounds are
+    parameters) can be a scan of the whole buffer (a quiet probe took 47 ms instead of 0.6 ms).
+    A long-lived scheduler connection would keep that plan, so every statement is planned
+    with its values."""
+    conn.prepare_threshold = None
+
+
 def _connect(dsn: str, name: str) -> psycopg.Connection[Any]:
     try:
         conn = psycopg.connect(
@@ -104,6 +113,7 @@ def _connect(dsn: str, name: str) -> psycopg.Connection[Any]:
         )
     except psycopg.OperationalError as exc:
         raise ConnectionLost(str(exc).strip().splitlines()[0] if str(exc).strip() else "") from exc
+    _no_prepared_statements(conn)
     if conn.info.server_version >= 140000:
         # A backend whose scheduler died (SIGKILL) stops its query within a second instead of
         # holding the stream table's lock until the query ends.
