@@ -90,12 +90,16 @@ REGISTRY: dict[str, Setting] = {
             0.2,
             "AUTO refresh mode: a differential refresh may take at most this fraction of the "
             "stream table's last full refresh (or initial population), but at least "
-            "auto_cost_floor_ms, once that full refresh took at least auto_cost_floor_ms. "
-            "Past it, the attempt is cancelled and rolled back to a "
+            "auto_cost_floor_ms, once that full refresh took at least auto_cost_floor_ms; "
+            "once a differential refresh has been measured, at most 1.25 times the estimate "
+            "from it if that is more (a differential refresh estimated above 80% of a full "
+            "one is not attempted). Past it, the attempt is cancelled and rolled back to a "
             "savepoint, and the refresh recomputes the query in the same snapshot, recording "
             "the reason; the next refreshes go straight to FULL while their change rows are at "
             "least as many as the cancelled attempt's. So an AUTO refresh costs at most "
-            "(1 + this) times a full one (plus the floor, for cheap ones). 0 turns the budget off.",
+            "(1 + this) times a full one (plus the floor, for cheap ones) when nothing is known of "
+            "its differential cost, and at most twice when its estimate was wrong by more "
+            "than the margin. 0 turns the budget off.",
             minimum=0.0,
         ),
         Setting(

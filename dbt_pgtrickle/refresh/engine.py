@@ -353,6 +353,13 @@ def _queue_notification(
     return cur.rowcount > 0
 
 
+#: AUTO recomputes when a differential refresh is estimated at more than this share of a full
+#: one (the saving would not pay for the risk of a wrong estimate) ...
+_WORTH_IT = 0.8
+#: ... and otherwise gives the differential refresh its estimate times this as its budget.
+_MARGIN = 1.25
+
+
 def _choose(
     conn: psycopg.Connection[Any],
     rec: records.StreamTableRecord,
@@ -421,19 +428,22 @@ def _choose(
             pending,
             None,
         )
+    budget_ms = budget_fraction * costs.full_ms
     if costs.diff_ms is not None and costs.diff_rows:
         estimate = costs.diff_ms * pending / costs.diff_rows
-        if estimate > costs.full_ms:
+        if estimate > _WORTH_IT * costs.full_ms:
             return (
                 FULL,
                 f"estimated differential refresh {estimate:.0f} ms ({pending} change rows at "
                 f"the rate of the last one: {costs.diff_ms:.0f} ms for {costs.diff_rows}) above "
-                f"the last full refresh ({costs.full_ms:.0f} ms)",
+                f"{_WORTH_IT:.0%} of the last full refresh ({costs.full_ms:.0f} ms)",
                 pending,
                 None,
             )
-    budget_ms = max(budget_fraction * costs.full_ms, cost_floor_ms) if budget_fraction else None
-    return DIFFERENTIAL, None, pending, budget_ms
+        # A measured cost: the attempt gets its estimate with a margin. The fixed fraction
+        # alone would cancel every differential refresh between it and the full cost.
+        budget_ms = max(budget_ms, _MARGIN * estimate)
+    return DIFFERENTIAL, None, pending, max(budget_ms, cost_floor_ms) if budget_fraction else None
 
 
 @dataclass

@@ -582,7 +582,7 @@ def test_auto_compares_measured_costs_above_the_floor(db: psycopg.Connection[Any
     db.execute("UPDATE src SET v = v + 1 WHERE id = 2")
     r = pgt.refresh_stream_table(db, "st")
     assert r.action == "FULL", r
-    assert "above the last full refresh (10 ms)" in (r.fallback_reason or "")
+    assert "above 80% of the last full refresh (10 ms)" in (r.fallback_reason or "")
     assert pgt.verify_stream_table(db, "st")["equal"]
     pgt.set_setting(db, "auto_cost_floor_ms", 100000)  # a full refresh this cheap: no comparison
     db.execute("UPDATE src SET v = v + 1 WHERE id = 3")
