@@ -72,14 +72,14 @@ REGISTRY: dict[str, Setting] = {
             "auto_cost_floor_ms",
             float,
             50.0,
-            "AUTO refresh mode: once the last full refresh of a stream table took at least this "
-            "long, a refresh also compares measured costs: the last differential refresh's time "
-            "per change row times the pending change rows, against the last full refresh's time "
-            "(or the initial population). If the estimate is higher, the refresh recomputes "
-            "(FULL) and records both figures as the reason; past the floor a differential "
-            "refresh also gets its time budget (auto_diff_budget, at least this floor). Below "
-            "the floor a full refresh is cheap either way and the choice is left to "
-            "auto_full_threshold. Off when auto_full_threshold is 1. Default: at 200 ms, "
+            "AUTO refresh mode: once the last full refresh of a stream table, or the estimate "
+            "of its differential refresh, takes at least this long, a refresh also compares "
+            "measured costs: the last differential refresh's time per change row times the "
+            "pending change rows, against the last full refresh's time (or the initial "
+            "population). If the estimate is above 80% of it, the refresh recomputes (FULL) and "
+            "records both figures as the reason; past the floor a differential refresh also "
+            "gets its time budget (auto_diff_budget, at least this floor). When both are below "
+            "the floor, either is cheap and the choice is left to auto_full_threshold. Off when auto_full_threshold is 1. Default: at 200 ms, "
             "TPC-H at scale factor 0.1 (full refreshes of 40-200 ms) let AUTO run "
             "differential refreshes up to 11x slower than a full one (docs/BENCHMARK.md).",
             minimum=0.0,

@@ -418,8 +418,15 @@ def _choose(
             None,
         )
     costs = _measured_costs(conn, rec.pgt_id)
-    if costs.full_ms is None or costs.full_ms < cost_floor_ms:
-        return DIFFERENTIAL, None, pending, None  # a full refresh is cheap either way
+    if costs.full_ms is None:
+        return DIFFERENTIAL, None, pending, None
+    estimate = (
+        costs.diff_ms * pending / costs.diff_rows
+        if costs.diff_ms is not None and costs.diff_rows
+        else None
+    )
+    if costs.full_ms < cost_floor_ms and (estimate is None or estimate < cost_floor_ms):
+        return DIFFERENTIAL, None, pending, None  # both cheap: not worth judging
     if costs.over_rows is not None and pending >= costs.over_rows:
         return (
             FULL,
@@ -429,8 +436,8 @@ def _choose(
             None,
         )
     budget_ms = budget_fraction * costs.full_ms
-    if costs.diff_ms is not None and costs.diff_rows:
-        estimate = costs.diff_ms * pending / costs.diff_rows
+    if estimate is not None:
+        assert costs.diff_ms is not None
         if estimate > _WORTH_IT * costs.full_ms:
             return (
                 FULL,
