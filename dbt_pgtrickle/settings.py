@@ -72,8 +72,8 @@ REGISTRY: dict[str, Setting] = {
             "auto_cost_floor_ms",
             float,
             50.0,
-            "AUTO refresh mode: once the last full refresh of a stream table, or the estimate "
-            "of its differential refresh, takes at least this long, a refresh also compares "
+            "AUTO refresh mode: once the last full refresh of a stream table, or its last "
+            "differential refresh, took at least this long, a refresh also compares "
             "measured costs: the last differential refresh's time per change row times the "
             "pending change rows, against the last full refresh's time (or the initial "
             "population). If the estimate is above 80% of it, the refresh recomputes (FULL) and "

@@ -425,8 +425,10 @@ def _choose(
         if costs.diff_ms is not None and costs.diff_rows
         else None
     )
-    if costs.full_ms < cost_floor_ms and (estimate is None or estimate < cost_floor_ms):
-        return DIFFERENTIAL, None, pending, None  # both cheap: not worth judging
+    if costs.full_ms < cost_floor_ms and (costs.diff_ms or 0) < cost_floor_ms:
+        # Both measured cheap: not worth judging. (Not the estimate: a small refresh's time is
+        # mostly fixed cost, which the per-row extrapolation would multiply.)
+        return DIFFERENTIAL, None, pending, None
     if costs.over_rows is not None and pending >= costs.over_rows:
         return (
             FULL,
