@@ -246,9 +246,20 @@ def render_tpch(data: dict[str, Report]) -> str:
             faster = [n for n, e in qs.items() if (e.get("full_over_diff") or 0) > 1.0]
             worst = max(((e.get("auto_over_full") or 0, n) for n, e in qs.items()), default=(0, ""))
             changed = sorted(c["orders"] for c in run["cycles"])[len(run["cycles"]) // 2]
+            if res.get("mutation_mix") == "orders_total":
+                share = changed / max(rows.get("orders", 0), 1)
+                mix = (
+                    f"≈ {changed:,} distinct orders changed per cycle ({share:.2%} of the "
+                    "orders), customers, parts and suppliers at a fifth of the rate"
+                )
+            else:
+                mix = (
+                    f"≈ {changed:,} orders per kind of change, five kinds (≈ 4.5× as many "
+                    "distinct orders), plus the same share of customers, parts, suppliers, "
+                    "partsupp"
+                )
             parts.append(
-                f"**Change rate {run['fraction']:.1%}** (≈ {changed:,} orders per cycle, plus "
-                f"the same share of customers, parts, suppliers, partsupp): differential ≥ 10× "
+                f"**Change rate {run['fraction']:.1%}** ({mix}): differential ≥ 10× "
                 f"faster than full on **{len(fast)} of {len(qs)}** queries, faster at all on "
                 f"{len(faster)}; {len(diffq)} maintained differentially; worst AUTO/full "
                 f"{ratio(worst[0])} ({worst[1]}).\n\n"
@@ -521,9 +532,12 @@ def render_targets(data: dict[str, Report]) -> str:
                     "met" if sf1 and fast * 2 > len(qs) else "missed" if sf1 else "not measured",
                 ]
             )
+    # The goal is stated at about 1% of orders changed; other change rates are in the tables.
     worst: tuple[float, str] = (0.0, "")
     for x in reps:
         for run in x["results"]["runs"]:
+            if abs(run["fraction"] - 0.01) > 1e-9:
+                continue
             for n, e in run["queries"].items():
                 w = e.get("auto_over_full_worst_cycle") or e.get("auto_over_full") or 0
                 if (e.get("auto_over_full") or 0) > worst[0]:
@@ -535,7 +549,7 @@ def render_targets(data: dict[str, Report]) -> str:
     if reps:
         rows.append(
             [
-                "AUTO never slower than 1.2× full (median per query)",
+                "AUTO never slower than 1.2× full (median per query, SF 0.1 and 1, 1%)",
                 f"worst {worst[0]:.2f}× ({worst[1]})",
                 "met" if worst[0] <= TARGET_AUTO else "missed",
             ]

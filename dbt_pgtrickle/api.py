@@ -575,15 +575,19 @@ def verify_stream_table(conn: Conn, name: str, *, limit: int = 20) -> dict[str, 
             "SELECT {c} FROM ({q}) AS q) AS x) UNION ALL (SELECT 'missing', * FROM "
             "(SELECT {c} FROM ({q}) AS q EXCEPT ALL SELECT {c} FROM {t}) AS y)"
         ).format(c=col_list, t=target, q=query)
+        sample: list[Any] = []
         with repeatable_read(c):  # counts and sample from one snapshot
-            c.execute(sql.SQL("CREATE TEMP TABLE __pgt_verify ON COMMIT DROP AS {}").format(diff))
             counts = dict(
-                c.execute("SELECT __pgt_side, count(*) FROM __pgt_verify GROUP BY 1").fetchall()
+                c.execute(
+                    sql.SQL("SELECT __pgt_side, count(*) FROM ({}) AS d GROUP BY 1").format(diff),
+                    prepare=False,
+                ).fetchall()
             )
-            # Not prepared: the temporary table has other columns for each stream table.
-            sample = c.execute(
-                "SELECT * FROM __pgt_verify LIMIT %s", (limit,), prepare=False
-            ).fetchall()
+            if counts:  # the sample only when they differ (no second run of the query)
+                sample = c.execute(
+                    sql.SQL("SELECT * FROM ({}) AS d LIMIT {}").format(diff, sql.Literal(limit)),
+                    prepare=False,
+                ).fetchall()
     extra, missing = counts.get("extra", 0), counts.get("missing", 0)
     return {
         "equal": not (extra or missing),

@@ -1,7 +1,11 @@
 """Mutation cycles over the TPC-H-shaped database, in the spirit of TPC-H's refresh functions.
 
-One :meth:`Mutator.cycle` with change fraction ``f`` touches about ``f`` of the orders (at least
-one) and ``f`` of every other table (at least one row each), in two transactions:
+One :meth:`Mutator.cycle` with change fraction ``f`` touches about ``f`` of the orders in total:
+five kinds of order change (two kinds of line-item update, order updates, deletes and inserts)
+each draw a fifth of ``f`` (at least one order each). Customers, parts and suppliers are updated
+at ``f / 5`` each and partsupp at ``f / 20`` of the parts (at least one row each), so that a
+dimension change, which reaches every order joined to it, adds about as much again as one kind of
+order change. Two transactions:
 
 1. *updates that move rows between groups and change join keys*:
    line items of some orders get a new return flag, ship mode, quantity and discount (Q1, Q6,
@@ -30,11 +34,13 @@ import psycopg
 
 from . import datagen
 
+KINDS = 5  # kinds of order change per cycle; each draws a fifth of the cycle's orders
+
 
 @dataclass
 class CycleStats:
     cycle: int
-    orders_touched: int
+    orders_touched: int  # distinct orders inserted, deleted or updated (lines included)
     rows: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -51,6 +57,7 @@ class Mutator:
         self.seed = seed
         self.rng = random.Random(seed)
         self.cycles = 0
+        self.touched: set[int] = set()  # the order keys the current cycle changed
         datagen.install_helpers(conn)
         keys = conn.execute("SELECT o_orderkey FROM orders ORDER BY o_orderkey").fetchall()
         self.live: list[int] = [k for (k,) in keys]
@@ -63,7 +70,9 @@ class Mutator:
     def _take(self, n: int) -> list[int]:
         """``n`` distinct live order keys (they stay live)."""
         n = min(n, len(self.live))
-        return sorted(self.rng.sample(self.live, n))
+        keys = sorted(self.rng.sample(self.live, n))
+        self.touched.update(keys)
+        return keys
 
     def _remove(self, n: int) -> list[int]:
         """``n`` distinct live order keys, removed from the live set."""
@@ -74,6 +83,7 @@ class Mutator:
             out.append(self.live[i])
             self.live[i] = self.live[-1]
             self.live.pop()
+        self.touched.update(out)
         return sorted(out)
 
     def _salt(self, k: int) -> int:
@@ -83,8 +93,10 @@ class Mutator:
 
     def cycle(self, fraction: float) -> CycleStats:
         self.cycles += 1
-        n = max(1, round(fraction * len(self.live)))
-        stats = CycleStats(self.cycles, n)
+        self.touched = set()
+        n = max(1, round(fraction * len(self.live) / KINDS))  # orders per kind of change
+        dim = fraction / KINDS  # the fraction of each dimension table updated
+        stats = CycleStats(self.cycles, 0)
         rows = stats.rows
         c = self.conn
         sz = self.sizes
@@ -142,7 +154,7 @@ class Mutator:
                 "::numeric, 2) "
                 "FROM (SELECT k, tpch_gen.r(k, %(s)s + 1, 0, 24)::int AS nk "
                 "      FROM unnest(%(k)s::int[]) AS k) AS x WHERE c_custkey = x.k",
-                {"s": self._salt(4), "k": self._keys(fraction, sz.customers)},
+                {"s": self._salt(4), "k": self._keys(dim, sz.customers)},
             )
             run(
                 "part: brand/container/size/type/name",
@@ -163,7 +175,7 @@ class Mutator:
                 "[tpch_gen.r(p_partkey, %(s)s + 8, 1, 4)] || ' ' || p_name, 55) "
                 "  ELSE p_name END "
                 "WHERE p_partkey = ANY(%(k)s)",
-                {"s": self._salt(5), "k": self._keys(fraction, sz.parts)},
+                {"s": self._salt(5), "k": self._keys(dim, sz.parts)},
             )
             run(
                 "supplier: nation/balance/comment",
@@ -175,7 +187,7 @@ class Mutator:
                 "  THEN 'quickly ironic deposits' "
                 "  ELSE left('Customer slyly Complaints ' || s_comment, 101) END "
                 "WHERE s_suppkey = ANY(%(k)s)",
-                {"s": self._salt(6), "k": self._keys(fraction, sz.suppliers)},
+                {"s": self._salt(6), "k": self._keys(dim, sz.suppliers)},
             )
             run(
                 "partsupp: cost/available quantity",
@@ -184,7 +196,7 @@ class Mutator:
                 "::numeric, 2), "
                 "ps_availqty = tpch_gen.r(ps_partkey * 8 + ps_suppkey, %(s)s + 1, 1, 9999) "
                 "WHERE ps_partkey = ANY(%(k)s)",
-                {"s": self._salt(7), "k": self._keys(fraction / 4, sz.parts)},
+                {"s": self._salt(7), "k": self._keys(dim / 4, sz.parts)},
             )
         with c.transaction():
             gone = self._remove(n)
@@ -204,6 +216,7 @@ class Mutator:
             rows["lineitem: insert (RF1)"] = n_lines
             new_keys = [datagen.orderkey(i) for i in range(first, last + 1)]
             self.live.extend(new_keys)
+            self.touched.update(new_keys)
             self.next_index = last + 1
             run(
                 "lineitem: update new lines (same transaction)",
@@ -211,6 +224,7 @@ class Mutator:
                 "WHERE l_orderkey = ANY(%(k)s) AND l_linenumber = 1",
                 {"k": new_keys[: max(1, n // 4)]},
             )
+        stats.orders_touched = len(self.touched)
         return stats
 
     def _keys(self, fraction: float, size: int) -> list[int]:

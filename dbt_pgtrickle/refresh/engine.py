@@ -425,9 +425,11 @@ def _choose(
         if costs.diff_ms is not None and costs.diff_rows
         else None
     )
-    if costs.full_ms < cost_floor_ms and (costs.diff_ms or 0) < cost_floor_ms:
-        # Both measured cheap: not worth judging. (Not the estimate: a small refresh's time is
-        # mostly fixed cost, which the per-row extrapolation would multiply.)
+    if costs.full_ms < cost_floor_ms and (estimate or 0) < cost_floor_ms:
+        # Either choice is cheap: not worth judging. Past the floor the estimate is judged even
+        # for a cheap full refresh (a 10x larger change than the last measured one). It
+        # extrapolates the fixed cost of a small refresh too, so a stream table whose full
+        # refresh takes a few ms may recompute where a differential refresh would also be cheap.
         return DIFFERENTIAL, None, pending, None
     if costs.over_rows is not None and pending >= costs.over_rows:
         return (
@@ -452,7 +454,10 @@ def _choose(
         # A measured cost: the attempt gets its estimate with a margin. The fixed fraction
         # alone would cancel every differential refresh between it and the full cost.
         budget_ms = max(budget_ms, _MARGIN * estimate)
-    return DIFFERENTIAL, None, pending, max(budget_ms, cost_floor_ms) if budget_fraction else None
+    # No minimum: the attempt plus the recompute after it stays within (1 + budget_fraction)
+    # of a full refresh. (Past the floor a budget is at least budget_fraction of the floor: an
+    # estimate above the floor with a cheaper full refresh recomputed above.)
+    return DIFFERENTIAL, None, pending, budget_ms if budget_fraction else None
 
 
 @dataclass

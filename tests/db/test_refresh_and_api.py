@@ -362,7 +362,9 @@ def test_topk_backing_table_follows_the_stream_table(db: psycopg.Connection[Any]
     from dbt_pgtrickle.dvm.compiler import topk_backing_name
 
     backing = "pgtrickle_changes." + topk_backing_name('"public"."st"')
-    pgt.create_stream_table(db, "st", "select id, v from src order by v desc, id limit 3")
+    pgt.create_stream_table(
+        db, "st", "select id, v from src order by v desc, id limit 3", refresh_mode="DIFFERENTIAL"
+    )
     assert db.execute("SELECT to_regclass(%s) IS NOT NULL", (backing,)).fetchone() == (True,)
     db.execute("UPDATE src SET v = 1000 WHERE id = 5")
     r = pgt.refresh_stream_table(db, "st")
