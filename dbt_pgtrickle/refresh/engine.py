@@ -59,6 +59,10 @@ class RefreshResult:
     duration_ms: float = 0.0
     fallback_reason: str | None = None
     refresh_id: int | None = None
+    # After the commit, the buffer rows every reader has consumed are deleted: by the refresh
+    # that consumes them last, for all readers (not in duration_ms).
+    cleanup_rows: int = 0
+    cleanup_ms: float = 0.0
 
 
 @dataclass
@@ -305,7 +309,9 @@ def refresh(
             "SELECT pgtrickle.flush_notifications(%s, %s)",
             (settings["notify_coalesce_ms"], rec.pgt_id),
         )
-    cleanup_buffers(conn, [s.stable for s in sources if s.captured])
+    cleaning = time.perf_counter()
+    result.cleanup_rows = cleanup_buffers(conn, [s.stable for s in sources if s.captured])
+    result.cleanup_ms = (time.perf_counter() - cleaning) * 1000
     return result
 
 
