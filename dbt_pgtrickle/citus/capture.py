@@ -95,6 +95,8 @@ class PollReport:
     transactions: int = 0
     failed_nodes: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
+    #: Stable names of the sources that got change rows (their readers are now pending).
+    changed: set[str] = field(default_factory=set)
 
 
 # -- connections ---------------------------------------------------------------------------------
@@ -725,6 +727,10 @@ def _import(
     buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(src.stable))
     written = 0
     with conn.transaction():
+        # Durable before the caller confirms the slot: with synchronous_commit off on the
+        # coordinator, a crash right after the commit could lose the import (and the recorded
+        # position) while the node's slot had already moved past the changes.
+        conn.execute("SET LOCAL synchronous_commit = on")
         row = conn.execute(
             "SELECT frontier_per_node ->> %s FROM pgtrickle.pgt_change_tracking "
             "WHERE source_stable_name = %s FOR UPDATE",
@@ -807,8 +813,8 @@ def _values(
 
 
 def poll_all(conn: psycopg.Connection[Any]) -> PollReport:
-    """Poll every slot-captured source (the scheduler's tick). Failed nodes are skipped and
-    counted; the others keep flowing. Costs one catalog query when there are none."""
+    """Poll every slot-captured source (the scheduler's tick, which calls it only when its
+    catalog read found one). Failed nodes are skipped and counted; the others keep flowing."""
     total = PollReport()
     for src in citus_sources(conn):
         try:
@@ -818,6 +824,8 @@ def poll_all(conn: psycopg.Connection[Any]) -> PollReport:
             total.failed_nodes.append(src.qualified)
             continue
         total.imported += report.imported
+        if report.imported:
+            total.changed.add(src.stable)
         total.transactions += report.transactions
         total.failed_nodes += report.failed_nodes
         total.reinitialised += report.reinitialised

@@ -6,7 +6,8 @@ transaction commits), ``work`` (catalog reads and refreshes, in the main thread)
 :class:`Keeper` thread, one that renews the heartbeat row and this scheduler's leases while a long
 refresh runs.
 
-A *tick* reads the catalog (stream tables, dependencies, settings), decides which stream tables
+A *tick* reads the catalog (stream tables, dependencies, settings), imports what the Citus
+workers' slots hold when a source is captured there (and only then), decides which stream tables
 have changes pending (woken sources, or on a poll tick every stream table, both through
 ``pgtrickle.pending_stream_tables``, which reads each change buffer once) and are due
 (:mod:`.schedule`; a duration schedule counts from the oldest pending change, whose age the
@@ -190,6 +191,7 @@ class Scheduler:
         # pending change committed (keys: those in ``dirty``)
         self.pending_since: dict[int, float] = {}
         self.last_poll_at: float | None = None
+        self.citus_polled_at: float | None = None  # monotonic start of the last Citus poll
         self.refresh_s: dict[int, deque[float]] = {}  # recent refresh durations (s)
         self.tick_s: deque[float] = deque(maxlen=_RECENT)  # recent tick durations (s)
         self.next_poll = 0.0
@@ -259,6 +261,7 @@ class Scheduler:
         # After (re)connecting nothing is known: the first tick probes every stream table.
         self.next_poll = 0.0
         self.last_poll_at = None
+        self.citus_polled_at = None
         self.quiet_at = time.monotonic()
         log.info("scheduler %s serving database %s", self.holder, self.work.info.dbname)
 
@@ -324,7 +327,9 @@ class Scheduler:
 
     # -- one tick ---------------------------------------------------------------------------------
 
-    def _load(self) -> tuple[dict[int, StreamTable], Graph, dict[str, set[int]]]:
+    def _load(self) -> tuple[dict[int, StreamTable], Graph, dict[str, set[int]], bool]:
+        """The stream tables, their dependency graph, the readers of each source (by stable
+        name) and whether any source is captured from Citus worker slots."""
         assert self.work is not None
         self.cfg = all_settings(self.work)
         tables: dict[int, StreamTable] = {}
@@ -343,17 +348,37 @@ class Scheduler:
         upstream: dict[int, set[int]] = {i: set() for i in tables}
         base: dict[int, set[tuple[str, str]]] = {i: set() for i in tables}
         readers: dict[str, set[int]] = {}
-        for pgt_id, stable, src_schema, src_name, up_id in self.work.execute(
-            "SELECT d.pgt_id, d.source_stable_name, d.source_schema, d.source_name, up.pgt_id "
-            "FROM pgtrickle.pgt_dependencies d LEFT JOIN pgtrickle.pgt_stream_tables up "
-            "ON up.pgt_schema = d.source_schema AND up.pgt_name = d.source_name"
+        citus_captured = False
+        for pgt_id, stable, src_schema, src_name, up_id, captured in self.work.execute(
+            "SELECT d.pgt_id, d.source_stable_name, d.source_schema, d.source_name, up.pgt_id, "
+            "coalesce(t.cdc_mode = %s, false) FROM pgtrickle.pgt_dependencies d "
+            "LEFT JOIN pgtrickle.pgt_stream_tables up "
+            "ON up.pgt_schema = d.source_schema AND up.pgt_name = d.source_name "
+            "LEFT JOIN pgtrickle.pgt_change_tracking t USING (source_stable_name)",
+            (citus_capture.CDC_MODE,),
         ).fetchall():
+            citus_captured = citus_captured or captured
             readers.setdefault(stable, set()).add(pgt_id)
             if up_id is not None:
                 upstream[pgt_id].add(up_id)
             else:
                 base[pgt_id].add((src_schema, src_name))
-        return tables, Graph(upstream, base), readers
+        return tables, Graph(upstream, base), readers, citus_captured
+
+    def _poll_citus(self, report: TickReport) -> None:
+        """Import what the Citus workers' slots hold (a failing node is skipped and counted;
+        see citus/capture.py) and take the sources that got changes as woken, so their readers
+        are probed and refreshed in this tick. No wake-up comes from the workers: a change
+        found now committed after the previous poll began (the first poll: after the readers'
+        last refresh)."""
+        assert self.work is not None
+        started = time.monotonic()
+        polled = citus_capture.poll_all(self.work)
+        since = self.citus_polled_at if self.citus_polled_at is not None else float("-inf")
+        self.citus_polled_at = started
+        report.citus_imported = polled.imported
+        for stable in polled.changed:
+            self.woken[stable] = min(self.woken.get(stable, since), since)
 
     def _probe(self, ids: Iterable[int] | None) -> set[int]:
         """The stream tables among ``ids`` (None: all) with changes pending (one probe per change
@@ -424,10 +449,9 @@ class Scheduler:
         started = time.monotonic()
         report = TickReport()
         leases.beat(self.work, self.holder, tick=True)
-        # Citus sources: import what the workers' slots hold (a failing node is skipped and
-        # counted; see citus/capture.py). One catalog query when there are none.
-        report.citus_imported = citus_capture.poll_all(self.work).imported
-        tables, graph, readers = self._load()
+        tables, graph, readers, citus_captured = self._load()
+        if citus_captured:
+            self._poll_citus(report)
         now_mono = time.monotonic()
         now = self._db_now()
         self.dirty &= set(tables)

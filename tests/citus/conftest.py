@@ -39,11 +39,11 @@ from dbt_pgtrickle.embedded import (
 )
 
 
-def _root_conftest() -> Any:
+def _load(relative: str, name: str) -> Any:
     # tests/conftest.py is imported by pytest as the module "conftest", which this file's name
-    # shadows; load it once more under its own name for its server plan and helpers.
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_pgtrickle_tests_conftest", path)
+    # shadows; load it (and the scheduler tests' daemon helpers) once more under their own names.
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -51,7 +51,9 @@ def _root_conftest() -> Any:
     return module
 
 
-_root = _root_conftest()
+_root = _load("conftest.py", "_pgtrickle_tests_conftest")
+daemons = _load("scheduler/daemons.py", "_pgtrickle_tests_daemons")
+REPO = Path(__file__).resolve().parents[2]
 TEST_SETTINGS: dict[str, str] = _root.TEST_SETTINGS
 server_plan = _root.server_plan
 _create_database = _root._create_database
@@ -120,6 +122,13 @@ class Node:
 
     def stop(self) -> None:
         self.cluster.stop(timeout=60)
+
+    def crash(self) -> None:
+        """Stop at once, as a power loss would (``pg_ctl stop -m immediate``: no shutdown
+        checkpoint; the next start runs crash recovery, and replication slots go back to the
+        state of the last checkpoint)."""
+        args = ["-D", str(self.cluster.data_dir), "-m", "immediate", "-w", "-t", "60", "stop"]
+        self.cluster.run("pg_ctl", args, timeout=75)
 
     def start(self) -> None:
         self.port = self.cluster.start(self.port, timeout=60)
@@ -221,3 +230,19 @@ def citus_db(citus_cluster: CitusCluster) -> Iterator[CitusDB]:
                     "WHERE database = current_database() AND NOT active"
                 )
         _for_all_nodes(citus_cluster, lambda admin: _drop_database(admin, name))
+
+
+@pytest.fixture
+def spawn_daemon(tmp_path: Path) -> Iterator[Any]:
+    """``spawn_daemon(dsn, *args)`` starts ``pgtrickle scheduler run`` against ``dsn`` (this
+    checkout's code) and waits for its heartbeat; every daemon started is stopped afterwards."""
+    started: list[Any] = []
+
+    def start(dsn: str, *args: str) -> Any:
+        daemon = daemons.start(dsn, tmp_path / f"daemon-{len(started)}.log", *args, repo=REPO)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

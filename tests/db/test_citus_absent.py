@@ -97,3 +97,38 @@ def test_placement_is_not_altered_in_place(
     pgt.create_stream_table(shop, "st", "SELECT region, count(*) AS n FROM orders GROUP BY 1")
     with pytest.raises(ConfigError, match="drop the stream table and create it again"):
         pgt.alter_stream_table(shop, "st", **change)
+
+
+def test_scheduler_tick_polls_citus_only_when_a_source_is_captured_there(
+    shop: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tick's own catalog read says whether any source is captured from Citus worker
+    slots; without one it runs no Citus query (poll_all is not called), and it notices when the
+    catalog changes."""
+    from dbt_pgtrickle.scheduler.daemon import Scheduler
+
+    calls: list[int] = []
+
+    def counting_poll_all(conn: psycopg.Connection[Any]) -> capture.PollReport:
+        calls.append(1)
+        return capture.PollReport()
+
+    monkeypatch.setattr(capture, "poll_all", counting_poll_all)
+    pgt.create_stream_table(shop, "st", "SELECT region, count(*) AS n FROM orders GROUP BY 1")
+    daemon = Scheduler(dsn)
+    daemon._open()
+    try:
+        daemon.tick()
+        shop.execute("INSERT INTO orders VALUES (100, 1)")
+        daemon.woken[pgt.stable_name("public", "orders")] = 0.0
+        assert daemon.tick().refreshed == ["public.st"]
+        assert calls == []
+        # the catalog now says the source is captured from worker slots: the next tick polls
+        shop.execute("UPDATE pgtrickle.pgt_change_tracking SET cdc_mode = %s", (capture.CDC_MODE,))
+        daemon.tick()
+        assert calls == [1]
+        shop.execute("UPDATE pgtrickle.pgt_change_tracking SET cdc_mode = 'trigger'")
+        daemon.tick()
+        assert calls == [1]
+    finally:
+        daemon._close(graceful=True)

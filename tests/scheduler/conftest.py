@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import daemons
 import psycopg
 import pytest
-from daemons import Daemon, heartbeat, wait_for
+from daemons import Daemon
 
 import dbt_pgtrickle as pgt
 
@@ -24,28 +22,10 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def start(dsn: str, *args: str, wait: bool = True) -> Daemon:
-        log = tmp_path / f"daemon-{len(started)}.log"
-        env = dict(os.environ, PGTRICKLE_DSN=dsn)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "dbt_pgtrickle.cli", "scheduler", "run", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO,
-            )
-        daemon = Daemon(proc, log)
+        daemon = daemons.start(
+            dsn, tmp_path / f"daemon-{len(started)}.log", *args, repo=REPO, wait=wait
+        )
         started.append(daemon)
-        if wait:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                wait_for(
-                    lambda: heartbeat(conn, proc.pid) or proc.poll() is not None,
-                    30,
-                    "the daemon's heartbeat",
-                )
-            assert proc.poll() is None, daemon.output()
         return daemon
 
     yield start
