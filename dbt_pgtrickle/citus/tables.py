@@ -283,12 +283,22 @@ def register_source(
 
 
 def distribute(conn: psycopg.Connection[Any], schema: str, name: str, cplan: CitusPlan) -> None:
-    """Make a new, empty stream table a reference or distributed table (one statement each)."""
-    target = sql.Identifier(schema, name).as_string(conn)
+    """Make a new, empty stream table a reference or distributed table (one statement each),
+    with ``REPLICA IDENTITY FULL`` first (its shards inherit it): Citus copies shards to other
+    nodes (``citus_drain_node``, rebalances, reference tables onto an added node) by logical
+    replication, which it refuses for a table with neither a primary key nor a replica identity,
+    and a stream table has no primary key."""
+    if cplan.placement not in (REFERENCE, DISTRIBUTED):
+        return
+    target = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target))
     if cplan.placement == REFERENCE:
-        conn.execute("SELECT create_reference_table(%s)", (target,))
-    elif cplan.placement == DISTRIBUTED:
-        conn.execute("SELECT create_distributed_table(%s, %s)", (target, cplan.distribution_column))
+        conn.execute("SELECT create_reference_table(%s)", (target.as_string(conn),))
+    else:
+        conn.execute(
+            "SELECT create_distributed_table(%s, %s)",
+            (target.as_string(conn), cplan.distribution_column),
+        )
 
 
 def record_placement(

@@ -183,6 +183,20 @@ def caught_up(
     return seconds, refreshes
 
 
+def _admin(c: psycopg.Connection[Any], statement: str, *params: Any) -> int:
+    """Run a Citus node operation, again when Citus's deadlock detection cancelled it (a shard
+    move's locks against a refresh's); returns how many times it was cancelled."""
+    for cancelled in range(10):
+        try:
+            t0 = time.monotonic()
+            c.execute(statement, params)
+            print(f"{statement}: {time.monotonic() - t0:.1f} s after {cancelled} cancellations")
+            return cancelled
+        except psycopg.errors.DeadlockDetected:
+            time.sleep(0.5)
+    raise AssertionError(f"{statement} was cancelled 10 times")
+
+
 def _slots_on(c: psycopg.Connection[Any], port: int) -> int:
     row = c.execute(
         "SELECT count(*) FROM pgtrickle.pgt_worker_slots WHERE node_port = %s", (port,)
@@ -300,16 +314,16 @@ def test_daemon_worker_drained_removed_and_readded(citus_db, spawn_daemon) -> No
     daemon = spawn_daemon(citus_db.dsn, "--poll-interval-ms", POLL_MS)
     with Writers(citus_db.dsn) as writers, citus_db.connect() as admin:
         time.sleep(2)
-        admin.execute("SELECT citus_drain_node('127.0.0.1', %s)", (worker.port,))
-        admin.execute("SELECT citus_remove_node('127.0.0.1', %s)", (worker.port,))
+        cancelled = _admin(admin, "SELECT citus_drain_node('127.0.0.1', %s)", worker.port)
+        cancelled += _admin(admin, "SELECT citus_remove_node('127.0.0.1', %s)", worker.port)
         # the daemon's next ticks drain and drop the removed node's slot
         _wait_until(
             lambda: _slots_on(admin, worker.port) == 0, 60, "the removed node's slot dropped"
         )
         time.sleep(2)
-        admin.execute("SELECT citus_add_node('127.0.0.1', %s)", (worker.port,))
+        cancelled += _admin(admin, "SELECT citus_add_node('127.0.0.1', %s)", worker.port)
         _wait_until(lambda: _slots_on(admin, worker.port), 60, "a slot on the re-added node")
-        admin.execute("SELECT rebalance_table_shards('orders')")
+        cancelled += _admin(admin, "SELECT rebalance_table_shards('orders')")
         moved = admin.execute(
             "SELECT count(*) FROM citus_shards WHERE table_name = 'orders'::regclass "
             "AND nodeport = %s",
@@ -319,7 +333,10 @@ def test_daemon_worker_drained_removed_and_readded(citus_db, spawn_daemon) -> No
         time.sleep(3)
         writers.stop()
     seconds, refreshes = caught_up(citus_db.dsn, writers, daemon, list(STREAM_TABLES))
-    print(f"drain/remove/re-add: converged in {seconds:.1f} s, {refreshes} refreshes")
+    print(
+        f"drain/remove/re-add: converged in {seconds:.1f} s, {refreshes} refreshes, node "
+        f"operations cancelled by deadlock detection {cancelled} times"
+    )
 
 
 # -- many stream tables ----------------------------------------------------------------------------
