@@ -41,6 +41,9 @@ CONVERGE_S = 240.0
 
 def _setup(c: psycopg.Connection[Any]) -> None:
     pgt.install(c)
+    # 4 shards (and the distributed stream table co-located with them): a drain or a rebalance
+    # moves each shard by logical replication, a few seconds apiece on this machine.
+    c.execute("SET citus.shard_count = 4")
     c.execute("CREATE TABLE orders (id bigint PRIMARY KEY, region int, amount numeric)")
     c.execute("SELECT create_distributed_table('orders', 'id')")
     c.execute("INSERT INTO orders SELECT g, g % 7, g FROM generate_series(1, 300) g")
