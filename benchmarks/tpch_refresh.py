@@ -36,7 +36,10 @@ test against the budget uses the engine's own duration of the refresh (``Refresh
 duration_ms``, before the commit and the buffer cleanup, which the budget does not cover), not
 the wall time. So
 AUTO/full is measured side by side (the cancelled attempt itself is modelled, not run: the
-differential refresh of the cycle runs unbounded so its time is always known).
+differential refresh of the cycle runs unbounded so its time is always known). The refresh
+history is then made what AUTO would have left (``replay_auto``): the differential refresh's
+row is removed when AUTO would have recomputed, and becomes a budget fallback when AUTO would
+have cancelled it, so the next cycle's decision reads what the engine would read.
 
 At the end, one more cycle at the largest change rate, and the ``profiles`` slowest differential
 queries are refreshed once more under ``auto_explain`` (ANALYZE, BUFFERS, nested statements); the
@@ -424,6 +427,7 @@ def run_fraction(
                 # the engine's own time (before the commit and the buffer cleanup), which is
                 # what AUTO's budget bounds
                 s["diff_engine"].append(result.duration_ms / 1000)
+                replay_auto(conn, result.refresh_id, choice, budget_s, result.duration_ms / 1000)
                 s["action"].append(result.action)
                 s["rows_in"].append(result.rows_in)
                 check_this = check
@@ -484,6 +488,33 @@ def over_budget(engine_s: float | None, budget: float | None) -> bool:
     covers that part; the commit and the buffer cleanup after it are outside) passes the
     budget AUTO would give it."""
     return budget is not None and engine_s is not None and engine_s > budget
+
+
+def replay_auto(
+    conn: psycopg.Connection[Any],
+    refresh_id: int | None,
+    choice: str,
+    budget: float | None,
+    engine_s: float | None,
+) -> None:
+    """Make the refresh history what AUTO would have left, so the next cycle's decision reads
+    it: the cycle's differential refresh runs unbounded to be timed, but AUTO would not have run
+    it (it recomputed: the row goes) or would have cancelled it at its budget (the row becomes
+    the engine's budget fallback, whose change rows send the next as large refresh to FULL)."""
+    if refresh_id is None:
+        return
+    from dbt_pgtrickle.refresh import budget as engine_budget
+
+    if choice == "FULL":
+        conn.execute(
+            "DELETE FROM pgtrickle.pgt_refresh_history WHERE refresh_id = %s", (refresh_id,)
+        )
+    elif choice == "DIFFERENTIAL" and over_budget(engine_s, budget):
+        conn.execute(
+            "UPDATE pgtrickle.pgt_refresh_history SET action = 'FULL', fallback_reason = %s "
+            "WHERE refresh_id = %s",
+            (f"{engine_budget.BUDGET_REASON} (modelled by the benchmark)", refresh_id),
+        )
 
 
 def auto_seconds(
