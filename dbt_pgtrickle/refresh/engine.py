@@ -426,6 +426,16 @@ def _choose(
     costs = _measured_costs(conn, rec.pgt_id)
     if costs.full_ms is None:
         return DIFFERENTIAL, None, pending, None
+    # Before the floor: a cancelled attempt leaves no differential measurement, and the floor
+    # would then let the next as large refresh run unbounded.
+    if costs.over_rows is not None and pending >= costs.over_rows:
+        return (
+            FULL,
+            f"the last differential attempt, with {costs.over_rows} change rows, passed its time "
+            f"budget; {pending} change rows now",
+            pending,
+            None,
+        )
     estimate = (
         costs.diff_ms * pending / costs.diff_rows
         if costs.diff_ms is not None and costs.diff_rows
@@ -437,14 +447,6 @@ def _choose(
         # extrapolates the fixed cost of a small refresh too, so a stream table whose full
         # refresh takes a few ms may recompute where a differential refresh would also be cheap.
         return DIFFERENTIAL, None, pending, None
-    if costs.over_rows is not None and pending >= costs.over_rows:
-        return (
-            FULL,
-            f"the last differential attempt, with {costs.over_rows} change rows, passed its time "
-            f"budget; {pending} change rows now",
-            pending,
-            None,
-        )
     budget_ms = budget_fraction * costs.full_ms
     if estimate is not None:
         assert costs.diff_ms is not None
