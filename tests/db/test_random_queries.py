@@ -9,10 +9,12 @@ Reproducible: ``derandomize=True`` unless ``PGTRICKLE_ORACLE_SEED`` is set;
 ``PGTRICKLE_RANDOM_QUERY_EXAMPLES`` sets the budget (default 40) and
 ``PGTRICKLE_RANDOM_QUERY_BATCHES`` the most DML batches (refresh cycles) per query (default 4).
 
-Long mode (50,000 refresh cycles; progress every 1,000 cycles on stdout)::
+Long mode (about 50,000 refresh cycles: hypothesis draws 3.5-4 batches per query on average
+with up to 20; progress every 1,000 cycles on stdout, the totals at the end). Use a new seed for
+each run: a run restarted on the same seed repeats the same examples::
 
-    PGTRICKLE_RANDOM_QUERY_EXAMPLES=5000 PGTRICKLE_RANDOM_QUERY_BATCHES=20 \
-        PGTRICKLE_ORACLE_SEED=50000 python -m pytest -q -s tests/db/test_random_queries.py
+    PGTRICKLE_RANDOM_QUERY_EXAMPLES=14000 PGTRICKLE_RANDOM_QUERY_BATCHES=20 \
+        PGTRICKLE_ORACLE_SEED=50005 python -m pytest -q -s tests/db/test_random_queries.py
 """
 
 from __future__ import annotations
