@@ -586,6 +586,18 @@ def test_auto_compares_measured_costs_above_the_floor(db: psycopg.Connection[Any
     assert r.action == "FULL", r
     assert "above 80% of the last full refresh (10 ms)" in (r.fallback_reason or "")
     assert pgt.verify_stream_table(db, "st")["equal"]
+    # Many times the measured change rows: the estimate is an extrapolation (it multiplies the
+    # fixed cost too), so AUTO tries the differential refresh with its budget instead of
+    # recomputing, which would measure nothing new.
+    pgt.set_setting(db, "auto_diff_budget", 0.2)
+    db.execute(
+        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
+        "WHEN 'DIFFERENTIAL' THEN 1000 ELSE 10000 END"
+    )
+    db.execute("UPDATE src SET v = v + 1 WHERE id BETWEEN 10 AND 19")
+    r = pgt.refresh_stream_table(db, "st")
+    assert (r.action, r.fallback_reason) == ("DIFFERENTIAL", None), r
+    assert pgt.verify_stream_table(db, "st")["equal"]
     pgt.set_setting(db, "auto_cost_floor_ms", 100000)  # a full refresh this cheap: no comparison
     db.execute("UPDATE src SET v = v + 1 WHERE id = 3")
     assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
