@@ -102,7 +102,7 @@ REGISTRY: dict[str, Setting] = {
             "one is not attempted). Past it, the attempt is cancelled and rolled back to a "
             "savepoint, and the refresh recomputes the query in the same snapshot, recording "
             "the reason; the next refreshes go straight to FULL while their change rows are at "
-            "least as many as the cancelled attempt's. So an AUTO refresh costs at most "
+            "least 80% of the cancelled attempt's. So an AUTO refresh costs at most "
             "(1 + this) times a full one when nothing is known of its differential cost, and "
             "at most twice when its estimate was wrong by more than the margin; a cheap one "
             "(full refresh and estimate both under auto_cost_floor_ms) runs without a budget. "

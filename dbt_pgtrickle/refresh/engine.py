@@ -367,6 +367,9 @@ _MARGIN = 1.25
 #: An estimate for more than this many times the change rows of the measured refresh is an
 #: extrapolation: above the threshold it is tried with the budget of an unmeasured refresh.
 _EXTRAPOLATION = 2.0
+#: A change this large relative to a cancelled attempt's counts as as large (cycles of about the
+#: same size vary by a few percent; a retry would be cancelled again).
+_SAME_SIZE = 0.8
 
 
 def _choose(
@@ -431,7 +434,7 @@ def _choose(
         return DIFFERENTIAL, None, pending, None
     # Before the floor: a cancelled attempt leaves no differential measurement, and the floor
     # would then let the next as large refresh run unbounded.
-    if costs.over_rows is not None and pending >= costs.over_rows:
+    if costs.over_rows is not None and pending >= _SAME_SIZE * costs.over_rows:
         return (
             FULL,
             f"the last differential attempt, with {costs.over_rows} change rows, passed its time "

@@ -647,7 +647,8 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
     # Also under the floor: the cancelled attempt left no differential refresh to judge by,
     # and a full refresh this cheap would otherwise let the next as large one run unbounded.
     db.execute("UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 10 WHERE action = 'FULL'")
-    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(45, 64) i")
+    # 17 change rows: within 80% of the cancelled attempt's 20, "as large".
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(45, 61) i")
     r = pgt.refresh_stream_table(db, "slow_st")
     assert r.action == "FULL" and "passed its time budget" in (r.fallback_reason or ""), r
     db.execute("DELETE FROM few WHERE id >= 45")  # as before, through the same rule
