@@ -394,8 +394,15 @@ def test_node_churn_while_many_stream_tables_refresh(citus_db, spawn_daemon) -> 
     seconds, refreshes = caught_up(
         citus_db.dsn, writers, daemon, names, timeout=max(CONVERGE_S, 3.0 * count)
     )
+    with citus_db.connect() as c:
+        history = dict(
+            c.execute(
+                "SELECT status, count(*) FROM pgtrickle.pgt_refresh_history GROUP BY 1"
+            ).fetchall()
+        )
     print(
-        f"{count} stream tables: created in {created_s:.1f} s, converged {seconds:.1f} s after "
+        f"{count} stream tables: refresh history {history}; created in {created_s:.1f} s, "
+        f"converged {seconds:.1f} s after "
         f"the writers stopped, {refreshes} refreshes, writers {writers.committed} committed / "
         f"{writers.failed} failed"
     )
