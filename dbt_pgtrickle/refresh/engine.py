@@ -480,8 +480,7 @@ def _choose(
         # alone would cancel every differential refresh between it and the full cost.
         budget_ms = max(budget_ms, _MARGIN * estimate)
     # No minimum: the attempt plus the recompute after it stays within (1 + budget_fraction)
-    # of a full refresh. (Past the floor a budget is at least budget_fraction of the floor: an
-    # estimate above the floor with a cheaper full refresh recomputed above.)
+    # of a full refresh.
     return DIFFERENTIAL, None, pending, budget_ms if budget_fraction else None
 
 
