@@ -84,7 +84,7 @@ REGISTRY: dict[str, Setting] = {
             "refresh also gets its time budget (auto_diff_budget). When both are below the "
             "floor, either is cheap and the choice is left to auto_full_threshold. Off when "
             "auto_full_threshold is 1. Default: at 200 ms, TPC-H at scale factor 0.1 (full "
-            "refreshes of 10-700 ms) let AUTO run differential refreshes up to 11.6x slower "
+            "refreshes of 44-2,040 ms) let AUTO run differential refreshes up to 11.6x slower "
             "than a full one (docs/BENCHMARK.md, variant tpch_sf0.1-floor200); judging only "
             "measured times (not the estimate) against 50 ms, up to 8.5x (variant "
             "tpch_sf0.1-measured_floor).",

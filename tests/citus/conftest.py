@@ -133,6 +133,15 @@ class Node:
     def start(self) -> None:
         self.port = self.cluster.start(self.port, timeout=60)
 
+    def shards_of(self, coordinator: psycopg.Connection[Any], table: str) -> int:
+        """How many of ``table``'s shards the coordinator places on this node."""
+        row = coordinator.execute(
+            "SELECT count(*) FROM citus_shards WHERE table_name = %s::regclass AND nodeport = %s",
+            (table, self.port),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
 
 @dataclass
 class CitusCluster:
