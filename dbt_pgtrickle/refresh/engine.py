@@ -234,7 +234,15 @@ def refresh(
             if action == DIFFERENTIAL:
                 # A delta is many small joins: JIT compiling it costs more than it saves (up
                 # to seconds for a wide inclusion–exclusion expansion).
-                conn.execute("SET LOCAL jit = off")
+                differential_sql: list[sql.Composable] = [sql.SQL("SET LOCAL jit = off")]
+                cache_mb = settings["refresh_effective_cache_size_mb"]
+                if cache_mb:
+                    differential_sql.append(
+                        sql.SQL("SET LOCAL effective_cache_size = {}").format(
+                            sql.Literal(f"{cache_mb}MB")
+                        )
+                    )
+                conn.execute(sql.SQL("; ").join(differential_sql))
             reason = _reason or reason
             result = RefreshResult(rec.qualified, action, rows_in=rows_in, fallback_reason=reason)
             if action == FULL:
