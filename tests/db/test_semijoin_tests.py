@@ -34,7 +34,8 @@ STEPS = [
     # key 5: 4 matches, 3 deleted and 1 added (s = -2 while 2 match now)
     "DELETE FROM m WHERE id IN (SELECT id FROM m WHERE k = 5 ORDER BY id LIMIT 3); "
     "INSERT INTO m VALUES (2000, 5, 1)",
-    # key 7: 6 matches, one moves away to key 2 and one stops matching the condition
+    # key 7: 6 matches, one moves away and one stops matching (s = -2); key 2 gets the moved one:
+    # 1 -> 2 matches, s = 1 (exactly s + 1 match now: an old match)
     "UPDATE m SET k = 2 WHERE id = (SELECT min(id) FROM m WHERE k = 7); "
     "UPDATE m SET v = 0 WHERE id = (SELECT max(id) FROM m WHERE k = 7)",
     # key 1 again: 3 matches, all deleted and one inserted and deleted in the same window (s = -3)
@@ -45,9 +46,10 @@ STEPS = [
     # key 8: 7 matches, one changes to another matching value (s = 0, and the key's changes do
     # not cancel: its test is evaluated)
     "UPDATE m SET v = v + 10 WHERE id = (SELECT min(id) FROM m WHERE k = 8)",
-    # keys 2 and 6: every match removed, then as many added back (s = 0 on both)
+    # keys 2 and 6: every match removed, then as many added back with other values (s = 0 on
+    # both, and their changes do not cancel per the columns the test reads)
     "DELETE FROM m WHERE k IN (2, 6); "
-    "INSERT INTO m SELECT 4000 + j, 2, 1 FROM generate_series(1, 2) j; "
+    "INSERT INTO m SELECT 4000 + j, 2, 2 FROM generate_series(1, 2) j; "
     "INSERT INTO m SELECT 5000 + j, 6, 1 FROM generate_series(1, 5) j",
 ]
 
