@@ -31,7 +31,7 @@ import dbt_pgtrickle as pgt
 EXAMPLES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_EXAMPLES", "40"))
 BATCHES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_BATCHES", "4"))
 SEED = os.environ.get("PGTRICKLE_ORACLE_SEED")
-STATS = {"queries": 0, "cycles": 0}
+STATS = {"queries": 0, "cycles": 0, "failed_examples": 0}
 
 SETUP = """
 DROP TABLE IF EXISTS a, b, c CASCADE;
@@ -192,13 +192,22 @@ def test_random_join_queries_stay_exact(conn: psycopg.Connection[Any], dsn: str)
         # A session per example: one session that creates and drops thousands of tables grows
         # its catalog caches (to 700 MB in a long run) and slows down with them.
         with psycopg.connect(dsn, autocommit=True) as session:
-            run_cycles(
-                session, query, batches, STATS, keyless_c=keyless_c, progress="random queries"
-            )
+            try:
+                run_cycles(
+                    session, query, batches, STATS, keyless_c=keyless_c, progress="random queries"
+                )
+            except Exception:
+                # Counted so that an interrupted long run says whether it had found one
+                # (hypothesis reports a failure only once it has shrunk it).
+                STATS["failed_examples"] += 1
+                raise
 
     if SEED is not None:
         run = seed(int(SEED))(run)
     try:
         run()
     finally:  # also when a long run is interrupted: how far it got
-        print(f"\nrandom queries: {STATS['queries']} queries, {STATS['cycles']} cycles")
+        print(
+            f"\nrandom queries: {STATS['queries']} queries, {STATS['cycles']} cycles, "
+            f"{STATS['failed_examples']} failed examples"
+        )
