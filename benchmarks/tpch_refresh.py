@@ -629,8 +629,8 @@ def profile_slowest(
             ),
             "",
         ]
-        for pl in ex["plans"]:
-            if (pl["duration_ms"] or 0) < 1.0:
+        for i, pl in enumerate(ex["plans"]):  # slowest first
+            if (pl["duration_ms"] or 0) < 1.0 and i >= 5:  # all under 1 ms at toy scales
                 continue
             lines += [f"-- {pl['duration_ms']:.1f} ms", pl["query"], pl["plan"], ""]
         (prof_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n")

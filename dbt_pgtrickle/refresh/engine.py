@@ -19,6 +19,7 @@ serialization errors; deletion is idempotent and does not affect what any refres
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,7 @@ class _Source:
     pending: int = 0
     unlogged: bool = False  # its change buffer is UNLOGGED (see cdc/unlogged.py)
     lagging_peer: bool = False  # another reader of its buffer is behind (see _window)
+    windowed: bool = False  # its change window is materialised (see _materialise_windows)
 
 
 def _target(rec: records.StreamTableRecord) -> sql.Identifier:
@@ -222,6 +224,13 @@ def refresh(
             lost = [f"{s.schema}.{s.name}" for s in sources if s.unlogged]
             if lost and unlogged.rearm(conn, rec.pgt_id):  # a crash emptied the buffers
                 full, _reason = True, _reason or unlogged.reset_reason(lost)
+            windows_plan = None
+            if not (full or rec.needs_full or rec.effective_mode == FULL) and all(
+                s.captured for s in sources
+            ):
+                windows_plan = compile_for(conn, rec)
+                if not windows_plan.differential:
+                    windows_plan = None
             action, reason, rows_in, budget_ms = _choose(
                 conn,
                 rec,
@@ -230,6 +239,7 @@ def refresh(
                 threshold,
                 settings["auto_cost_floor_ms"],
                 settings["auto_diff_budget"],
+                windows_plan,
             )
             if action == DIFFERENTIAL:
                 # A delta is many small joins: JIT compiling it costs more than it saves (up
@@ -388,29 +398,30 @@ def _choose(
     threshold: float,
     cost_floor_ms: float = 50.0,
     budget_fraction: float = 0.0,
+    plan: compiler.DeltaPlan | None = None,
 ) -> tuple[str, str | None, int, float | None]:
     """The action for this refresh, why (when not the obvious one), pending change rows (also
     stored per source in ``src.pending``) and, for an AUTO differential refresh, its time budget
-    in ms (:mod:`.budget`; None: unbounded)."""
-    pending, truncated = 0, []
+    in ms (:mod:`.budget`; None: unbounded).
+
+    ``plan``: the refresh may be differential, so the change windows are materialised and
+    counted in one read of each buffer (:func:`_materialise_windows`) instead of counted first
+    and read again."""
+    truncated: list[str] | None = []
     captured = [src for src in sources if src.captured]
+    total: float | None = None
     if rec.frontier is not None and captured:
-        # One statement for every source's window (a round trip each adds up on wide joins).
-        counts = conn.execute(
-            sql.SQL(" UNION ALL ").join(
-                sql.SQL(
-                    "SELECT {}::int, count(*), coalesce(bool_or(b.__pgt_action = 'T'), false) {}"
-                ).format(sql.Literal(i), _window(src))
-                for i, src in enumerate(captured)
-            ),
-            {"f": rec.frontier},
-        ).fetchall()
-        for i, n, was_truncated in counts:
-            src = captured[i]
-            src.pending = n
-            pending += n
-            if was_truncated:
-                truncated.append(f"{src.schema}.{src.name}")
+        truncated = None
+        if plan is not None:
+            cap = _MATERIALISE_FIRST_ROWS
+            if rec.requested_mode == "AUTO" and threshold < 1.0:
+                total = _estimated_rows(conn, sources)
+                if total > 0:  # past it AUTO recomputes: no window is needed
+                    cap = min(cap, int(threshold * total) + 1)
+            truncated = _materialise_windows(conn, rec, captured, plan, cap)
+        if truncated is None:
+            truncated = _count_windows(conn, rec, captured)
+    pending = sum(src.pending for src in captured)
     if full:
         return FULL, "full refresh requested", pending, None
     if rec.frontier is None:
@@ -428,7 +439,8 @@ def _choose(
         return FULL, rec.fallback_reason or "refresh mode FULL", pending, None
     if rec.requested_mode != "AUTO" or threshold >= 1.0:
         return DIFFERENTIAL, None, pending, None
-    total = _estimated_rows(conn, sources)
+    if total is None:
+        total = _estimated_rows(conn, sources)
     if total > 0 and pending / total > threshold:
         return (
             FULL,
@@ -490,6 +502,87 @@ def _choose(
     # No minimum: the attempt plus the recompute after it stays within (1 + budget_fraction)
     # of a full refresh.
     return DIFFERENTIAL, None, pending, budget_ms if budget_fraction else None
+
+
+#: A change window is materialised before the choice only up to this many rows; past it the
+#: windows are counted first (a bulk change that AUTO recomputes is not copied first).
+_MATERIALISE_FIRST_ROWS = 1_000_000
+
+
+def _count_windows(
+    conn: psycopg.Connection[Any], rec: records.StreamTableRecord, captured: list[_Source]
+) -> list[str]:
+    """Count each source's change window (``src.pending``); returns the truncated sources."""
+    # One statement for every source's window (a round trip each adds up on wide joins).
+    counts = conn.execute(
+        sql.SQL(" UNION ALL ").join(
+            sql.SQL(
+                "SELECT {}::int, count(*), coalesce(bool_or(b.__pgt_action = 'T'), false) {}"
+            ).format(sql.Literal(i), _window(src))
+            for i, src in enumerate(captured)
+        ),
+        {"f": rec.frontier},
+    ).fetchall()
+    truncated = []
+    for i, n, was_truncated in counts:
+        captured[i].pending = n
+        if was_truncated:
+            truncated.append(f"{captured[i].schema}.{captured[i].name}")
+    return truncated
+
+
+def _materialise_windows(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    captured: list[_Source],
+    plan: compiler.DeltaPlan,
+    cap: int,
+) -> list[str] | None:
+    """Materialise the non-empty change windows as the differential refresh reads them, each
+    counted by its creation (``src.pending``, ``src.windowed``); returns the truncated sources,
+    or None (nothing left behind) when a window reached ``cap`` rows: then they are counted.
+
+    A TRUNCATE's marker row (weight 0) is copied too: a truncated source is recomputed, so no
+    delta reads it. An empty window gets no table (an existence probe finds it)."""
+    probes = conn.execute(
+        sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::int WHERE EXISTS (SELECT {})").format(sql.Literal(i), _window(src))
+            for i, src in enumerate(captured)
+        ),
+        {"f": rec.frontier},
+    ).fetchall()
+    made: list[_Source] = []
+    for (i,) in probes:
+        src = captured[i]
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
+        cur = conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {} LIMIT {}"
+            ).format(
+                sql.Identifier(changes_relation(src.stable)), cols, _window(src), sql.Literal(cap)
+            ),
+            {"f": rec.frontier},
+        )
+        src.pending, src.windowed = cur.rowcount, True
+        made.append(src)
+        if cur.rowcount >= cap:
+            for src in made:
+                conn.execute(
+                    sql.SQL("DROP TABLE {}").format(sql.Identifier(changes_relation(src.stable)))
+                )
+                src.pending, src.windowed = 0, False
+            return None
+    if not made:
+        return []
+    marked = conn.execute(
+        sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::int WHERE EXISTS (SELECT FROM {} WHERE __pgt_w = 0)").format(
+                sql.Literal(i), sql.Identifier(changes_relation(src.stable))
+            )
+            for i, src in enumerate(made)
+        )
+    ).fetchall()
+    return [f"{made[i].schema}.{made[i].name}" for (i,) in marked]
 
 
 @dataclass
@@ -645,15 +738,16 @@ def _apply_differential(
             known = probes.setdefault(stable, [])
             known.extend(c for c in probed if c not in known)
     for src in changed:
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
         budget.arm(conn, deadline)
-        conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {} "
-                "AND b.__pgt_action <> 'T'"
-            ).format(sql.Identifier(changes_relation(src.stable)), cols, _window(src)),
-            {"f": rec.frontier},
-        )
+        if not src.windowed:
+            cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {} "
+                    "AND b.__pgt_action <> 'T'"
+                ).format(sql.Identifier(changes_relation(src.stable)), cols, _window(src)),
+                {"f": rec.frontier},
+            )
         _index_window(conn, src.stable, probes.get(src.stable, []))
     changed_stables = {src.stable for src in changed}
     for stage in plan.stages:
@@ -732,9 +826,16 @@ def _refresh_stage(
         )
     )
     conn.execute(sql.SQL("ANALYZE {}").format(apply))
-    cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in stage.source.columns)
+    columns = [c.name for c in stage.source.columns]
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     if stage.plan.topk is not None:
         return _refresh_topk_stage(conn, stage, table, apply, window, cols, deadline)
+    result = RefreshResult(stage.name, DIFFERENTIAL)
+    budget.arm(conn, deadline)
+    if stage.plan.strategy in compiler.MERGE_STRATEGIES:
+        # The window comes out of the merge's one join with the stage table.
+        _merge(conn, stage.plan, table, apply, result, window=(window, columns))
+        return bool(result.rows_inserted or result.rows_updated or result.rows_deleted)
     touched = sql.SQL("{} IN (SELECT {} FROM {})").format(
         sql.Identifier(stage.key), sql.Identifier(stage.key), apply
     )
@@ -744,8 +845,6 @@ def _refresh_stage(
             "FROM {} WHERE {}"
         ).format(window, cols, table, touched)
     )
-    result = RefreshResult(stage.name, DIFFERENTIAL)
-    budget.arm(conn, deadline)
     _apply_delta(conn, stage.plan, table, apply, result)
     if not (result.rows_inserted or result.rows_updated or result.rows_deleted):
         conn.execute(sql.SQL("DROP TABLE {}").format(window))
@@ -860,6 +959,10 @@ def _apply_delta(
         _apply_multiset(conn, plan, target, apply, result)
 
 
+#: Names of the temporary tables of matched rows (dropped at commit; one per merge).
+_matched_names = itertools.count()
+
+
 def _merge(
     conn: psycopg.Connection[Any],
     plan: compiler.DeltaPlan,
@@ -867,7 +970,20 @@ def _merge(
     apply: sql.Identifier,
     result: RefreshResult,
     citus_rec: records.StreamTableRecord | None = None,
+    window: tuple[sql.Identifier, list[str]] | None = None,
 ) -> None:
+    """Apply keyed delta rows (one per row id; ``__pgt_keep`` false: delete) to ``target``.
+
+    ``window``: a change window to create of what changed in ``target`` (old rows weighted −1,
+    new rows +1) over the given columns of it, for the plans reading a stage.
+
+    Locally the apply table is joined with ``target`` once, into a temporary table of the
+    matched rows' ctids (the target is locked, so they stay put until the commit). A deleted
+    or changed row is deleted by ctid and a changed or new row inserted from the apply table:
+    no second join, as MERGE and the counts before it needed, and no join at all for the
+    window's new rows. An UPDATE would write as much as the DELETE and INSERT (the row id's
+    index changes either way unless the page has room), and change capture records an update
+    as the same old and new images."""
     cols = [c for c in _columns(plan) if c != "__pgt_row_id"]
     # A row whose stored values already equal the new ones is left alone (no dead tuple, no
     # trigger row for downstream stream tables). Compared as text so every type works, even
@@ -876,37 +992,92 @@ def _merge(
         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols),
         sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in cols),
     )
-    counts = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NULL), "
-            "count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NOT NULL AND {changed}), "
-            "count(*) FILTER (WHERE NOT d.__pgt_keep AND t.__pgt_row_id IS NOT NULL) "
-            "FROM {d} AS d LEFT JOIN {t} AS t ON t.__pgt_row_id = d.__pgt_row_id"
-        ).format(d=apply, t=target, changed=changed)
-    ).fetchone()
-    assert counts is not None
-    result.rows_inserted, result.rows_updated, result.rows_deleted = counts
     if citus_rec is not None:
+        counts = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NULL), "
+                "count(*) FILTER (WHERE d.__pgt_keep AND t.__pgt_row_id IS NOT NULL AND "
+                "{changed}), count(*) FILTER (WHERE NOT d.__pgt_keep AND t.__pgt_row_id IS NOT "
+                "NULL) FROM {d} AS d LEFT JOIN {t} AS t ON t.__pgt_row_id = d.__pgt_row_id"
+            ).format(d=apply, t=target, changed=changed)
+        ).fetchone()
+        assert counts is not None
+        result.rows_inserted, result.rows_updated, result.rows_deleted = counts
         citus_tables.apply_keyed_delta(
             conn, _columns(plan), target, apply, citus_rec.distribution_column
         )
         return
+    matched = sql.Identifier(f"__pgt_matched_{next(_matched_names)}")
+    kept = [
+        sql.SQL("d.__pgt_row_id")
+        if c == "__pgt_row_id"
+        else sql.SQL("t.{}").format(sql.Identifier(c))
+        for c in (window[1] if window else [])
+    ]
     conn.execute(
         sql.SQL(
-            "MERGE INTO {t} AS t USING {d} AS d ON t.__pgt_row_id = d.__pgt_row_id "
-            "WHEN MATCHED AND NOT d.__pgt_keep THEN DELETE "
-            "WHEN MATCHED AND {changed} THEN UPDATE SET {sets} "
-            "WHEN NOT MATCHED AND d.__pgt_keep THEN INSERT (__pgt_row_id, {cols}) "
-            "VALUES (d.__pgt_row_id, {vals})"
+            "CREATE TEMP TABLE {m} ON COMMIT DROP AS SELECT t.ctid AS __pgt_ctid, "
+            "d.__pgt_row_id AS __pgt_rid, d.__pgt_keep, {changed} AS __pgt_changed{kept} "
+            "FROM {d} AS d JOIN {t} AS t ON t.__pgt_row_id = d.__pgt_row_id"
         ).format(
-            t=target,
+            m=matched,
             d=apply,
+            t=target,
             changed=changed,
-            sets=sql.SQL(", ").join(
-                sql.SQL("{} = d.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols
-            ),
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-            vals=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in cols),
+            kept=sql.SQL("").join(sql.SQL(", ") + k for k in kept),
+        )
+    )
+    counts = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {d} WHERE __pgt_keep) - count(*) FILTER (WHERE "
+            "__pgt_keep), count(*) FILTER (WHERE __pgt_keep AND __pgt_changed), count(*) "
+            "FILTER (WHERE NOT __pgt_keep) FROM {m}"
+        ).format(d=apply, m=matched)
+    ).fetchone()
+    assert counts is not None
+    result.rows_inserted, result.rows_updated, result.rows_deleted = counts
+    if not any(counts):
+        return
+    gone = sql.SQL("NOT __pgt_keep OR __pgt_changed")
+    if result.rows_updated or result.rows_deleted:
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT __pgt_ctid FROM {m} WHERE {gone}))"
+            ).format(t=target, m=matched, gone=gone)
+        )
+    new_rows = sql.SQL(
+        "FROM {d} AS d WHERE d.__pgt_keep AND NOT EXISTS (SELECT FROM {m} AS m WHERE "
+        "m.__pgt_rid = d.__pgt_row_id AND NOT m.__pgt_changed)"
+    ).format(d=apply, m=matched)
+    if result.rows_inserted or result.rows_updated:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (__pgt_row_id, {cols}) SELECT d.__pgt_row_id, {vals} {new}"
+            ).format(
+                t=target,
+                cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+                vals=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in cols),
+                new=new_rows,
+            )
+        )
+    if window is None:
+        return
+    name, columns = window
+    wcols = sql.SQL(", ").join(
+        sql.SQL("__pgt_rid AS __pgt_row_id") if c == "__pgt_row_id" else sql.Identifier(c)
+        for c in columns
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {w} ON COMMIT DROP AS SELECT (-1)::smallint AS __pgt_w, {wcols} "
+            "FROM {m} WHERE {gone}"
+        ).format(w=name, wcols=wcols, m=matched, gone=gone)
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {w} SELECT 1::smallint, {dcols} {new}").format(
+            w=name,
+            dcols=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in columns),
+            new=new_rows,
         )
     )
 

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 
 import dbt_pgtrickle as pgt
 
-
-@pytest.fixture
-def db(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    pgt.install(conn)
-    return conn
+# the fixture of tests/db/conftest.py
+RefreshExactly = Callable[[psycopg.Connection[Any], str], pgt.RefreshResult]
 
 
-def refresh_exactly(conn: psycopg.Connection[Any], name: str) -> pgt.RefreshResult:
-    result = pgt.refresh_stream_table(conn, name)
-    check = pgt.verify_stream_table(conn, name)
-    assert check["equal"], check
-    return result
-
-
-def test_updates_of_unread_columns_change_nothing(db: psycopg.Connection[Any]) -> None:
+def test_updates_of_unread_columns_change_nothing(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
     db.execute("CREATE TABLE t (id int PRIMARY KEY, g text, v int, note text)")
     db.execute("INSERT INTO t SELECT i, 'g' || (i % 3), i, 'n' FROM generate_series(1, 30) i")
     pgt.create_stream_table(
@@ -43,7 +35,9 @@ def test_updates_of_unread_columns_change_nothing(db: psycopg.Connection[Any]) -
     assert r.rows_updated == 3
 
 
-def test_numeric_scale_and_case_only_changes_are_kept(db: psycopg.Connection[Any]) -> None:
+def test_numeric_scale_and_case_only_changes_are_kept(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
     # 1.0 = 1.00 and, under a nondeterministic collation, 'abc' = 'ABC'; the query shows both
     # differences, so such an update must reach the stream table (windows must not treat equal
     # images as the same).
@@ -69,7 +63,9 @@ def test_numeric_scale_and_case_only_changes_are_kept(db: psycopg.Connection[Any
     assert db.execute("SELECT label::text FROM st_ci WHERE id = 1").fetchone() == ("ABC",)
 
 
-def test_duplicate_images_keep_their_multiplicity(db: psycopg.Connection[Any]) -> None:
+def test_duplicate_images_keep_their_multiplicity(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
     db.execute("CREATE TABLE k (g text, v int)")  # no key: a multiset
     db.execute("INSERT INTO k VALUES ('a', 1), ('b', 2)")
     pgt.create_stream_table(db, "st", "select g, v from k where v > 0", refresh_mode="DIFFERENTIAL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -11,6 +12,9 @@ import dbt_pgtrickle as pgt
 from dbt_pgtrickle.catalog import records
 from dbt_pgtrickle.dvm import compiler
 from dbt_pgtrickle.refresh import engine
+
+# the fixture of tests/db/conftest.py
+RefreshExactly = Callable[[psycopg.Connection[Any], str], pgt.RefreshResult]
 
 
 @pytest.fixture
@@ -29,14 +33,9 @@ def plan_now(conn: psycopg.Connection[Any], name: str) -> compiler.DeltaPlan:
         return engine.compile_for(conn, records.get(conn, "public", name))
 
 
-def refresh_exactly(conn: psycopg.Connection[Any], name: str) -> str:
-    action = pgt.refresh_stream_table(conn, name).action
-    check = pgt.verify_stream_table(conn, name)
-    assert check["equal"], check
-    return action
-
-
-def test_plan_is_reused_until_a_source_changes(db: psycopg.Connection[Any]) -> None:
+def test_plan_is_reused_until_a_source_changes(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
     pgt.create_stream_table(
         db,
         "st",
@@ -46,7 +45,7 @@ def test_plan_is_reused_until_a_source_changes(db: psycopg.Connection[Any]) -> N
     first = plan_now(db, "st")
     assert plan_now(db, "st") is first
     db.execute("INSERT INTO a VALUES (100, 1, 7)")
-    assert refresh_exactly(db, "st") == "DIFFERENTIAL"
+    assert refresh_exactly(db, "st").action == "DIFFERENTIAL"
     assert plan_now(db, "st") is first
 
     db.execute("ALTER TABLE b ADD PRIMARY KEY (k)")  # a key changes how b's rows are identified
@@ -55,7 +54,7 @@ def test_plan_is_reused_until_a_source_changes(db: psycopg.Connection[Any]) -> N
     assert plan_now(db, "st") is second
     db.execute("UPDATE b SET label = 'changed' WHERE k = 1")
     db.execute("DELETE FROM a WHERE id = 3")
-    assert refresh_exactly(db, "st") == "DIFFERENTIAL"
+    assert refresh_exactly(db, "st").action == "DIFFERENTIAL"
 
     db.execute("ALTER TABLE a ALTER COLUMN v TYPE numeric")
     third = plan_now(db, "st")
@@ -63,7 +62,9 @@ def test_plan_is_reused_until_a_source_changes(db: psycopg.Connection[Any]) -> N
     assert [s.column("v").type for s in third.sources if s.name == "a"] == ["numeric"]  # type: ignore[union-attr]
 
 
-def test_source_dropped_and_created_again_is_recompiled(db: psycopg.Connection[Any]) -> None:
+def test_source_dropped_and_created_again_is_recompiled(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
     pgt.create_stream_table(
         db,
         "st",
@@ -74,11 +75,11 @@ def test_source_dropped_and_created_again_is_recompiled(db: psycopg.Connection[A
     db.execute("DROP TABLE b")
     db.execute("CREATE TABLE b (k int, label text)")  # the same definition, a new table
     db.execute("INSERT INTO b VALUES (1, 'one'), (2, 'two'), (2, 'two')")
-    assert refresh_exactly(db, "st") == "FULL"  # capture reinstalled
+    assert refresh_exactly(db, "st").action == "FULL"  # capture reinstalled
     assert plan_now(db, "st") is not first
     db.execute("INSERT INTO b VALUES (3, 'three')")
     db.execute("UPDATE a SET k = 2 WHERE id = 1")
-    assert refresh_exactly(db, "st") == "DIFFERENTIAL"
+    assert refresh_exactly(db, "st").action == "DIFFERENTIAL"
 
 
 def test_function_redefinition_is_recompiled(db: psycopg.Connection[Any]) -> None:
