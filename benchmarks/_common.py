@@ -5,7 +5,7 @@
 * the ``orders`` source table (built with ``generate_series`` in SQL) and a deterministic change
   generator that applies the *same* change set to several identical copies of a table;
 * a connection class that times every statement the runtime sends, so a refresh's wall time
-  can be split into phases (change-window scan, delta query, MERGE, buffer cleanup, ...);
+  can be split into phases (change-window scan, delta query, keyed apply, buffer cleanup, ...);
 * exactness check of a stream table against its defining query (symmetric EXCEPT ALL);
 * small statistics and table-printing helpers.
 """
@@ -468,12 +468,29 @@ def verify(conn: psycopg.Connection[Any], st: str, query: str, schema: str = "pu
 
 _PHASES = (
     (re.compile(r"^SELECT count\(\*\), coalesce\(bool_or"), "count change window (choose)"),
+    (re.compile(r"^SELECT 0::int, count\(\*\), coalesce\(bool_or"), "count change window (choose)"),
+    (
+        re.compile(r'^SELECT 0::int WHERE EXISTS \(SELECT FROM "pgtrickle_changes"'),
+        "probe change windows",
+    ),
+    (re.compile(r'^SELECT 0::int WHERE EXISTS \(SELECT FROM "__pgt_changes_'), "truncation check"),
+    (
+        re.compile(r'^CREATE TEMP TABLE "__pgt_changes_\w+" ON COMMIT DROP AS SELECT \(-1\)'),
+        "stage window",
+    ),
+    (re.compile(r'^INSERT INTO "__pgt_changes_'), "stage window"),
     (re.compile(r'^CREATE TEMP TABLE "__pgt_changes_'), "materialise change window"),
+    (re.compile(r'^CREATE TEMP TABLE "__pgt_apply_'), "stage delta query"),
+    (re.compile(r'^CREATE TEMP TABLE "__pgt_matched_'), "keyed apply: join with the table"),
+    (re.compile(r"^SELECT \(SELECT count\(\*\) FROM "), "keyed apply: row counts"),
+    (
+        re.compile(r"^DELETE FROM .* WHERE ctid = ANY\(ARRAY\(SELECT __pgt_ctid"),
+        "keyed apply: delete",
+    ),
+    (re.compile(r"^INSERT INTO .* AS d WHERE d\.__pgt_keep AND NOT EXISTS"), "keyed apply: insert"),
     (re.compile(r'^ANALYZE "__pgt_changes_'), "analyze change window"),
     (re.compile(r'^ANALYZE "__pgt_apply"'), "analyze apply table"),
     (re.compile(r'^CREATE TEMP TABLE "__pgt_apply"'), "delta query"),
-    (re.compile(r"^SELECT count\(\*\) FILTER \(WHERE d\.__pgt_keep"), "merge row counts"),
-    (re.compile(r"^MERGE INTO"), "MERGE into stream table"),
     (re.compile(r"^DELETE FROM .* WHERE ctid = ANY"), "multiset delete"),
     (re.compile(r"^INSERT INTO .* CROSS JOIN LATERAL generate_series"), "multiset insert"),
     (re.compile(r'^DELETE FROM "pgtrickle_changes"'), "buffer cleanup"),

@@ -13,7 +13,7 @@ Placement of a stream table (option ``placement``):
 A reference or distributed stream table must be keyed (its rows identified by a row id), or
 recompute fully: the multiset, window and TopK strategies address rows by ``ctid``, which means
 nothing across shards. Deltas are applied with ``DELETE`` and ``INSERT … ON CONFLICT`` instead
-of ``MERGE`` (:func:`apply_keyed_delta`).
+of the local keyed apply by ctid (:func:`apply_keyed_delta`).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def plan_create(
             "backing tables (maintained subqueries, WITH RECURSIVE, set operations); use "
             "placement 'local'"
         )
-    if plan.strategy not in (*compiler.MERGE_STRATEGIES, compiler.FULL_ONLY):
+    if plan.strategy not in (*compiler.KEYED_STRATEGIES, compiler.FULL_ONLY):
         raise ConfigError(
             f"placement {result.placement!r} needs a stream table whose rows have keys (a primary "
             f"key on the sources, GROUP BY or DISTINCT); this query is maintained by strategy "
@@ -337,7 +337,7 @@ def apply_keyed_delta(
     distribution_column: str | None,
 ) -> None:
     """Apply a keyed delta (rows ``__pgt_row_id``, ``__pgt_keep``, columns) to a reference or
-    distributed stream table, without MERGE: delete the rows the delta removes, then insert the
+    distributed stream table, without ctids: delete the rows the delta removes, then insert the
     kept rows, updating those that exist. When the table is distributed on a column
     other than the row id, a row's shard may change, so every touched row is deleted and
     re-inserted instead."""
@@ -354,7 +354,7 @@ def apply_keyed_delta(
     ).format(t=target, d=apply, cols=col_list)
     if by_row_id:
         # No "only if changed" filter: Citus requires immutable functions there, and the
-        # text comparison the local MERGE uses is not; a kept delta row is rewritten.
+        # text comparison the local keyed apply uses is not; a kept delta row is rewritten.
         insert = sql.SQL("{} ON CONFLICT (__pgt_row_id) DO UPDATE SET {}").format(
             insert,
             sql.SQL(", ").join(

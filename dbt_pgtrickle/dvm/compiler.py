@@ -30,15 +30,15 @@ from .operators import (
 from .operators._sql import from_clause_sql, quote_ident
 
 # Strategies: how a delta is applied to the stream table.
-LINEAR_KEYED = "linear_keyed"  # MERGE consolidated rows by primary-key row id
+LINEAR_KEYED = "linear_keyed"  # keyed apply of consolidated rows by primary-key row id
 LINEAR_MULTISET = "linear_multiset"  # delete/insert copies by content hash
-AGGREGATE = "aggregate"  # MERGE recomputed groups
+AGGREGATE = "aggregate"  # keyed apply of recomputed groups
 WINDOW_PARTITIONS = "window_partitions"  # delete and recompute touched window partitions
 TOPK = "topk"  # maintain the whole result in a backing table, keep its top rows
 RECURSIVE = "recursive"  # WITH RECURSIVE: r kept in a backing table, the query over it as copies
 FULL_ONLY = "full_only"  # no delta: every refresh recomputes
 
-MERGE_STRATEGIES = (LINEAR_KEYED, AGGREGATE)
+KEYED_STRATEGIES = (LINEAR_KEYED, AGGREGATE)
 
 TooManyChangedInputs = join.TooManyChangedInputs
 
@@ -266,7 +266,7 @@ def _compile_stages(
             f"({spec.query}) AS {quote_ident('__pgt_t')}",
             [f"{quote_ident('__pgt_t')}.{quote_ident(c)}" for c in spec.columns],
         )
-        keyed = plan.strategy in MERGE_STRATEGIES
+        keyed = plan.strategy in KEYED_STRATEGIES
         # A TopK stage holds its top rows as they are (no row id; a multiset to its readers).
         row_id = () if plan.topk is not None else (ir.Column("__pgt_row_id", "bigint", keyed),)
         source = ir.SourceTable(

@@ -832,9 +832,9 @@ def _refresh_stage(
         return _refresh_topk_stage(conn, stage, table, apply, window, cols, deadline)
     result = RefreshResult(stage.name, DIFFERENTIAL)
     budget.arm(conn, deadline)
-    if stage.plan.strategy in compiler.MERGE_STRATEGIES:
+    if stage.plan.strategy in compiler.KEYED_STRATEGIES:
         # The window comes out of the merge's one join with the stage table.
-        _merge(conn, stage.plan, table, apply, result, window=(window, columns))
+        _apply_keyed(conn, stage.plan, table, apply, result, window=(window, columns))
         return bool(result.rows_inserted or result.rows_updated or result.rows_deleted)
     touched = sql.SQL("{} IN (SELECT {} FROM {})").format(
         sql.Identifier(stage.key), sql.Identifier(stage.key), apply
@@ -950,9 +950,9 @@ def _apply_delta(
     citus_rec: records.StreamTableRecord | None = None,
 ) -> None:
     """Apply the delta rows in ``apply`` to ``target`` by the plan's strategy (for a Citus
-    reference or distributed stream table, ``citus_rec``, without MERGE)."""
-    if plan.strategy in compiler.MERGE_STRATEGIES:
-        _merge(conn, plan, target, apply, result, citus_rec)
+    reference or distributed stream table, ``citus_rec``, by Citus-safe statements)."""
+    if plan.strategy in compiler.KEYED_STRATEGIES:
+        _apply_keyed(conn, plan, target, apply, result, citus_rec)
     elif plan.strategy == compiler.WINDOW_PARTITIONS:
         _apply_partitions(conn, plan, target, apply, result)
     else:
@@ -963,7 +963,7 @@ def _apply_delta(
 _matched_names = itertools.count()
 
 
-def _merge(
+def _apply_keyed(
     conn: psycopg.Connection[Any],
     plan: compiler.DeltaPlan,
     target: sql.Identifier,

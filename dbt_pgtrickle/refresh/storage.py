@@ -48,7 +48,7 @@ def _build_storage(
     )
     if plan.strategy not in (compiler.FULL_ONLY, compiler.TOPK):
         # A distributed table's unique index must contain its distribution column.
-        keyed = plan.strategy in compiler.MERGE_STRATEGIES and (
+        keyed = plan.strategy in compiler.KEYED_STRATEGIES and (
             cplan is None or cplan.distribution_column in (None, _citus.ROW_ID)
         )
         unique = sql.SQL("UNIQUE ") if keyed else sql.SQL("")

@@ -97,7 +97,7 @@ def full(tree: SetOp, branches: list[QueryShape], backing: str) -> str:
 
 def delta(tree: SetOp, branches: list[QueryShape], changed: set[str], backing: str) -> str:
     """Per touched distinct row: ``(row id, keep, values, new counts, w)``. ``keep`` and the
-    counts are upserted into the backing table (MERGE); ``w = F(new) − F(old)`` copies are
+    counts are upserted into the backing table (the keyed apply); ``w = F(new) − F(old)`` copies are
     added to (or, when negative, removed from) the stream table."""
     names = _names(branches)
     k = len(branches)
