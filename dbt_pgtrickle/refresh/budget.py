@@ -6,8 +6,9 @@ in AUTO mode runs inside a savepoint with a deadline: a fraction (``auto_diff_bu
 stream table's last full refresh (or initial population), or, once a differential refresh has
 been measured, 1.25 times the estimate from it if that is more (``engine._choose``). Each
 statement of the delta gets the time that remains as its ``statement_timeout``; when the
-deadline passes, the statement is cancelled, the savepoint is rolled back (temporary windows and
-hidden-table changes with it) and the refresh recomputes the query in the same snapshot. An AUTO
+deadline passes, the statement is cancelled, the savepoint is rolled back (the delta's temporary
+tables and hidden-table changes with it; the sources' change windows, copied before the choice,
+stay) and the refresh recomputes the query in the same snapshot. An AUTO
 refresh about whose differential cost nothing is known therefore costs at most
 ``(1 + auto_diff_budget)`` times a full one, plus noise; one whose estimate was wrong, at most
 twice (AUTO does not attempt a differential refresh estimated above 80% of a full one).

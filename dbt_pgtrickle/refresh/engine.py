@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,9 +229,11 @@ def refresh(
             if not (full or rec.needs_full or rec.effective_mode == FULL) and all(
                 s.captured for s in sources
             ):
-                windows_plan = compile_for(conn, rec)
-                if not windows_plan.differential:
-                    windows_plan = None
+
+                def windows_plan() -> compiler.DeltaPlan | None:
+                    plan = compile_for(conn, rec)
+                    return plan if plan.differential else None
+
             action, reason, rows_in, budget_ms = _choose(
                 conn,
                 rec,
@@ -398,29 +401,32 @@ def _choose(
     threshold: float,
     cost_floor_ms: float = 50.0,
     budget_fraction: float = 0.0,
-    plan: compiler.DeltaPlan | None = None,
+    plan_of: Callable[[], compiler.DeltaPlan | None] | None = None,
 ) -> tuple[str, str | None, int, float | None]:
     """The action for this refresh, why (when not the obvious one), pending change rows (also
     stored per source in ``src.pending``) and, for an AUTO differential refresh, its time budget
     in ms (:mod:`.budget`; None: unbounded).
 
-    ``plan``: the refresh may be differential, so the change windows are materialised and
-    counted in one read of each buffer (:func:`_materialise_windows`) instead of counted first
-    and read again."""
-    truncated: list[str] | None = []
+    ``plan_of``: given when the refresh may be differential (every source captured, not FULL
+    by mode, request or mark); it returns the differential plan, or None. Then the non-empty
+    change windows are materialised and counted in one read of each buffer
+    (:func:`_materialise_windows`) instead of counted first and read again; nothing is compiled
+    when every window is empty."""
+    truncated: list[str] = []
     captured = [src for src in sources if src.captured]
     total: float | None = None
     if rec.frontier is not None and captured:
-        truncated = None
+        live = _probe_windows(conn, rec, captured) if plan_of is not None else captured
+        plan = plan_of() if plan_of is not None and live else None
+        made = None
         if plan is not None:
-            cap = _MATERIALISE_FIRST_ROWS
+            cap = None
             if rec.requested_mode == "AUTO" and threshold < 1.0:
                 total = _estimated_rows(conn, sources)
-                if total > 0:  # past it AUTO recomputes: no window is needed
-                    cap = min(cap, int(threshold * total) + 1)
-            truncated = _materialise_windows(conn, rec, captured, plan, cap)
-        if truncated is None:
-            truncated = _count_windows(conn, rec, captured)
+                if total > 0:  # past it AUTO recomputes: the windows are not needed
+                    cap = int(threshold * total) + 1
+            made = _materialise_windows(conn, rec, live, plan, cap)
+        truncated = made if made is not None else _count_windows(conn, rec, live) if live else []
     pending = sum(src.pending for src in captured)
     if full:
         return FULL, "full refresh requested", pending, None
@@ -504,11 +510,6 @@ def _choose(
     return DIFFERENTIAL, None, pending, budget_ms if budget_fraction else None
 
 
-#: A change window is materialised before the choice only up to this many rows; past it the
-#: windows are counted first (a bulk change that AUTO recomputes is not copied first).
-_MATERIALISE_FIRST_ROWS = 1_000_000
-
-
 def _count_windows(
     conn: psycopg.Connection[Any], rec: records.StreamTableRecord, captured: list[_Source]
 ) -> list[str]:
@@ -531,19 +532,10 @@ def _count_windows(
     return truncated
 
 
-def _materialise_windows(
-    conn: psycopg.Connection[Any],
-    rec: records.StreamTableRecord,
-    captured: list[_Source],
-    plan: compiler.DeltaPlan,
-    cap: int,
-) -> list[str] | None:
-    """Materialise the non-empty change windows as the differential refresh reads them, each
-    counted by its creation (``src.pending``, ``src.windowed``); returns the truncated sources,
-    or None (nothing left behind) when a window reached ``cap`` rows: then they are counted.
-
-    A TRUNCATE's marker row (weight 0) is copied too: a truncated source is recomputed, so no
-    delta reads it. An empty window gets no table (an existence probe finds it)."""
+def _probe_windows(
+    conn: psycopg.Connection[Any], rec: records.StreamTableRecord, captured: list[_Source]
+) -> list[_Source]:
+    """The sources whose change window is not empty (one statement of existence probes)."""
     probes = conn.execute(
         sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {}::int WHERE EXISTS (SELECT {})").format(sql.Literal(i), _window(src))
@@ -551,29 +543,43 @@ def _materialise_windows(
         ),
         {"f": rec.frontier},
     ).fetchall()
+    return [captured[i] for (i,) in probes]
+
+
+def _materialise_windows(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    live: list[_Source],
+    plan: compiler.DeltaPlan,
+    cap: int | None,
+) -> list[str] | None:
+    """Materialise the (non-empty) change windows of ``live`` as the differential refresh reads
+    them, each counted by its creation (``src.pending``, ``src.windowed``); returns the
+    truncated sources, or None (nothing left behind) when a window reached ``cap`` rows.
+
+    A TRUNCATE's marker row (weight 0) is copied too: a truncated source is recomputed, so no
+    delta reads it."""
     made: list[_Source] = []
-    for (i,) in probes:
-        src = captured[i]
+    for src in live:
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
         cur = conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {} LIMIT {}"
-            ).format(
-                sql.Identifier(changes_relation(src.stable)), cols, _window(src), sql.Literal(cap)
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {}{}").format(
+                sql.Identifier(changes_relation(src.stable)),
+                cols,
+                _window(src),
+                sql.SQL("") if cap is None else sql.SQL(" LIMIT {}").format(sql.Literal(cap)),
             ),
             {"f": rec.frontier},
         )
         src.pending, src.windowed = cur.rowcount, True
         made.append(src)
-        if cur.rowcount >= cap:
+        if cap is not None and cur.rowcount >= cap:
             for src in made:
                 conn.execute(
                     sql.SQL("DROP TABLE {}").format(sql.Identifier(changes_relation(src.stable)))
                 )
                 src.pending, src.windowed = 0, False
             return None
-    if not made:
-        return []
     marked = conn.execute(
         sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {}::int WHERE EXISTS (SELECT FROM {} WHERE __pgt_w = 0)").format(
@@ -795,14 +801,15 @@ def _apply_differential(
             sql.Identifier(CHANGES_SCHEMA, plan.counted.backing),
             apply,
             RefreshResult(result.name, DIFFERENTIAL),
+            deadline=deadline,
         )
     if plan.topk is None:
         on_citus = rec.placement != "local"
-        _apply_delta(conn, plan, _target(rec), apply, result, rec if on_citus else None)
+        _apply_delta(conn, plan, _target(rec), apply, result, rec if on_citus else None, deadline)
         return
     # TopK: the delta goes to the backing table; the top rows are re-read only if it changed.
     inner = RefreshResult(result.name, DIFFERENTIAL)
-    _apply_delta(conn, plan.topk.inner, _backing(plan), apply, inner)
+    _apply_delta(conn, plan.topk.inner, _backing(plan), apply, inner, deadline=deadline)
     if inner.rows_inserted or inner.rows_updated or inner.rows_deleted:
         _rewrite(conn, rec, plan, result)
 
@@ -834,7 +841,9 @@ def _refresh_stage(
     budget.arm(conn, deadline)
     if stage.plan.strategy in compiler.KEYED_STRATEGIES:
         # The window comes out of the merge's one join with the stage table.
-        _apply_keyed(conn, stage.plan, table, apply, result, window=(window, columns))
+        _apply_keyed(
+            conn, stage.plan, table, apply, result, window=(window, columns), deadline=deadline
+        )
         return bool(result.rows_inserted or result.rows_updated or result.rows_deleted)
     touched = sql.SQL("{} IN (SELECT {} FROM {})").format(
         sql.Identifier(stage.key), sql.Identifier(stage.key), apply
@@ -845,7 +854,7 @@ def _refresh_stage(
             "FROM {} WHERE {}"
         ).format(window, cols, table, touched)
     )
-    _apply_delta(conn, stage.plan, table, apply, result)
+    _apply_delta(conn, stage.plan, table, apply, result, deadline=deadline)
     if not (result.rows_inserted or result.rows_updated or result.rows_deleted):
         conn.execute(sql.SQL("DROP TABLE {}").format(window))
         return False
@@ -873,7 +882,14 @@ def _refresh_topk_stage(
     assert topk is not None
     budget.arm(conn, deadline)
     inner = RefreshResult(stage.name, DIFFERENTIAL)
-    _apply_delta(conn, topk.inner, sql.Identifier(CHANGES_SCHEMA, topk.backing), apply, inner)
+    _apply_delta(
+        conn,
+        topk.inner,
+        sql.Identifier(CHANGES_SCHEMA, topk.backing),
+        apply,
+        inner,
+        deadline=deadline,
+    )
     if not (inner.rows_inserted or inner.rows_updated or inner.rows_deleted):
         return False
     conn.execute(
@@ -948,11 +964,12 @@ def _apply_delta(
     apply: sql.Identifier,
     result: RefreshResult,
     citus_rec: records.StreamTableRecord | None = None,
+    deadline: budget.Deadline | None = None,
 ) -> None:
     """Apply the delta rows in ``apply`` to ``target`` by the plan's strategy (for a Citus
     reference or distributed stream table, ``citus_rec``, by Citus-safe statements)."""
     if plan.strategy in compiler.KEYED_STRATEGIES:
-        _apply_keyed(conn, plan, target, apply, result, citus_rec)
+        _apply_keyed(conn, plan, target, apply, result, citus_rec, deadline=deadline)
     elif plan.strategy == compiler.WINDOW_PARTITIONS:
         _apply_partitions(conn, plan, target, apply, result)
     else:
@@ -971,6 +988,7 @@ def _apply_keyed(
     result: RefreshResult,
     citus_rec: records.StreamTableRecord | None = None,
     window: tuple[sql.Identifier, list[str]] | None = None,
+    deadline: budget.Deadline | None = None,
 ) -> None:
     """Apply keyed delta rows (one per row id; ``__pgt_keep`` false: delete) to ``target``.
 
@@ -978,12 +996,12 @@ def _apply_keyed(
     new rows +1) over the given columns of it, for the plans reading a stage.
 
     Locally the apply table is joined with ``target`` once, into a temporary table of the
-    matched rows' ctids (the target is locked, so they stay put until the commit). A deleted
-    or changed row is deleted by ctid and a changed or new row inserted from the apply table:
-    no second join, as MERGE and the counts before it needed, and no join at all for the
-    window's new rows. An UPDATE would write as much as the DELETE and INSERT (the row id's
-    index changes either way unless the page has room), and change capture records an update
-    as the same old and new images."""
+    matched rows' ctids (they stay put until the commit: the stream table is locked, and a
+    stage or backing table is written only by this refresh). The counts, the DELETE of rows
+    that go and the UPDATE of rows whose values change address rows by ctid (TID scans), and
+    the INSERT takes the unmatched rows: no second join with the table, as MERGE and the
+    counts before it needed. Rows are updated, not deleted and inserted again, so foreign keys
+    and triggers a user put on a stream table see what they would see with MERGE."""
     cols = [c for c in _columns(plan) if c != "__pgt_row_id"]
     # A row whose stored values already equal the new ones is left alone (no dead tuple, no
     # trigger row for downstream stream tables). Compared as text so every type works, even
@@ -1038,26 +1056,45 @@ def _apply_keyed(
     result.rows_inserted, result.rows_updated, result.rows_deleted = counts
     if not any(counts):
         return
-    gone = sql.SQL("NOT __pgt_keep OR __pgt_changed")
-    if result.rows_updated or result.rows_deleted:
-        conn.execute(
-            sql.SQL(
-                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT __pgt_ctid FROM {m} WHERE {gone}))"
-            ).format(t=target, m=matched, gone=gone)
+
+    def by_ctid(condition: str) -> sql.Composed:
+        return sql.SQL("{}.ctid = ANY(ARRAY(SELECT __pgt_ctid FROM {} WHERE {}))").format(
+            sql.Identifier("t"), matched, sql.SQL(condition)
         )
-    new_rows = sql.SQL(
-        "FROM {d} AS d WHERE d.__pgt_keep AND NOT EXISTS (SELECT FROM {m} AS m WHERE "
-        "m.__pgt_rid = d.__pgt_row_id AND NOT m.__pgt_changed)"
-    ).format(d=apply, m=matched)
-    if result.rows_inserted or result.rows_updated:
+
+    if result.rows_deleted:
+        budget.arm(conn, deadline)
+        conn.execute(
+            sql.SQL("DELETE FROM {} AS t WHERE {}").format(target, by_ctid("NOT __pgt_keep"))
+        )
+    if result.rows_updated:
+        budget.arm(conn, deadline)
         conn.execute(
             sql.SQL(
-                "INSERT INTO {t} (__pgt_row_id, {cols}) SELECT d.__pgt_row_id, {vals} {new}"
+                "UPDATE {t} AS t SET {sets} FROM {d} AS d WHERE {rows} "
+                "AND d.__pgt_row_id = t.__pgt_row_id"
             ).format(
                 t=target,
+                d=apply,
+                rows=by_ctid("__pgt_keep AND __pgt_changed"),
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{} = d.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols
+                ),
+            )
+        )
+    if result.rows_inserted:
+        budget.arm(conn, deadline)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (__pgt_row_id, {cols}) SELECT d.__pgt_row_id, {vals} FROM {d} "
+                "AS d WHERE d.__pgt_keep AND NOT EXISTS (SELECT FROM {m} AS m WHERE "
+                "m.__pgt_rid = d.__pgt_row_id)"
+            ).format(
+                t=target,
+                d=apply,
+                m=matched,
                 cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
                 vals=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in cols),
-                new=new_rows,
             )
         )
     if window is None:
@@ -1067,17 +1104,23 @@ def _apply_keyed(
         sql.SQL("__pgt_rid AS __pgt_row_id") if c == "__pgt_row_id" else sql.Identifier(c)
         for c in columns
     )
+    budget.arm(conn, deadline)
     conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE {w} ON COMMIT DROP AS SELECT (-1)::smallint AS __pgt_w, {wcols} "
-            "FROM {m} WHERE {gone}"
-        ).format(w=name, wcols=wcols, m=matched, gone=gone)
+            "FROM {m} WHERE NOT __pgt_keep OR __pgt_changed"
+        ).format(w=name, wcols=wcols, m=matched)
     )
     conn.execute(
-        sql.SQL("INSERT INTO {w} SELECT 1::smallint, {dcols} {new}").format(
+        sql.SQL(
+            "INSERT INTO {w} SELECT 1::smallint, {dcols} FROM {d} AS d WHERE d.__pgt_keep AND "
+            "NOT EXISTS (SELECT FROM {m} AS m WHERE m.__pgt_rid = d.__pgt_row_id AND NOT "
+            "m.__pgt_changed)"
+        ).format(
             w=name,
             dcols=sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in columns),
-            new=new_rows,
+            d=apply,
+            m=matched,
         )
     )
 

@@ -1,10 +1,11 @@
 """How a differential refresh reads its changes and applies its delta.
 
-* The change windows are materialised while they are counted (one read of each buffer); a window
-  past a cap is counted first instead.
-* A keyed stream table or stage is joined with its delta once: deleted and changed rows go by
-  ctid, changed and new rows come from the delta, and a stage's change window comes out of the
-  same join.
+* The change windows are materialised while they are counted (one read of each buffer), once a
+  probe found them non-empty; in AUTO, a window past what ``auto_full_threshold`` allows is
+  counted first instead.
+* A keyed stream table or stage is joined with its delta once: deleted and changed rows are
+  addressed by ctid, new rows are the unmatched ones, and a stage's change window comes out of
+  the same join.
 """
 
 from __future__ import annotations
@@ -110,30 +111,86 @@ def test_stage_window_from_the_merge(
         assert refresh_exactly(db, "per_n").action == "DIFFERENTIAL", step
 
 
-def test_windows_past_the_cap_are_counted_first(
-    db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, refresh_exactly: RefreshExactly
+def test_windows_past_auto_threshold_are_counted_first(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db.execute("CREATE TABLE t (id int PRIMARY KEY, g int, v int)")
     db.execute("CREATE TABLE u (g int PRIMARY KEY, label text)")
     db.execute("INSERT INTO t SELECT i, i % 4, i FROM generate_series(1, 100) i")
-    db.execute("INSERT INTO u SELECT i, 'g' || i FROM generate_series(0, 3) i")
+    db.execute("INSERT INTO u SELECT i, 'g' || i FROM generate_series(0, 199) i")
     db.execute("ANALYZE t, u")
     query = "select u.label, sum(t.v) as s from t join u on u.g = t.g group by u.label"
-    pgt.create_stream_table(db, "st", query, refresh_mode="DIFFERENTIAL")
-    monkeypatch.setattr(engine, "_MATERIALISE_FIRST_ROWS", 3)
-    db.execute("INSERT INTO t SELECT i, i % 4, 1 FROM generate_series(101, 110) i")
-    db.execute("UPDATE u SET label = 'x' WHERE g = 0")  # 2 change rows: under the cap
+    pgt.create_stream_table(db, "st", query, refresh_mode="AUTO")
+    pgt.set_setting(db, "auto_full_threshold", 0.1)  # a window cap of 31 of 300 source rows
+    counted = []
+    count_windows = engine._count_windows
+
+    def spy(conn: psycopg.Connection[Any], rec: Any, live: list[Any]) -> list[str]:
+        counted.append(sorted(src.name for src in live))
+        return count_windows(conn, rec, live)
+
+    monkeypatch.setattr(engine, "_count_windows", spy)
+    # t (read first) is under the cap and materialised; u passes it: both are dropped, counted
+    db.execute("UPDATE t SET v = v + 1 WHERE id <= 3")
+    db.execute("DELETE FROM u WHERE g >= 160")
     r = refresh_exactly(db, "st")
-    assert (r.action, r.rows_in) == ("DIFFERENTIAL", 12)
-    monkeypatch.undo()
-    # AUTO: the cap is what auto_full_threshold allows (0.1 of about 104 source rows), so a
-    # larger change is counted exactly, then recomputed.
-    pgt.alter_stream_table(db, "st", refresh_mode="AUTO")
-    pgt.set_setting(db, "auto_full_threshold", 0.1)
-    db.execute("DELETE FROM t WHERE id <= 40")
+    assert (r.action, r.rows_in, counted) == ("FULL", 46, [["t", "u"]]), r
+    assert (r.fallback_reason or "").startswith("46 changed rows are"), r.fallback_reason
+    # under the cap: materialised and counted by their creation, nothing counted apart
+    db.execute("UPDATE t SET v = v + 1 WHERE id <= 5")
+    db.execute("UPDATE u SET label = 'x' WHERE g = 1")
     r = refresh_exactly(db, "st")
-    assert r.action == "FULL" and r.rows_in == 40, r
-    assert (r.fallback_reason or "").startswith("40 changed rows are"), r.fallback_reason
-    db.execute("DELETE FROM t WHERE id <= 45")  # 5 rows: under the cap
+    assert (r.action, r.rows_in, counted) == ("DIFFERENTIAL", 12, [["t", "u"]]), r
+    # explicit DIFFERENTIAL: no cap at all
+    pgt.alter_stream_table(db, "st", refresh_mode="DIFFERENTIAL")
+    db.execute("DELETE FROM t WHERE id > 40")
     r = refresh_exactly(db, "st")
-    assert (r.action, r.rows_in) == ("DIFFERENTIAL", 5)
+    assert (r.action, r.rows_in, counted) == ("DIFFERENTIAL", 60, [["t", "u"]]), r
+
+
+def test_no_change_refresh_reads_neither_sources_nor_plan(
+    db: psycopg.Connection[Any], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With every window empty, nothing is compiled, so no source is locked: a refresh while a
+    # source is locked by a long ALTER (or VACUUM FULL) is NO_DATA, not a lock timeout.
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, g int, v int)")
+    db.execute("INSERT INTO t SELECT i, i % 4, i FROM generate_series(1, 20) i")
+    pgt.create_stream_table(db, "st", "select g, sum(v) as s from t group by g")
+    pgt.set_setting(db, "refresh_lock_timeout_ms", 500)
+    compiled = []
+    compile_for = engine.compile_for
+    monkeypatch.setattr(
+        engine,
+        "compile_for",
+        lambda conn, rec: compiled.append(rec.pgt_name) or compile_for(conn, rec),
+    )
+    with psycopg.connect(dsn) as other:
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        assert pgt.refresh_stream_table(db, "st").action == "NO_DATA"
+        other.execute("ROLLBACK")
+    assert compiled == []
+    db.execute("UPDATE t SET v = 0 WHERE id = 1")
+    assert pgt.refresh_stream_table(db, "st").action == "DIFFERENTIAL"
+    assert set(compiled) == {"st"}
+
+
+def test_changed_rows_are_updated_in_place_of_a_foreign_key(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
+    # A user's foreign key to a stream table's rows: a changed row is updated (as MERGE did),
+    # not deleted and inserted again, which the key would refuse.
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, g text, v int)")
+    db.execute("INSERT INTO t VALUES (1, 'a', 1), (2, 'b', 2)")
+    pgt.create_stream_table(
+        db, "st", "select g, sum(v) as s from t group by g", refresh_mode="DIFFERENTIAL"
+    )
+    db.execute("CREATE UNIQUE INDEX st_g ON st (g)")
+    db.execute("ALTER TABLE st ADD CONSTRAINT st_g_key UNIQUE USING INDEX st_g")
+    db.execute("CREATE TABLE note (g text REFERENCES st (g), body text)")
+    db.execute("INSERT INTO note VALUES ('a', 'kept')")
+    db.execute("UPDATE t SET v = 10 WHERE id = 1")
+    db.execute("INSERT INTO t VALUES (3, 'c', 3)")
+    r = refresh_exactly(db, "st")
+    assert (r.rows_inserted, r.rows_updated, r.rows_deleted) == (1, 1, 0)
+    assert db.execute("SELECT g, body FROM note").fetchall() == [("a", "kept")]
