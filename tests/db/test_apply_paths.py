@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 import dbt_pgtrickle as pgt
+from dbt_pgtrickle.dvm.compiler import stage_prefix
 from dbt_pgtrickle.refresh import engine
 
 # the fixture of tests/db/conftest.py
@@ -194,3 +195,50 @@ def test_changed_rows_are_updated_in_place_of_a_foreign_key(
     r = refresh_exactly(db, "st")
     assert (r.rows_inserted, r.rows_updated, r.rows_deleted) == (1, 1, 0)
     assert db.execute("SELECT g, body FROM note").fetchall() == [("a", "kept")]
+
+
+def test_a_stage_joined_on_its_group_keys_is_indexed_on_them(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
+    db.execute("CREATE TABLE part (pk int PRIMARY KEY, brand text)")
+    db.execute("CREATE TABLE line (id int PRIMARY KEY, pk int, sk int, qty int)")
+    db.execute("INSERT INTO part SELECT i, 'b' || (i % 3) FROM generate_series(1, 30) i")
+    db.execute(
+        "INSERT INTO line SELECT i, 1 + i % 30, i % 4, i % 11 FROM generate_series(1, 300) i"
+    )
+    # The correlated average is a stage grouped by (pk, sk) and joined on both columns.
+    pgt.create_stream_table(
+        db,
+        "joined",
+        "select l.id, l.qty from line l join part p on p.pk = l.pk where p.brand = 'b1' and "
+        "l.qty > (select avg(l2.qty) from line l2 where l2.pk = l.pk and l2.sk = l.sk)",
+        refresh_mode="DIFFERENTIAL",
+    )
+    # A grouped derived table that the query above only aggregates: no join, no key index.
+    pgt.create_stream_table(
+        db,
+        "alone",
+        "select n, count(*) as k from (select pk, count(*) as n from line group by pk) as c "
+        "group by n",
+        refresh_mode="DIFFERENTIAL",
+    )
+
+    def stage_indexes(name: str) -> list[str]:
+        prefix = stage_prefix(f'"public"."{name}"')
+        rows = db.execute(
+            "SELECT regexp_replace(indexdef, '^.* USING btree ', '') FROM pg_indexes "
+            "WHERE schemaname = 'pgtrickle_changes' AND starts_with(tablename, %s) ORDER BY 1",
+            (prefix,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    assert stage_indexes("joined") == ["(__pgt_row_id)", "(k0, k1)"]
+    assert stage_indexes("alone") == ["(__pgt_row_id)"]
+    for statement in (
+        "UPDATE line SET qty = qty + 3 WHERE id % 7 = 0",
+        "DELETE FROM line WHERE id % 13 = 0",
+        "INSERT INTO line SELECT i, 1 + i % 30, i % 5, i % 9 FROM generate_series(301, 340) i",
+    ):
+        db.execute(statement)
+        assert refresh_exactly(db, "joined").action == "DIFFERENTIAL"
+        assert refresh_exactly(db, "alone").action == "DIFFERENTIAL"
