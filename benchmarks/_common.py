@@ -483,10 +483,8 @@ _PHASES = (
     (re.compile(r'^CREATE TEMP TABLE "__pgt_apply_'), "stage delta query"),
     (re.compile(r'^CREATE TEMP TABLE "__pgt_matched_'), "keyed apply: join with the table"),
     (re.compile(r"^SELECT \(SELECT count\(\*\) FROM "), "keyed apply: row counts"),
-    (
-        re.compile(r"^DELETE FROM .* WHERE ctid = ANY\(ARRAY\(SELECT __pgt_ctid"),
-        "keyed apply: delete",
-    ),
+    (re.compile(r'^DELETE FROM .* WHERE "t"\.ctid = ANY\(ARRAY\('), "keyed apply: delete"),
+    (re.compile(r'^UPDATE .* WHERE "t"\.ctid = ANY\(ARRAY\('), "keyed apply: update"),
     (re.compile(r"^INSERT INTO .* AS d WHERE d\.__pgt_keep AND NOT EXISTS"), "keyed apply: insert"),
     (re.compile(r'^ANALYZE "__pgt_changes_'), "analyze change window"),
     (re.compile(r'^ANALYZE "__pgt_apply"'), "analyze apply table"),
