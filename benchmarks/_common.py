@@ -467,7 +467,6 @@ def verify(conn: psycopg.Connection[Any], st: str, query: str, schema: str = "pu
 # phases of a refresh, from the statements the runtime sent
 
 _PHASES = (
-    (re.compile(r"^SELECT count\(\*\), coalesce\(bool_or"), "count change window (choose)"),
     (re.compile(r"^SELECT 0::int, count\(\*\), coalesce\(bool_or"), "count change window (choose)"),
     (
         re.compile(r'^SELECT 0::int WHERE EXISTS \(SELECT FROM "pgtrickle_changes"'),

@@ -225,14 +225,17 @@ def refresh(
             lost = [f"{s.schema}.{s.name}" for s in sources if s.unlogged]
             if lost and unlogged.rearm(conn, rec.pgt_id):  # a crash emptied the buffers
                 full, _reason = True, _reason or unlogged.reset_reason(lost)
+            # The differential plan, compiled only once a change window is found non-empty
+            # (a refresh with no changes locks no source) and kept for the delta.
+            compiled: list[compiler.DeltaPlan] = []
             windows_plan = None
             if not (full or rec.needs_full or rec.effective_mode == FULL) and all(
                 s.captured for s in sources
             ):
 
                 def windows_plan() -> compiler.DeltaPlan | None:
-                    plan = compile_for(conn, rec)
-                    return plan if plan.differential else None
+                    compiled.append(compile_for(conn, rec))
+                    return compiled[0] if compiled[0].differential else None
 
             action, reason, rows_in, budget_ms = _choose(
                 conn,
@@ -265,7 +268,8 @@ def refresh(
                 local = rec.placement == "local" and not citus_sources
                 deadline = budget.Deadline(budget_ms, timeout_ms) if budget_ms and local else None
                 try:
-                    _attempt_differential(conn, rec, sources, result, deadline)
+                    plan = compiled[0] if compiled and compiled[0].differential else None
+                    _attempt_differential(conn, rec, plan, sources, result, deadline)
                 except compiler.TooManyChangedInputs as exc:
                     result.action, result.fallback_reason = FULL, str(exc)
                     _apply_full(conn, rec, result)
@@ -697,6 +701,7 @@ def _replace_rows(
 def _attempt_differential(
     conn: psycopg.Connection[Any],
     rec: records.StreamTableRecord,
+    plan: compiler.DeltaPlan | None,
     sources: list[_Source],
     result: RefreshResult,
     deadline: budget.Deadline | None,
@@ -704,11 +709,11 @@ def _attempt_differential(
     """The differential refresh, within ``deadline`` when there is one: past it, everything
     the attempt did is rolled back and the query is recomputed (same snapshot), saying why."""
     if deadline is None:
-        _apply_differential(conn, rec, sources, result)
+        _apply_differential(conn, rec, plan, sources, result)
         return
     try:
         with conn.transaction():  # a savepoint: an attempt over budget leaves nothing behind
-            _apply_differential(conn, rec, sources, result, deadline)
+            _apply_differential(conn, rec, plan, sources, result, deadline)
     except budget.OverBudget:
         pass
     except psycopg.errors.QueryCanceled as exc:
@@ -730,14 +735,19 @@ def _attempt_differential(
 def _apply_differential(
     conn: psycopg.Connection[Any],
     rec: records.StreamTableRecord,
+    plan: compiler.DeltaPlan | None,
     sources: list[_Source],
     result: RefreshResult,
     deadline: budget.Deadline | None = None,
 ) -> None:
-    plan = compile_for(conn, rec)
-    if not plan.differential:
+    """The delta of ``plan`` (the one :func:`_choose` materialised the change windows for;
+    None: the query is not maintainable differentially) applied to the stream table."""
+    if plan is None:
         raise RefreshError(f"stream table {rec.qualified} cannot be refreshed differentially")
     changed = [src for src in sources if src.pending]
+    unread = [f"{src.schema}.{src.name}" for src in changed if not src.windowed]
+    if unread:  # _choose copies every non-empty window of a refresh that may be differential
+        raise RefreshError(f"internal error: no change window of {', '.join(unread)}")
     probes: dict[str, list[tuple[str, ...]]] = {}
     for p in [plan, *(stage.plan for stage in plan.stages)]:
         for stable, probed in p.change_index_columns.items():
@@ -745,15 +755,6 @@ def _apply_differential(
             known.extend(c for c in probed if c not in known)
     for src in changed:
         budget.arm(conn, deadline)
-        if not src.windowed:
-            cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
-            conn.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {} "
-                    "AND b.__pgt_action <> 'T'"
-                ).format(sql.Identifier(changes_relation(src.stable)), cols, _window(src)),
-                {"f": rec.frontier},
-            )
         _index_window(conn, src.stable, probes.get(src.stable, []))
     changed_stables = {src.stable for src in changed}
     for stage in plan.stages:
@@ -840,7 +841,7 @@ def _refresh_stage(
     result = RefreshResult(stage.name, DIFFERENTIAL)
     budget.arm(conn, deadline)
     if stage.plan.strategy in compiler.KEYED_STRATEGIES:
-        # The window comes out of the merge's one join with the stage table.
+        # The window comes out of the keyed apply's one join with the stage table.
         _apply_keyed(
             conn, stage.plan, table, apply, result, window=(window, columns), deadline=deadline
         )
@@ -976,7 +977,7 @@ def _apply_delta(
         _apply_multiset(conn, plan, target, apply, result)
 
 
-#: Names of the temporary tables of matched rows (dropped at commit; one per merge).
+#: Names of the temporary tables of matched rows (dropped at commit; one per keyed apply).
 _matched_names = itertools.count()
 
 

@@ -57,7 +57,7 @@ def test_keyed_apply_counts_and_leaves_unchanged_rows_alone(
     assert history == (1, 1, 1)
 
 
-def test_stage_window_from_the_merge(
+def test_stage_window_from_the_keyed_apply(
     db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
 ) -> None:
     # The subquery in FROM is a stage; what its refresh changed is the window of the query
