@@ -41,6 +41,7 @@ FULL_ONLY = "full_only"  # no delta: every refresh recomputes
 KEYED_STRATEGIES = (LINEAR_KEYED, AGGREGATE)
 
 TooManyChangedInputs = join.TooManyChangedInputs
+Changed = join.Changed
 
 
 @dataclass
@@ -116,6 +117,11 @@ class DeltaPlan:
     # Columns of a change window that correlated lookups probe (semi-joins, outer joins): the
     # engine indexes the window on them, so each probe is an index scan, not a scan of Δ.
     change_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    # Columns by which a join's telescoping terms probe a change window read as an old input
+    # (:func:`.operators.join.join_columns`), and the inputs read under two aliases of one join
+    # (one of them is always read as old): the engine indexes those windows when needed.
+    join_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    self_joined: set[str] = field(default_factory=set)
     topk: TopK | None = None
     counted: Counted | None = None
     recursive: recursive.Recursion | None = None
@@ -428,6 +434,7 @@ def compile_query(
     plan.shape = shape
     plan.target = target
     plan.change_index_columns = _probed_columns(shape)
+    plan.join_index_columns, plan.self_joined = _joined_columns([shape])
     _attach_stages(plan, stages, read)
     return plan
 
@@ -478,6 +485,21 @@ def _probed_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
     return probes
 
 
+def _joined_columns(
+    shapes: list[ir.QueryShape],
+) -> tuple[dict[str, list[tuple[str, ...]]], set[str]]:
+    """:func:`.operators.join.join_columns` and :func:`.operators.join.self_joined` over
+    ``shapes`` (a query, or the branches of a set operation)."""
+    columns: dict[str, list[tuple[str, ...]]] = {}
+    twice: set[str] = set()
+    for shape in shapes:
+        for stable, lists in join.join_columns(shape).items():
+            wanted = columns.setdefault(stable, [])
+            wanted.extend(c for c in lists if c not in wanted)
+        twice |= join.self_joined(shape)
+    return columns, twice
+
+
 def _union_plan(
     branches: list[ir.QueryShape], normalized: str, target: str, is_distinct: bool
 ) -> DeltaPlan:
@@ -505,6 +527,8 @@ def _union_plan(
         branches=branches,
         union_distinct=is_distinct,
         change_index_columns=_branch_probes(branches),
+        join_index_columns=_joined_columns(branches)[0],
+        self_joined=_joined_columns(branches)[1],
         inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
 
@@ -581,6 +605,8 @@ def _counted_plan(
         operators=ops,
         target=target,
         change_index_columns=_branch_probes(branches),
+        join_index_columns=_joined_columns(branches)[0],
+        self_joined=_joined_columns(branches)[1],
         counted=Counted(inner, backing, tree, branches),
         inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
@@ -639,6 +665,8 @@ def _topk_plan(
         notes=inner.notes,
         target=target,
         change_index_columns=inner.change_index_columns,
+        join_index_columns=inner.join_index_columns,
+        self_joined=inner.self_joined,
         topk=TopK(inner, backing, order_sql, limit, offset),
         stages=inner.stages,
         inputs=inner.inputs,
@@ -927,6 +955,7 @@ def _recursive_plan(
 
 __all__ = [
     "AGGREGATE",
+    "Changed",
     "FULL_ONLY",
     "LINEAR_KEYED",
     "LINEAR_MULTISET",

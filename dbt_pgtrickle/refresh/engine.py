@@ -665,6 +665,43 @@ def _apply_full(
         conn.execute(sql.SQL("ANALYZE {}").format(_target(rec)))
 
 
+class _OldInputs:
+    """The change windows a join's telescoping terms read as old inputs, indexed on the columns
+    the terms probe them by (``join_index_columns``). Every changed input but the one with the
+    largest window can be read as old (the terms order inputs by window size, largest first),
+    and an input joined under two aliases always can: ties for the largest are all indexed."""
+
+    def __init__(self, readers: list[compiler.DeltaPlan]) -> None:
+        self.columns: dict[str, list[tuple[str, ...]]] = {}
+        self.self_joined: set[str] = set()
+        for p in readers:
+            for stable, lists in p.join_index_columns.items():
+                known = self.columns.setdefault(stable, [])
+                known.extend(c for c in lists if c not in known)
+            self.self_joined |= p.self_joined
+        self.done: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.columns)
+
+    def index(self, conn: psycopg.Connection[Any], sizes: dict[str, int]) -> None:
+        """Index the windows (of ``sizes``, the changed inputs so far) that can now be read as
+        old inputs and are not indexed yet."""
+        if not sizes:
+            return
+        top = max(sizes.values())
+        largest = [s for s, n in sizes.items() if n == top]
+        for stable in sizes:
+            if stable in self.done or stable not in self.columns:
+                continue
+            if stable in largest and len(largest) == 1 and stable not in self.self_joined:
+                continue
+            self.done.add(stable)
+            window = sql.Identifier(changes_relation(stable))
+            for cols in self.columns[stable]:
+                storage.create_index(conn, window, cols)
+
+
 def _index_window(
     conn: psycopg.Connection[Any], stable: str, probes: list[tuple[str, ...]]
 ) -> None:
@@ -748,21 +785,37 @@ def _apply_differential(
     unread = [f"{src.schema}.{src.name}" for src in changed if not src.windowed]
     if unread:  # _choose copies every non-empty window of a refresh that may be differential
         raise RefreshError(f"internal error: no change window of {', '.join(unread)}")
+    readers = [plan, *(stage.plan for stage in plan.stages)]
     probes: dict[str, list[tuple[str, ...]]] = {}
-    for p in [plan, *(stage.plan for stage in plan.stages)]:
+    for p in readers:
         for stable, probed in p.change_index_columns.items():
             known = probes.setdefault(stable, [])
             known.extend(c for c in probed if c not in known)
     for src in changed:
         budget.arm(conn, deadline)
         _index_window(conn, src.stable, probes.get(src.stable, []))
+    # Window sizes order a join's telescoping terms (Citus sources keep inclusion–exclusion:
+    # their tables cannot be unioned with a temporary table of the coordinator).
+    telescoping = rec.placement == "local" and not rec.citus_captured
+    sizes = {src.stable: src.pending for src in changed}
+    old_inputs = _OldInputs(readers) if telescoping else None
+    if old_inputs:
+        old_inputs.index(conn, sizes)
     changed_stables = {src.stable for src in changed}
+
+    def changed_now() -> set[str]:
+        return compiler.Changed(changed_stables, sizes) if telescoping else set(changed_stables)
+
     for stage in plan.stages:
-        if stage.plan.inputs & changed_stables and _refresh_stage(
-            conn, stage, changed_stables, deadline
-        ):
+        if not stage.plan.inputs & changed_stables:
+            continue
+        rows = _refresh_stage(conn, stage, changed_now(), deadline)
+        if rows:
             _index_window(conn, stage.stable, probes.get(stage.stable, []))
             changed_stables.add(stage.stable)
+            sizes[stage.stable] = rows
+            if old_inputs:
+                old_inputs.index(conn, sizes)
     if not (plan.inputs or plan.source_stables) & changed_stables:
         return  # the changes did not reach what the query reads (e.g. a stage kept its rows)
     scalars = [s for s in plan.stages if s.broadcast and s.stable in changed_stables & plan.inputs]
@@ -781,7 +834,7 @@ def _apply_differential(
     for statement in plan.prepare_for(changed_stables):
         conn.execute(sql.SQL(statement))
     budget.arm(conn, deadline)
-    delta_sql = plan.delta_for(changed_stables)
+    delta_sql = plan.delta_for(changed_now())
     apply = sql.Identifier("__pgt_apply")
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
@@ -820,10 +873,10 @@ def _refresh_stage(
     stage: compiler.Stage,
     changed: set[str],
     deadline: budget.Deadline | None = None,
-) -> bool:
+) -> int:
     """Apply a stage's delta to its table and leave what changed there as the stage's change
-    window (old rows weighted -1, new rows +1) for the plans reading it. Returns whether the
-    stage's rows changed."""
+    window (old rows weighted -1, new rows +1) for the plans reading it. Returns the window's
+    row count, 0 when the stage's rows did not change (no window)."""
     table = sql.Identifier(CHANGES_SCHEMA, stage.name)
     apply = sql.Identifier(f"__pgt_apply_{stage.stable}")
     window = sql.Identifier(changes_relation(stage.stable))
@@ -845,26 +898,26 @@ def _refresh_stage(
         _apply_keyed(
             conn, stage.plan, table, apply, result, window=(window, columns), deadline=deadline
         )
-        return bool(result.rows_inserted or result.rows_updated or result.rows_deleted)
+        return result.rows_inserted + 2 * result.rows_updated + result.rows_deleted
     touched = sql.SQL("{} IN (SELECT {} FROM {})").format(
         sql.Identifier(stage.key), sql.Identifier(stage.key), apply
     )
-    conn.execute(
+    old = conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT (-1)::smallint AS __pgt_w, {} "
             "FROM {} WHERE {}"
         ).format(window, cols, table, touched)
-    )
+    ).rowcount
     _apply_delta(conn, stage.plan, table, apply, result, deadline=deadline)
     if not (result.rows_inserted or result.rows_updated or result.rows_deleted):
         conn.execute(sql.SQL("DROP TABLE {}").format(window))
-        return False
-    conn.execute(
+        return 0
+    new = conn.execute(
         sql.SQL("INSERT INTO {} SELECT 1::smallint, {} FROM {} WHERE {}").format(
             window, cols, table, touched
         )
-    )
-    return True
+    ).rowcount
+    return max(old, 0) + max(new, 0)
 
 
 def _refresh_topk_stage(
@@ -875,10 +928,10 @@ def _refresh_topk_stage(
     window: sql.Identifier,
     cols: sql.Composable,
     deadline: budget.Deadline | None,
-) -> bool:
+) -> int:
     """A stage with ``ORDER BY … LIMIT``: the delta goes to its backing table; if that
     changed, the top rows are re-read and the change window is all old rows (−1) and all new
-    ones (+1) — at most twice the limit."""
+    ones (+1) — at most twice the limit. Returns the window's row count (0: unchanged)."""
     topk = stage.plan.topk
     assert topk is not None
     budget.arm(conn, deadline)
@@ -892,17 +945,17 @@ def _refresh_topk_stage(
         deadline=deadline,
     )
     if not (inner.rows_inserted or inner.rows_updated or inner.rows_deleted):
-        return False
-    conn.execute(
+        return 0
+    old = conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT (-1)::smallint AS __pgt_w, {} FROM {}"
         ).format(window, cols, table)
-    )
+    ).rowcount
     _replace_rows(conn, table, stage.plan)
-    conn.execute(
+    new = conn.execute(
         sql.SQL("INSERT INTO {} SELECT 1::smallint, {} FROM {}").format(window, cols, table)
-    )
-    return True
+    ).rowcount
+    return max(old, 0) + max(new, 0)
 
 
 #: Window columns per (plan, source), for plans the plan cache keeps (the plan is kept with its

@@ -260,6 +260,79 @@ def test_join_delta_has_one_term_per_nonempty_subset_of_changed_inputs() -> None
     assert "(-1 * " in both
 
 
+def test_join_delta_telescopes_over_inputs_ordered_by_window_size() -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    p = plan(
+        "select o.id, e.kind, d.j from orders o join events e on e.n = o.qty "
+        "join docs d on d.id = o.id where o.amount > 0",
+        ["id", "kind", "j"],
+    )
+    orders, events, docs = (stable_name("public", t) for t in ("orders", "events", "docs"))
+    sizes = {orders: 10, events: 500, docs: 3}
+    terms = _top_level_terms(p.shape, compiler.Changed({orders, events, docs}, sizes))
+    assert len(terms) == 3  # one per changed input, not 2^3 - 1
+    # events (largest window) first: its term reads orders and docs as old inputs; then orders
+    # (docs old); docs last reads the others as they are now.
+    first, second, third = terms
+    assert f'"__pgt_changes_{events}" AS "e"' in first
+    assert _old_input_of("o", orders, '"id", "amount", "qty"') in first
+    assert _old_input_of("d", docs, '"id", "j"') in first
+    assert f'"__pgt_changes_{orders}" AS "o"' in second and '"public"."events" AS "e"' in second
+    assert _old_input_of("d", docs, '"id", "j"') in second
+    assert f'"__pgt_changes_{docs}" AS "d"' in third and "UNION ALL" not in third
+    assert '(1 * "e"."__pgt_w" * "o"."__pgt_w" * "d"."__pgt_w")' in first
+    # Without window sizes: inclusion–exclusion, as explain shows it.
+    assert len(_top_level_terms(p.shape, {orders, events, docs})) == 7
+    # The columns a term probes an old input's window by, per join partner.
+    assert p.join_index_columns == {orders: [("qty",), ("id",)], events: [("n",)], docs: [("id",)]}
+    assert p.self_joined == set()
+
+
+def test_telescoping_self_join_and_whole_row_reference() -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    orders = stable_name("public", "orders")
+    p = plan(
+        "select a.id, b.id as other from orders a, orders b where a.qty = b.id", ["id", "other"]
+    )
+    assert p.self_joined == {orders}
+    assert p.join_index_columns == {orders: [("qty",), ("id",)]}
+    terms = _top_level_terms(p.shape, compiler.Changed({orders}, {orders: 5}))
+    assert len(terms) == 2 and "UNION ALL" in terms[0] and "UNION ALL" not in terms[1]
+    # A whole-row value of an alias cannot be read from an old input's columns.
+    p = plan(
+        "select o.id, to_jsonb(e) as doc from orders o join events e on e.n = o.qty",
+        ["id", "doc"],
+    )
+    events = stable_name("public", "events")
+    assert len(_top_level_terms(p.shape, compiler.Changed({orders, events}, {events: 2}))) == 3
+
+
+def _top_level_terms(shape: object, changed: set[str]) -> list[str]:
+    """The terms of the join delta of ``shape`` (split at UNION ALL outside parentheses)."""
+    from dbt_pgtrickle.dvm.operators import join
+
+    exprs = [(o.sql, o.name) for o in shape.outputs]  # type: ignore[attr-defined]
+    body = join.delta(shape, exprs, changed)  # type: ignore[arg-type]
+    parts, depth, last = [], 0, 0
+    for i, ch in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and body.startswith(" UNION ALL ", i):
+            parts.append(body[last:i])
+            last = i + len(" UNION ALL ")
+    parts.append(body[last:])
+    return parts
+
+
+def _old_input_of(alias: str, stable: str, cols: str) -> str:
+    table = {"o": "orders", "d": "docs", "e": "events"}[alias]
+    return (
+        f'(SELECT {cols}, 1 AS "__pgt_w" FROM "public"."{table}" UNION ALL SELECT {cols}, '
+        f'(-"__pgt_w")::integer FROM "__pgt_changes_{stable}") AS "{alias}"'
+    )
+
+
 def test_self_join_of_a_keyed_table_is_keyed_on_both_keys() -> None:
     p = plan(
         "select a.id, b.id as other from orders a, orders b where a.qty = b.id", ["id", "other"]

@@ -1,20 +1,31 @@
 """Joins: inner (ANSI ``JOIN … ON``, ``CROSS JOIN`` and comma joins, self-joins, any condition)
 and outer (``LEFT``/``RIGHT``/``FULL``), in a left-deep chain mixing both.
 
-Inner rule: a join of inputs X₁ … Xₙ is multilinear in its inputs, so with
-``Xᵢ_old = Xᵢ_new − ΔXᵢ``
+Inner rule: a join of inputs X₁ … Xₙ is multilinear in its inputs. With C = (C₁ … Cₘ) the
+inputs that changed in this refresh (an unchanged input has ΔX = 0) and ``Xᵢ_old = Xᵢ_new − ΔXᵢ``,
+the telescoping sum
+
+    Δ(X₁ ⋈ … ⋈ Xₙ) = Σ_{i=1…m} C₁_new ⋈ … ⋈ Cᵢ₋₁_new ⋈ ΔCᵢ ⋈ Cᵢ₊₁_old ⋈ … ⋈ Cₘ_old
+
+(the unchanged inputs joined as they are) has one term per changed input. For two inputs it is
+``ΔA ⋈ B_old + A_new ⋈ ΔB``. An old input is read as the weighted union of the table (+1) and
+its change window negated, ``X_old = X_new ⊎ −ΔX``, so old state is reconstructed only where a
+term's rows probe it: the database drives each term from its change window into the other
+inputs through their indexes, and probes an old input's window through the index the engine
+builds on its join columns (:func:`join_columns`). The inputs are ordered by the size of their
+change windows, largest first (``Changed.rows``), so the largest window is never read as an old
+input and needs no index. The weight of a joined row is the product of its inputs' weights;
+WHERE is applied to every term (filters are linear). Each alias is its own input, so a
+self-join of a changed table has two terms.
+
+Without window sizes (a plain set of changed inputs: ``explain``, Citus sources, whose tables
+cannot be unioned with a coordinator's temporary table without being pulled to it) the rule is
+inclusion–exclusion over the subsets S of C, which reads no old input:
 
     Δ(X₁ ⋈ … ⋈ Xₙ) = Σ_{∅ ≠ S ⊆ C} (−1)^{|S|+1} · ⋈_{i ∈ S} ΔXᵢ ⋈_{i ∉ S} Xᵢ_new
 
-where C is the set of inputs that changed in this refresh (an unchanged input has ΔX = 0, so only
-subsets of C contribute). For two inputs this is the familiar
-``ΔA ⋈ B_new + A_new ⋈ ΔB − ΔA ⋈ ΔB`` (equal to ``ΔA ⋈ B_old + A_new ⋈ ΔB``): no old state has
-to be reconstructed, every term joins at least one change window, and the database drives each
-term from the (small) window into the other inputs through their indexes. The weight of a joined
-row is the product of its inputs' weights times the sign of the term; WHERE is applied to every
-term (filters are linear). Each alias is its own input, so a self-join of a changed table expands
-into three terms. Above :data:`MAX_CHANGED_INPUTS` changed inputs the expansion (2^|C| − 1 terms)
-is not worth it and the refresh recomputes.
+with 2^m − 1 terms (31 for five changed inputs, each planned and run alone); above
+:data:`MAX_CHANGED_INPUTS` changed inputs it is not worth it and the refresh recomputes.
 
 Outer joins: the chain is expanded into disjoint inner-join *blocks* (:func:`blocks`) whose
 union is the FROM/WHERE result. With J the join of the items before T and p the ON condition,
@@ -44,6 +55,8 @@ row's id differs from every matched row's.
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Iterable, Mapping
 from itertools import combinations
 
 from ..ir import FromItem, QueryShape, SemiJoin
@@ -55,6 +68,17 @@ MAX_CHANGED_INPUTS = 5
 
 class TooManyChangedInputs(Exception):
     """More inputs changed than the inclusion–exclusion expansion handles."""
+
+
+class Changed(set[str]):
+    """The stable names of the inputs that changed in a refresh, with the row counts of their
+    change windows (``rows``; a missing one counts 0): a join's delta is then the telescoping
+    sum, its changed inputs ordered by these counts, largest first (see the module docstring).
+    A plain set gives the inclusion–exclusion sum."""
+
+    def __init__(self, stables: Iterable[str] = (), rows: Mapping[str, int] | None = None) -> None:
+        super().__init__(stables)
+        self.rows = dict(rows or {})
 
 
 def changed_aliases(shape: QueryShape, changed_stables: set[str]) -> list[str]:
@@ -81,6 +105,137 @@ def terms(aliases: list[str]) -> list[tuple[tuple[str, ...], int]]:
         for subset in combinations(aliases, size):
             out.append((subset, 1 if size % 2 else -1))
     return out
+
+
+_IDENT = r'"((?:[^"]|"")+)"'
+_EQUALITY = re.compile(_IDENT + r"\." + _IDENT + r"\s*=\s*" + _IDENT + r"\." + _IDENT)
+
+
+def _unquote(name: str) -> str:
+    return name.replace('""', '"')
+
+
+def join_columns(shape: QueryShape) -> dict[str, list[tuple[str, ...]]]:
+    """Per input (stable name): the column lists by which the telescoping terms probe its change
+    window when they read it as an old input, one per other alias it is equated with in an ON
+    condition or the WHERE (``"a"."x" = "b"."y"``), a list that is a prefix of another left out.
+    The engine indexes the window on them when the input may be read as old."""
+    from ...naming import stable_name
+
+    found: dict[str, list[tuple[str, ...]]] = {}
+    for block in blocks(shape):
+        present = {f.alias: f for f in block.froms if f.join != "null" and not f.is_function}
+        conditions = [block.where or "", *(f.on or "" for f in present.values())]
+        probes: dict[tuple[str, str], list[str]] = {}
+        for condition in conditions:
+            for m in _EQUALITY.finditer(condition):
+                a, ca, b, cb = (_unquote(g) for g in m.groups())
+                if a == b or a not in present or b not in present:
+                    continue
+                for alias, col, other in ((a, ca, b), (b, cb, a)):
+                    if present[alias].source.column(col) is None:
+                        continue
+                    cols = probes.setdefault((alias, other), [])
+                    if col not in cols:
+                        cols.append(col)
+        for (alias, _), cols in probes.items():
+            src = present[alias].source
+            wanted = found.setdefault(stable_name(src.schema, src.name), [])
+            if tuple(cols) not in wanted:
+                wanted.append(tuple(cols))
+    return {
+        stable: [c for c in lists if not any(o != c and o[: len(c)] == c for o in lists)]
+        for stable, lists in found.items()
+    }
+
+
+def self_joined(shape: QueryShape) -> set[str]:
+    """Inputs (stable names) read under two aliases of one inner-join block: a telescoping term
+    reads one of them as old, whichever window is largest."""
+    from ...naming import stable_name
+
+    out: set[str] = set()
+    for block in blocks(shape):
+        seen: set[str] = set()
+        for f in block.froms:
+            if f.join == "null" or f.is_function:
+                continue
+            stable = stable_name(f.source.schema, f.source.name)
+            if stable in seen:
+                out.add(stable)
+            seen.add(stable)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Term:
+    """One term of a join's delta: the relation read in place of some aliases (a change window
+    or an old input), the aliases whose weight the row's weight multiplies, and a sign."""
+
+    relations: dict[str, str]
+    weighted: tuple[str, ...]
+    sign: int
+
+    def weight(self, *factors: str, negated: bool = False) -> str:
+        sign = -self.sign if negated else self.sign
+        return " * ".join([str(sign), *factors, *(f"{q(a)}.{WEIGHT}" for a in self.weighted)])
+
+
+def _join_terms(block: QueryShape, changed_stables: set[str], text: str) -> list[_Term]:
+    """The terms of the delta of ``block``'s inner join (see the module docstring): telescoping
+    when the changed inputs come with their window sizes (:class:`Changed`), inclusion–exclusion
+    otherwise. ``text``: the SQL of a term other than its relations (select list, FROM with its
+    ON conditions and functions, WHERE), which says what an old input must provide."""
+    from ...naming import stable_name
+
+    aliases = changed_aliases(block, changed_stables)
+    items = {f.alias: f for f in block.froms}
+
+    def window(alias: str) -> str:
+        src = items[alias].source
+        return q(changes_relation(stable_name(src.schema, src.name)))
+
+    if not isinstance(changed_stables, Changed) or any(_whole_row(a, text) for a in aliases):
+        return [
+            _Term({a: window(a) for a in subset}, subset, sign) for subset, sign in terms(aliases)
+        ]
+    rows = changed_stables.rows
+    position = {a: i for i, a in enumerate(aliases)}
+    order = sorted(
+        aliases,
+        key=lambda a: (
+            -rows.get(stable_name(items[a].source.schema, items[a].source.name), 0),
+            position[a],
+        ),
+    )
+    out = []
+    for i, alias in enumerate(order):
+        relations = {alias: window(alias)}
+        for old in order[i + 1 :]:
+            relations[old] = _old_input(items[old], window(old), text)
+        out.append(_Term(relations, tuple(order[i:]), 1))
+    return out
+
+
+def _whole_row(alias: str, text: str) -> bool:
+    """Whether ``text`` may refer to ``alias`` other than by its columns (a whole-row value
+    such as ``to_jsonb(t)`` or ``t.*``): an old input provides the columns read, so such a
+    block keeps inclusion–exclusion. ``AS "t"`` (the alias's own definition) is not one."""
+    a = re.escape(q(alias))
+    return re.search(r'(?<!AS )(?<![."\w])' + a + r"(?!\.\s*\")", text) is not None
+
+
+def _old_input(item: FromItem, window: str, text: str) -> str:
+    """The input under ``item`` before the refresh's changes: its rows (+1) and its change
+    window negated, over the columns ``text`` reads of it (the window holds no others)."""
+    wanted = {_unquote(c) for c in re.findall(re.escape(q(item.alias)) + r"\." + _IDENT, text)}
+    columns = [c.name for c in item.source.columns if c.name in wanted]
+    cols = ", ".join(q(c) for c in (columns or [item.source.columns[0].name]))
+    table = f"{q(item.source.schema)}.{q(item.source.name)}"
+    return (
+        f"(SELECT {cols}, 1 AS {WEIGHT} FROM {table} UNION ALL "
+        f"SELECT {cols}, (-{WEIGHT})::integer FROM {window})"
+    )
 
 
 def current(shape: QueryShape, exprs: list[tuple[str, str]], extra_where: str | None = None) -> str:
@@ -152,24 +307,16 @@ def delta(shape: QueryShape, exprs: list[tuple[str, str]], changed_stables: set[
 
 
 def _inner_terms(block: QueryShape, cols: str, changed_stables: set[str]) -> list[str]:
-    """The inclusion–exclusion terms of an inner-join block, its semi-join tests (if any)
-    evaluated against the current subquery sources."""
-    from ...naming import stable_name
-
-    parts = []
-    for subset, sign in terms(changed_aliases(block, changed_stables)):
-        relations = {}
-        for f in block.froms:
-            if f.alias in subset:
-                relations[f.alias] = q(
-                    changes_relation(stable_name(f.source.schema, f.source.name))
-                )
-        weight = " * ".join([str(sign), *(f"{q(a)}.{WEIGHT}" for a in subset)])
-        parts.append(
-            f"SELECT {cols}{', ' if cols else ''}({weight})::integer AS {WEIGHT} "
-            f"FROM {from_clause_sql(block.froms, relations, inner_only=True)}{where_clause(block)}"
-        )
-    return parts
+    """The terms of an inner-join block's delta (:func:`_join_terms`), its semi-join tests (if
+    any) evaluated against the current subquery sources."""
+    sep = ", " if cols else ""
+    where = where_clause(block)
+    text = f"{cols} {from_clause_sql(block.froms, inner_only=True)} {where}"
+    return [
+        f"SELECT {cols}{sep}({term.weight()})::integer AS {WEIGHT} "
+        f"FROM {from_clause_sql(block.froms, term.relations, inner_only=True)}{where}"
+        for term in _join_terms(block, changed_stables, text)
+    ]
 
 
 def _identity(block: QueryShape) -> list[str]:
@@ -274,16 +421,11 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
         f"SELECT {cols}{sep}{flip} AS {WEIGHT} FROM {from_clause_sql(shape.froms)}"
         f"{where_clause(shape, f'{current_touched} AND {changes_differ}', semijoins=False)}"
     ]
-    for subset, sign in terms(changed_aliases(shape, changed_stables)):
-        relations = {
-            f.alias: q(changes_relation(stable_name(f.source.schema, f.source.name)))
-            for f in shape.froms
-            if f.alias in subset
-        }
-        weight = " * ".join([str(-sign), flip, *(f"{q(a)}.{WEIGHT}" for a in subset)])
+    where = where_clause(shape, flips, semijoins=False)
+    text = f"{cols} {from_clause_sql(shape.froms, inner_only=True)} {where}"
+    for term in _join_terms(shape, changed_stables, text):
         out.append(
-            f"SELECT {cols}{sep}({weight})::integer AS {WEIGHT} "
-            f"FROM {from_clause_sql(shape.froms, relations, inner_only=True)}"
-            f"{where_clause(shape, flips, semijoins=False)}"
+            f"SELECT {cols}{sep}({term.weight(flip, negated=True)})::integer AS {WEIGHT} "
+            f"FROM {from_clause_sql(shape.froms, term.relations, inner_only=True)}{where}"
         )
     return out
