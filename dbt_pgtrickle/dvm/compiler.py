@@ -201,7 +201,7 @@ class DeltaPlan:
         try:
             if self.recursive is not None:
                 return ";\n".join([*self.prepare_for(self.source_stables), self.delta_for(set())])
-            return self.delta_for(self.source_stables)
+            return self.delta_for(Changed(self.source_stables))
         except TooManyChangedInputs as exc:
             return f"-- {exc}"
 
@@ -391,9 +391,11 @@ def compile_query(
                 "Join",
                 " AND ".join(conds) or "cross join",
                 "O(Δ) per term, through indexes on the join columns",
-                "inclusion–exclusion over the changed inputs: each term joins a change window "
-                "with the current other inputs; without an index on a join column that input "
-                "is scanned",
+                "one term per changed input, largest change window first: a term joins one "
+                "change window with the changed inputs before it as they are now and those "
+                "after it as they were (the table plus its change window negated, the window "
+                "probed through an index the refresh builds on its join columns); without an "
+                "index on a join column an input is scanned",
             )
         )
     if shape.has_outer_joins:
