@@ -118,10 +118,10 @@ class DeltaPlan:
     # engine indexes the window on them, so each probe is an index scan, not a scan of Δ.
     change_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     # Columns by which a join's telescoping terms probe a change window read as an old input
-    # (:func:`.operators.join.join_columns`), and the inputs read under two aliases of one join
-    # (one of them is always read as old): the engine indexes those windows when needed.
+    # (:func:`.operators.join.join_columns`), and the inputs of each inner-join block
+    # (:func:`.operators.join.block_inputs`): the engine indexes those windows when needed.
     join_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
-    self_joined: set[str] = field(default_factory=set)
+    join_blocks: list[list[str]] = field(default_factory=list)
     topk: TopK | None = None
     counted: Counted | None = None
     recursive: recursive.Recursion | None = None
@@ -436,7 +436,7 @@ def compile_query(
     plan.shape = shape
     plan.target = target
     plan.change_index_columns = _probed_columns(shape)
-    plan.join_index_columns, plan.self_joined = _joined_columns([shape])
+    plan.join_index_columns, plan.join_blocks = _joined_columns([shape])
     _attach_stages(plan, stages, read)
     return plan
 
@@ -489,17 +489,17 @@ def _probed_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
 
 def _joined_columns(
     shapes: list[ir.QueryShape],
-) -> tuple[dict[str, list[tuple[str, ...]]], set[str]]:
-    """:func:`.operators.join.join_columns` and :func:`.operators.join.self_joined` over
+) -> tuple[dict[str, list[tuple[str, ...]]], list[list[str]]]:
+    """:func:`.operators.join.join_columns` and :func:`.operators.join.block_inputs` over
     ``shapes`` (a query, or the branches of a set operation)."""
     columns: dict[str, list[tuple[str, ...]]] = {}
-    twice: set[str] = set()
+    block_lists: list[list[str]] = []
     for shape in shapes:
         for stable, lists in join.join_columns(shape).items():
             wanted = columns.setdefault(stable, [])
             wanted.extend(c for c in lists if c not in wanted)
-        twice |= join.self_joined(shape)
-    return columns, twice
+        block_lists.extend(join.block_inputs(shape))
+    return columns, block_lists
 
 
 def _union_plan(
@@ -530,7 +530,7 @@ def _union_plan(
         union_distinct=is_distinct,
         change_index_columns=_branch_probes(branches),
         join_index_columns=_joined_columns(branches)[0],
-        self_joined=_joined_columns(branches)[1],
+        join_blocks=_joined_columns(branches)[1],
         inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
 
@@ -608,7 +608,7 @@ def _counted_plan(
         target=target,
         change_index_columns=_branch_probes(branches),
         join_index_columns=_joined_columns(branches)[0],
-        self_joined=_joined_columns(branches)[1],
+        join_blocks=_joined_columns(branches)[1],
         counted=Counted(inner, backing, tree, branches),
         inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
@@ -668,7 +668,7 @@ def _topk_plan(
         target=target,
         change_index_columns=inner.change_index_columns,
         join_index_columns=inner.join_index_columns,
-        self_joined=inner.self_joined,
+        join_blocks=inner.join_blocks,
         topk=TopK(inner, backing, order_sql, limit, offset),
         stages=inner.stages,
         inputs=inner.inputs,

@@ -35,7 +35,7 @@ from ..cdc.triggers import XID_KEY, repair_capture, sources_missing_capture, xid
 from ..citus import capture as citus_capture
 from ..citus import tables as citus_tables
 from ..dvm import compiler
-from ..dvm.operators import recursive
+from ..dvm.operators import join, recursive
 from ..dvm.operators.scan import changes_relation
 from ..errors import LockNotAvailable, PgTrickleError, RefreshError, SourceError
 from ..naming import CHANGES_SCHEMA, buffer_table
@@ -666,19 +666,18 @@ def _apply_full(
 
 
 class _OldInputs:
-    """The change windows a join's telescoping terms read as old inputs, indexed on the columns
-    the terms probe them by (``join_index_columns``). Every changed input but the one with the
-    largest window can be read as old (the terms order inputs by window size, largest first),
-    and an input joined under two aliases always can: ties for the largest are all indexed."""
+    """The change windows a join's telescoping terms read as old inputs
+    (:func:`~..dvm.operators.join.old_inputs`), indexed on the columns the terms probe them by
+    (``join_index_columns``)."""
 
     def __init__(self, readers: list[compiler.DeltaPlan]) -> None:
         self.columns: dict[str, list[tuple[str, ...]]] = {}
-        self.self_joined: set[str] = set()
+        self.blocks: list[list[str]] = []
         for p in readers:
             for stable, lists in p.join_index_columns.items():
                 known = self.columns.setdefault(stable, [])
                 known.extend(c for c in lists if c not in known)
-            self.self_joined |= p.self_joined
+            self.blocks.extend(p.join_blocks)
         self.done: set[str] = set()
 
     def __bool__(self) -> bool:
@@ -687,19 +686,12 @@ class _OldInputs:
     def index(self, conn: psycopg.Connection[Any], sizes: dict[str, int]) -> None:
         """Index the windows (of ``sizes``, the changed inputs so far) that can now be read as
         old inputs and are not indexed yet."""
-        if not sizes:
-            return
-        top = max(sizes.values())
-        largest = [s for s, n in sizes.items() if n == top]
-        for stable in sizes:
-            if stable in self.done or stable not in self.columns:
-                continue
-            if stable in largest and len(largest) == 1 and stable not in self.self_joined:
-                continue
-            self.done.add(stable)
-            window = sql.Identifier(changes_relation(stable))
-            for cols in self.columns[stable]:
-                storage.create_index(conn, window, cols)
+        for block in self.blocks:
+            for stable in sorted(join.old_inputs(block, sizes) - self.done):
+                self.done.add(stable)
+                window = sql.Identifier(changes_relation(stable))
+                for cols in self.columns.get(stable, []):
+                    storage.create_index(conn, window, cols)
 
 
 def _index_window(

@@ -1,4 +1,4 @@
-"""A join's delta when several of its inputs changed: one telescoping term per changed input,
+"""A join's delta when four or more of its inputs changed: one telescoping term per changed input,
 inputs ordered by window size (largest first), each later input read as old state (its rows and
 its change window negated), and those windows indexed on the columns the terms probe them by.
 
@@ -49,13 +49,15 @@ def _window(table: str) -> str:
     return '"' + changes_relation(stable_name("public", table)) + '"'
 
 
-def test_three_changed_inputs_take_three_terms_and_index_the_old_windows(
+def test_four_changed_inputs_take_four_terms_and_index_the_old_windows(
     db: psycopg.Connection[Any], refresh_exactly: RefreshExactly, spied: dict[str, list[Any]]
 ) -> None:
     rng = random.Random(SEED)
     db.execute("CREATE TABLE d1 (id int PRIMARY KEY, g text)")
     db.execute("CREATE TABLE d2 (id int PRIMARY KEY, h int)")
-    db.execute("CREATE TABLE f (id int PRIMARY KEY, a int, b int, v int)")
+    db.execute("CREATE TABLE d3 (id int PRIMARY KEY, z int)")
+    db.execute("CREATE TABLE f (id int PRIMARY KEY, a int, b int, v int, c int DEFAULT 1)")
+    db.execute("INSERT INTO d3 SELECT i, i % 2 FROM generate_series(1, 5) i")
     db.execute(
         "INSERT INTO d1 SELECT i, CASE WHEN i % 5 = 0 THEN NULL ELSE 'g' || i % 3 END "
         "FROM generate_series(1, 40) i"
@@ -63,14 +65,15 @@ def test_three_changed_inputs_take_three_terms_and_index_the_old_windows(
     db.execute("INSERT INTO d2 SELECT i, i % 4 FROM generate_series(1, 30) i")
     db.execute(
         "INSERT INTO f SELECT i, CASE WHEN i % 17 = 0 THEN NULL ELSE 1 + i % 45 END, "
-        "1 + i % 33, i % 7 FROM generate_series(1, 600) i"
+        "1 + i % 33, i % 7, 1 + i % 5 FROM generate_series(1, 600) i"
     )
     for name in ("keyed", "grouped"):
         query = (
-            "select f.id, d1.g, d2.h, f.v from f join d1 on d1.id = f.a join d2 on d2.id = f.b"
+            "select f.id, d1.g, d2.h, d3.z, f.v from f join d1 on d1.id = f.a "
+            "join d2 on d2.id = f.b join d3 on d3.id = f.c"
             if name == "keyed"
-            else "select d1.g, d2.h, sum(f.v) as s, count(*) as n from f join d1 on "
-            "d1.id = f.a join d2 on d2.id = f.b group by d1.g, d2.h"
+            else "select d1.g, d2.h, sum(f.v * d3.z) as s, count(*) as n from f join d1 on "
+            "d1.id = f.a join d2 on d2.id = f.b join d3 on d3.id = f.c group by d1.g, d2.h"
         )
         pgt.create_stream_table(db, name, query, refresh_mode="DIFFERENTIAL")
     next_f = 601
@@ -120,15 +123,17 @@ def test_three_changed_inputs_take_three_terms_and_index_the_old_windows(
             (rng.randint(1, 33), rng.randint(0, 3)),
         )
         db.execute("UPDATE d2 SET h = h + 1 WHERE id = %s", (rng.randint(1, 33),))
+        db.execute("UPDATE d3 SET z = z + 1 WHERE id = %s", (rng.randint(1, 5),))
+        db.execute("UPDATE f SET c = %s WHERE id = %s", (rng.randint(1, 5), rng.randint(1, 600)))
         for name in ("keyed", "grouped"):
             r = refresh_exactly(db, name)
             assert r.action == "DIFFERENTIAL", (cycle, name, r.fallback_reason)
         # f's window is the largest: never read as old, so never indexed on its join columns;
-        # d1 and d2 are read as old inputs, through indexes on their probed key.
+        # d1, d2 and d3 are read as old inputs, through indexes on their probed key.
         assert spied["old"] and "f" not in spied["old"], (cycle, spied["old"])
-        assert set(spied["old"]) == {"d1", "d2"}
+        assert set(spied["old"]) == {"d1", "d2", "d3"}
         indexed = set(spied["indexes"])
-        assert (_window("d1"), ("id",)) in indexed and (_window("d2"), ("id",)) in indexed
+        assert {(_window(t), ("id",)) for t in ("d1", "d2", "d3")} <= indexed
         assert not any(t == _window("f") for t, _ in indexed), indexed
 
 
@@ -136,6 +141,8 @@ def test_a_self_join_reads_one_alias_as_old_through_an_index(
     db: psycopg.Connection[Any], refresh_exactly: RefreshExactly, spied: dict[str, list[Any]]
 ) -> None:
     rng = random.Random(SEED + 1)
+    db.execute("CREATE TABLE kind (id int PRIMARY KEY, label text)")
+    db.execute("INSERT INTO kind SELECT i, 'k' || i FROM generate_series(0, 4) i")
     db.execute("CREATE TABLE node (id int PRIMARY KEY, parent int, w int)")
     db.execute(
         "INSERT INTO node SELECT i, CASE WHEN i % 9 = 0 THEN NULL ELSE i / 2 END, i % 5 "
@@ -144,14 +151,16 @@ def test_a_self_join_reads_one_alias_as_old_through_an_index(
     pgt.create_stream_table(
         db,
         "pairs",
-        "select c.id, p.id as pid, c.w + p.w as w from node c join node p on p.id = c.parent",
+        "select c.id, p.id as pid, g.id as gid, c.w + p.w + g.w as w, k.label from node c "
+        "join node p on p.id = c.parent join node g on g.id = p.parent join kind k on k.id = c.w",
         refresh_mode="DIFFERENTIAL",
     )
     pgt.create_stream_table(
         db,
         "parents",
-        "select p.id, sum(c.w * p.w) as s, count(*) as n from node c join node p "
-        "on p.id = c.parent group by p.id",
+        "select p.id, sum(c.w * p.w + g.w) as s, count(*) as n from node c join node p "
+        "on p.id = c.parent join node g on g.id = p.parent join kind k on k.id = c.w "
+        "where k.label <> 'k3' group by p.id",
         refresh_mode="DIFFERENTIAL",
     )
     for cycle in range(5):
@@ -181,9 +190,16 @@ def test_a_self_join_reads_one_alias_as_old_through_an_index(
             db.execute("UPDATE node SET w = w + 1 WHERE id = %s", parent)
             db.execute("UPDATE node SET w = w + 2 WHERE parent = %s", parent)
         db.execute("UPDATE node SET id = id + 1000 WHERE id = %s", (rng.randint(1, 100),))
+        db.execute(
+            "UPDATE kind SET label = CASE WHEN label = 'k3' THEN 'x' ELSE 'k3' END WHERE id = %s",
+            (rng.randint(0, 4),),
+        )
         for name in ("pairs", "parents"):
             r = refresh_exactly(db, name)
             assert r.action == "DIFFERENTIAL" and r.rows_in > 0, (cycle, r.fallback_reason)
-        assert len(spied["old"]) == 2, spied["old"]  # two terms each, the first reads one old
+        # four terms each (the node window is largest: its three aliases first, by position),
+        # reading 3 + 2 + 1 old inputs
+        assert len(spied["old"]) == 12, spied["old"]
         indexed = set(spied["indexes"])
         assert {(_window("node"), ("parent",)), (_window("node"), ("id",))} <= indexed
+        assert (_window("kind"), ("id",)) in indexed
