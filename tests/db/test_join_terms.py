@@ -1,4 +1,4 @@
-"""A join's delta when four or more of its inputs changed: one telescoping term per changed input,
+"""A join's delta when five or more of its inputs changed: one telescoping term per changed input,
 inputs ordered by window size (largest first), each later input read as old state (its rows and
 its change window negated), and those windows indexed on the columns the terms probe them by.
 
@@ -49,15 +49,17 @@ def _window(table: str) -> str:
     return '"' + changes_relation(stable_name("public", table)) + '"'
 
 
-def test_four_changed_inputs_take_four_terms_and_index_the_old_windows(
+def test_five_changed_inputs_take_five_terms_and_index_the_old_windows(
     db: psycopg.Connection[Any], refresh_exactly: RefreshExactly, spied: dict[str, list[Any]]
 ) -> None:
     rng = random.Random(SEED)
     db.execute("CREATE TABLE d1 (id int PRIMARY KEY, g text)")
     db.execute("CREATE TABLE d2 (id int PRIMARY KEY, h int)")
     db.execute("CREATE TABLE d3 (id int PRIMARY KEY, z int)")
+    db.execute("CREATE TABLE d4 (id int PRIMARY KEY, y int)")
     db.execute("CREATE TABLE f (id int PRIMARY KEY, a int, b int, v int, c int DEFAULT 1)")
     db.execute("INSERT INTO d3 SELECT i, i % 2 FROM generate_series(1, 5) i")
+    db.execute("INSERT INTO d4 SELECT i, i % 3 FROM generate_series(0, 3) i")
     db.execute(
         "INSERT INTO d1 SELECT i, CASE WHEN i % 5 = 0 THEN NULL ELSE 'g' || i % 3 END "
         "FROM generate_series(1, 40) i"
@@ -69,11 +71,12 @@ def test_four_changed_inputs_take_four_terms_and_index_the_old_windows(
     )
     for name in ("keyed", "grouped"):
         query = (
-            "select f.id, d1.g, d2.h, d3.z, f.v from f join d1 on d1.id = f.a "
-            "join d2 on d2.id = f.b join d3 on d3.id = f.c"
+            "select f.id, d1.g, d2.h, d3.z, d4.y, f.v from f join d1 on d1.id = f.a "
+            "join d2 on d2.id = f.b join d3 on d3.id = f.c join d4 on d4.id = d2.h"
             if name == "keyed"
-            else "select d1.g, d2.h, sum(f.v * d3.z) as s, count(*) as n from f join d1 on "
-            "d1.id = f.a join d2 on d2.id = f.b join d3 on d3.id = f.c group by d1.g, d2.h"
+            else "select d1.g, d4.y, sum(f.v * d3.z) as s, count(*) as n from f join d1 on "
+            "d1.id = f.a join d2 on d2.id = f.b join d3 on d3.id = f.c join d4 on d4.id = d2.h "
+            "group by d1.g, d4.y"
         )
         pgt.create_stream_table(db, name, query, refresh_mode="DIFFERENTIAL")
     next_f = 601
@@ -124,16 +127,18 @@ def test_four_changed_inputs_take_four_terms_and_index_the_old_windows(
         )
         db.execute("UPDATE d2 SET h = h + 1 WHERE id = %s", (rng.randint(1, 33),))
         db.execute("UPDATE d3 SET z = z + 1 WHERE id = %s", (rng.randint(1, 5),))
+        db.execute("UPDATE d4 SET y = y + 1 WHERE id = %s", (rng.randint(0, 3),))
         db.execute("UPDATE f SET c = %s WHERE id = %s", (rng.randint(1, 5), rng.randint(1, 600)))
         for name in ("keyed", "grouped"):
             r = refresh_exactly(db, name)
             assert r.action == "DIFFERENTIAL", (cycle, name, r.fallback_reason)
         # f's window is the largest: never read as old, so never indexed on its join columns;
-        # d1, d2 and d3 are read as old inputs, through indexes on their probed key.
+        # d1 to d4 are read as old inputs, through indexes on their probed columns.
         assert spied["old"] and "f" not in spied["old"], (cycle, spied["old"])
-        assert set(spied["old"]) == {"d1", "d2", "d3"}
+        assert set(spied["old"]) == {"d1", "d2", "d3", "d4"}
         indexed = set(spied["indexes"])
-        assert {(_window(t), ("id",)) for t in ("d1", "d2", "d3")} <= indexed
+        assert {(_window(t), ("id",)) for t in ("d1", "d2", "d3", "d4")} <= indexed
+        assert (_window("d2"), ("h",)) in indexed
         assert not any(t == _window("f") for t, _ in indexed), indexed
 
 
@@ -152,7 +157,8 @@ def test_a_self_join_reads_one_alias_as_old_through_an_index(
         db,
         "pairs",
         "select c.id, p.id as pid, g.id as gid, c.w + p.w + g.w as w, k.label from node c "
-        "join node p on p.id = c.parent join node g on g.id = p.parent join kind k on k.id = c.w",
+        "join node p on p.id = c.parent join node g on g.id = p.parent join kind k on k.id = c.w "
+        "join kind k2 on k2.id = p.w",
         refresh_mode="DIFFERENTIAL",
     )
     pgt.create_stream_table(
@@ -160,7 +166,7 @@ def test_a_self_join_reads_one_alias_as_old_through_an_index(
         "parents",
         "select p.id, sum(c.w * p.w + g.w) as s, count(*) as n from node c join node p "
         "on p.id = c.parent join node g on g.id = p.parent join kind k on k.id = c.w "
-        "where k.label <> 'k3' group by p.id",
+        "join kind k2 on k2.id = p.w where k.label <> 'k3' group by p.id",
         refresh_mode="DIFFERENTIAL",
     )
     for cycle in range(5):
@@ -197,9 +203,9 @@ def test_a_self_join_reads_one_alias_as_old_through_an_index(
         for name in ("pairs", "parents"):
             r = refresh_exactly(db, name)
             assert r.action == "DIFFERENTIAL" and r.rows_in > 0, (cycle, r.fallback_reason)
-        # four terms each (the node window is largest: its three aliases first, by position),
-        # reading 3 + 2 + 1 old inputs
-        assert len(spied["old"]) == 12, spied["old"]
+        # five terms each (the node window is largest: its three aliases first, by position),
+        # reading 4 + 3 + 2 + 1 old inputs
+        assert len(spied["old"]) == 20, spied["old"]
         indexed = set(spied["indexes"])
         assert {(_window("node"), ("parent",)), (_window("node"), ("id",))} <= indexed
         assert (_window("kind"), ("id",)) in indexed

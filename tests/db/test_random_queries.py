@@ -1,6 +1,8 @@
 """Randomised queries *and* changes: hypothesis draws a join query over two or three tables
 (inner, cross and outer joins mixed in one FROM clause, the third table with or without a primary
-key, optional filters, optional aggregation or DISTINCT) and batches of DML, creates the
+key, optional filters, optional aggregation or DISTINCT), a quarter of them joining ``a`` and
+``b`` a second time (so a change of a, b and c makes five changed inputs, whose delta is the
+telescoping sum), and batches of DML, creates the
 stream table with refresh_mode DIFFERENTIAL, and compares it with the plain query after every
 refresh. Includes the classic hard case: a join key changes on one side while the row it matched
 is deleted on the other, and insert-then-delete of the same row, in one cycle.
@@ -75,10 +77,14 @@ def queries(draw: st.DrawFn) -> tuple[str, bool]:
         third = draw(THIRD_JOINS)
         frm += f" {third} c" + ("" if third == "CROSS JOIN" else draw(THIRD_CONDITIONS))
         filters.append(draw(THIRD_FILTERS))
+    five = three and draw(st.booleans())
+    if five:  # self-joins: a's and b's changes are two inputs' changes each
+        frm += " JOIN a AS a2" + draw(st.sampled_from([" ON a2.id = b.k", " ON a2.k = c.k"]))
+        frm += " JOIN b AS b2 ON b2.id = a2.k"
     where = " AND ".join(f"({f})" for f in filters if f)
     where_sql = f" WHERE {where}" if where else ""
     shape = draw(SHAPES)
-    tag = ", c.id AS cid, c.tag" if three else ""
+    tag = (", c.id AS cid, c.tag" if three else "") + (", a2.v AS v2, b2.w AS w2" if five else "")
     keyless_c = three and draw(st.booleans())
     if shape == "rows":
         cols = f"a.id AS aid, b.id AS bid, a.v, b.w{tag}"
@@ -89,6 +95,8 @@ def queries(draw: st.DrawFn) -> tuple[str, bool]:
     aggs = "count(*) AS n, sum(a.v) AS sv, min(b.w) AS mw, count(b.id) AS nb"
     if three:
         aggs += ", count(c.id) AS nc"
+    if five:
+        aggs += ", sum(a2.v) AS sv2, sum(b2.w) AS sw2"
     if shape == "scalar":
         return f"SELECT {aggs} FROM {frm}{where_sql}", keyless_c
     return f"SELECT a.k AS ak, {aggs} FROM {frm}{where_sql} GROUP BY a.k", keyless_c

@@ -265,9 +265,10 @@ def test_join_delta_telescopes_over_inputs_ordered_by_window_size() -> None:
     from dbt_pgtrickle.naming import stable_name
 
     p = plan(
-        "select o.id, e.kind, d.j, g.dst from orders o join events e on e.n = o.qty "
-        "join docs d on d.id = o.id join edges g on g.src = o.id where o.amount > 0",
-        ["id", "kind", "j", "dst"],
+        "select o.id, e.kind, d.j, g.dst, o2.qty from orders o join events e on e.n = o.qty "
+        "join docs d on d.id = o.id join edges g on g.src = o.id "
+        "join orders o2 on o2.id = d.id where o.amount > 0",
+        ["id", "kind", "j", "dst", "qty"],
     )
     orders, events, docs, edges = (
         stable_name("public", t) for t in ("orders", "events", "docs", "edges")
@@ -275,31 +276,34 @@ def test_join_delta_telescopes_over_inputs_ordered_by_window_size() -> None:
     everything = {orders, events, docs, edges}
     sizes = {orders: 10, events: 500, docs: 3, edges: 7}
     terms = _top_level_terms(p.shape, compiler.Changed(everything, sizes))
-    assert len(terms) == 4  # one per changed input, not 2^4 - 1
-    # events (largest window) first: its term reads the others as old inputs; then orders
-    # (edges and docs old), edges (docs old); docs last reads the others as they are now.
-    first, second, third, fourth = terms
-    assert f'"__pgt_changes_{events}" AS "e"' in first
-    assert _old_input_of("o", orders, '"id", "amount", "qty"') in first
-    assert _old_input_of("d", docs, '"id", "j"') in first
-    assert f'"__pgt_changes_{orders}" AS "o"' in second and '"public"."events" AS "e"' in second
-    assert _old_input_of("d", docs, '"id", "j"') in second
-    assert f'"__pgt_changes_{edges}" AS "g"' in third
-    assert f'"__pgt_changes_{docs}" AS "d"' in fourth and "UNION ALL" not in fourth
-    assert '(1 * "e"."__pgt_w" * "o"."__pgt_w" * "g"."__pgt_w" * "d"."__pgt_w")' in first
-    # Without window sizes (explain, Citus), or with three changed inputs: inclusion–exclusion.
-    assert len(_top_level_terms(p.shape, everything)) == 15
-    three = compiler.Changed({orders, events, docs}, sizes)
-    assert len(_top_level_terms(p.shape, three)) == 7
+    assert len(terms) == 5  # one per changed input (o and o2 are two), not 2^5 - 1
+    # events (largest window) first: its term reads the others as old inputs; then o and o2
+    # (equal windows: FROM order), edges, and docs last, reading the others as they are now.
+    assert f'"__pgt_changes_{events}" AS "e"' in terms[0]
+    assert _old_input_of("o", orders, '"id", "amount", "qty"') in terms[0]
+    assert _old_input_of("o2", orders, '"id", "qty"') in terms[0]
+    assert _old_input_of("d", docs, '"id", "j"') in terms[0]
+    assert f'"__pgt_changes_{orders}" AS "o"' in terms[1] and '"public"."events" AS "e"' in terms[1]
+    assert _old_input_of("o2", orders, '"id", "qty"') in terms[1]
+    assert f'"__pgt_changes_{orders}" AS "o2"' in terms[2]
+    assert f'"__pgt_changes_{edges}" AS "g"' in terms[3]
+    assert _old_input_of("d", docs, '"id", "j"') in terms[3]
+    assert f'"__pgt_changes_{docs}" AS "d"' in terms[4] and "UNION ALL" not in terms[4]
+    weights = '"e"."__pgt_w" * "o"."__pgt_w" * "o2"."__pgt_w" * "g"."__pgt_w" * "d"."__pgt_w"'
+    assert f"(1 * {weights})" in terms[0]
+    # Without window sizes (explain, Citus), or with four changed inputs: inclusion–exclusion.
+    assert len(_top_level_terms(p.shape, everything)) == 31
+    four = compiler.Changed({orders, docs, edges}, sizes)
+    assert len(_top_level_terms(p.shape, four)) == 15
     # The columns a term probes an old input's window by, per join partner; the windows that
-    # can be read as old: all but the largest, once four inputs changed.
+    # can be read as old: all but the largest, once five inputs changed.
     assert p.join_index_columns == {
         orders: [("qty",), ("id",)],
         events: [("n",)],
         docs: [("id",)],
         edges: [("src",)],
     }
-    assert p.join_blocks == [[orders, events, docs, edges]]
+    assert p.join_blocks == [[orders, events, docs, edges, orders]]
     assert join.old_inputs(p.join_blocks[0], sizes) == {orders, docs, edges}
     assert join.old_inputs(p.join_blocks[0], {**sizes, orders: 500}) == everything  # a tie
     assert join.old_inputs(p.join_blocks[0], {orders: 1, events: 2, docs: 3}) == set()
@@ -310,26 +314,26 @@ def test_telescoping_self_join_and_whole_row_reference() -> None:
     from dbt_pgtrickle.naming import stable_name
 
     orders, events = stable_name("public", "orders"), stable_name("public", "events")
+    docs, edges = stable_name("public", "docs"), stable_name("public", "edges")
     p = plan(
-        "select a.id, b.id as other, e.kind from orders a, orders b, orders c, events e "
-        "where a.qty = b.id and c.id = b.qty and e.n = c.qty",
-        ["id", "other", "kind"],
+        "select a.id, b.id as other, e.kind, x.j from orders a, orders b, orders c, events e, "
+        "docs x where a.qty = b.id and c.id = b.qty and e.n = c.qty and x.id = a.id",
+        ["id", "other", "kind", "j"],
     )
-    assert p.join_blocks == [[orders, orders, orders, events]]
+    assert p.join_blocks == [[orders, orders, orders, events, docs]]
     # the largest window is the self-joined table: two of its aliases are read as old
-    sizes = {orders: 5, events: 2}
-    assert join.old_inputs(p.join_blocks[0], sizes) == {orders, events}
-    terms = _top_level_terms(p.shape, compiler.Changed({orders, events}, sizes))
-    assert len(terms) == 4 and terms[0].count("UNION ALL") == 3 and "UNION ALL" not in terms[3]
+    sizes = {orders: 5, events: 2, docs: 1}
+    assert join.old_inputs(p.join_blocks[0], sizes) == {orders, events, docs}
+    terms = _top_level_terms(p.shape, compiler.Changed({orders, events, docs}, sizes))
+    assert len(terms) == 5 and terms[0].count("UNION ALL") == 4 and "UNION ALL" not in terms[4]
     # A whole-row value of an alias cannot be read from an old input's columns.
     p = plan(
         "select o.id, to_jsonb(e) as doc from orders o join events e on e.n = o.qty "
-        "join docs d on d.id = o.id join edges g on g.src = o.id",
+        "join docs d on d.id = o.id join edges g on g.src = o.id join orders o2 on o2.id = g.dst",
         ["id", "doc"],
     )
-    docs, edges = stable_name("public", "docs"), stable_name("public", "edges")
     changed = compiler.Changed({orders, events, docs, edges}, {events: 2})
-    assert len(_top_level_terms(p.shape, changed)) == 15
+    assert len(_top_level_terms(p.shape, changed)) == 31
 
 
 def _top_level_terms(shape: object, changed: set[str]) -> list[str]:
@@ -349,7 +353,7 @@ def _top_level_terms(shape: object, changed: set[str]) -> list[str]:
 
 
 def _old_input_of(alias: str, stable: str, cols: str) -> str:
-    table = {"o": "orders", "d": "docs", "e": "events", "g": "edges"}[alias]
+    table = {"o": "orders", "o2": "orders", "d": "docs", "e": "events", "g": "edges"}[alias]
     return (
         f'(SELECT {cols}, 1 AS "__pgt_w" FROM "public"."{table}" UNION ALL SELECT {cols}, '
         f'(-"__pgt_w")::integer FROM "__pgt_changes_{stable}") AS "{alias}"'

@@ -21,7 +21,7 @@ self-join of a changed table has two terms.
 PostgreSQL keeps no statistics for a UNION ALL subquery, so it estimates the joins with an old
 input from default selectivities, and a misestimate can choose a bad plan. The telescoping sum
 is therefore used from :data:`TELESCOPING_FROM` changed inputs of one block on, where the
-alternative has 15 or more terms. Below that, and without window sizes (a plain set of changed
+alternative has 31 or more terms. Below that, and without window sizes (a plain set of changed
 inputs: ``explain`` without sizes, Citus sources, whose tables cannot be unioned with a
 coordinator's temporary table without being pulled to it), or when the block reads an alias as
 a whole row, the rule is inclusion–exclusion over the subsets S of C, which reads no old input:
@@ -70,12 +70,13 @@ from .scan import changes_relation
 MAX_CHANGED_INPUTS = 5
 
 #: Fewest changed inputs of one block for which the telescoping sum replaces inclusion–exclusion
-#: (whose 2^m − 1 terms are 15 for four). PostgreSQL keeps no statistics for a UNION ALL
+#: (whose 2^m − 1 terms are 31 for five). PostgreSQL keeps no statistics for a UNION ALL
 #: subquery, so it estimates joins with an old input from default selectivities (TPC-H Q10 at
 #: SF 1: 1.5 million rows expected where 16,000 came, and once a plan of 2.4 s instead of
-#: 0.25 s); with three changed inputs or fewer the 3 or 7 terms of inclusion–exclusion, each
-#: estimated from the tables' own statistics, are the safer plan.
-TELESCOPING_FROM = 4
+#: 0.25 s). Measured side by side at SF 1 with 1% of the orders changed: with five changed inputs
+#: (Q08, Q09) the 5 telescoping terms took 0.41–0.80 of the 31 terms' time; with four (Q02, Q05,
+#: Q07, Q18) 0.73–1.31 of the 15 terms', no better on the whole; with three (Q10) up to 5.4×.
+TELESCOPING_FROM = 5
 
 
 class TooManyChangedInputs(Exception):
