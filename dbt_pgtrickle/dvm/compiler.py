@@ -391,11 +391,13 @@ def compile_query(
                 "Join",
                 " AND ".join(conds) or "cross join",
                 "O(Δ) per term, through indexes on the join columns",
-                "one term per changed input, largest change window first: a term joins one "
-                "change window with the changed inputs before it as they are now and those "
-                "after it as they were (the table plus its change window negated, the window "
-                "probed through an index the refresh builds on its join columns); without an "
-                "index on a join column an input is scanned",
+                "up to four changed inputs: one term per non-empty subset of them, joining "
+                "their change windows with the current other inputs; five or more (not with "
+                "Citus sources): one term per changed input, largest change window first, "
+                "joining its window with the changed inputs before it as they are now and those "
+                "after it as they were (the table plus its change window negated, probed "
+                "through an index the refresh builds on the window); without an index on a "
+                "join column an input is scanned",
             )
         )
     if shape.has_outer_joins:

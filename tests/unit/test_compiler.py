@@ -291,7 +291,7 @@ def test_join_delta_telescopes_over_inputs_ordered_by_window_size() -> None:
     assert f'"__pgt_changes_{docs}" AS "d"' in terms[4] and "UNION ALL" not in terms[4]
     weights = '"e"."__pgt_w" * "o"."__pgt_w" * "o2"."__pgt_w" * "g"."__pgt_w" * "d"."__pgt_w"'
     assert f"(1 * {weights})" in terms[0]
-    # Without window sizes (explain, Citus), or with four changed inputs: inclusion–exclusion.
+    # A plain set (Citus sources), or four changed inputs: inclusion–exclusion.
     assert len(_top_level_terms(p.shape, everything)) == 31
     four = compiler.Changed({orders, docs, edges}, sizes)
     assert len(_top_level_terms(p.shape, four)) == 15
@@ -334,6 +334,31 @@ def test_telescoping_self_join_and_whole_row_reference() -> None:
     )
     changed = compiler.Changed({orders, events, docs, edges}, {events: 2})
     assert len(_top_level_terms(p.shape, changed)) == 31
+
+
+def test_old_input_of_an_alias_read_for_no_column_and_probes_from_top_level_equalities() -> None:
+    from dbt_pgtrickle.naming import stable_name
+
+    p = plan(
+        "select o.qty, e.kind, g.dst from orders o join events e on e.n = o.qty "
+        "join edges g on g.src = e.n join edges g2 on g2.src = g.dst cross join orders o2 "
+        "where (e.kind = o.region or o.amount < 0)",
+        ["qty", "kind", "dst"],
+    )
+    orders, events, edges = (stable_name("public", t) for t in ("orders", "events", "edges"))
+    changed = compiler.Changed({orders, events, edges}, {events: 9, orders: 2, edges: 1})
+    terms = _top_level_terms(p.shape, changed)
+    assert len(terms) == 5
+    # o2 is only cross-joined: its old input is the weight alone (its window may hold no column
+    # but those other aliases of orders read)
+    no_column = (
+        f'(SELECT 1 AS "__pgt_w" FROM "public"."orders" UNION ALL SELECT (-"__pgt_w")::integer '
+        f'FROM "__pgt_changes_{orders}") AS "o2"'
+    )
+    assert no_column in terms[0]
+    # the equality under OR is no probe: orders is probed by qty only
+    assert p.join_index_columns[orders] == [("qty",)]
+    assert p.join_index_columns[edges] == [("src",), ("dst",)]
 
 
 def _top_level_terms(shape: object, changed: set[str]) -> list[str]:

@@ -7,29 +7,31 @@ the telescoping sum
 
     Δ(X₁ ⋈ … ⋈ Xₙ) = Σ_{i=1…m} C₁_new ⋈ … ⋈ Cᵢ₋₁_new ⋈ ΔCᵢ ⋈ Cᵢ₊₁_old ⋈ … ⋈ Cₘ_old
 
-(the unchanged inputs joined as they are) has one term per changed input. For two inputs it is
-``ΔA ⋈ B_old + A_new ⋈ ΔB``. An old input is read as the weighted union of the table (+1) and
+(the unchanged inputs joined as they are) has one term per changed input (for two it would be
+``ΔA ⋈ B_old + A_new ⋈ ΔB``). An old input is read as the weighted union of the table (+1) and
 its change window negated, ``X_old = X_new ⊎ −ΔX``, so old state is reconstructed only where a
 term's rows probe it: the database drives each term from its change window into the other
 inputs through their indexes, and probes an old input's window through the index the engine
 builds on its join columns (:func:`join_columns`). The inputs are ordered by the size of their
-change windows, largest first (``Changed.rows``), so the largest window is never read as an old
-input and needs no index. The weight of a joined row is the product of its inputs' weights;
-WHERE is applied to every term (filters are linear). Each alias is its own input, so a
-self-join of a changed table has two terms.
+change windows, largest first (``Changed.rows``; equal sizes in FROM order), so the largest
+window is never read as an old input and needs no index (unless its size is tied or its table
+is joined under another alias too: then the engine indexes it as well). The weight of a joined
+row is the product of its inputs' weights; WHERE is applied to every term (filters are linear).
+Each alias is its own input, so a self-join of a changed table has two terms.
 
 PostgreSQL keeps no statistics for a UNION ALL subquery, so it estimates the joins with an old
 input from default selectivities, and a misestimate can choose a bad plan. The telescoping sum
-is therefore used from :data:`TELESCOPING_FROM` changed inputs of one block on, where the
-alternative has 31 or more terms. Below that, and without window sizes (a plain set of changed
-inputs: ``explain`` without sizes, Citus sources, whose tables cannot be unioned with a
-coordinator's temporary table without being pulled to it), or when the block reads an alias as
+is therefore used only from :data:`TELESCOPING_FROM` changed aliases of one inner-join block on,
+where the alternative has 31 or more terms, and only for a :class:`Changed` set: the engine
+passes one for a local stream table, ``explain`` one without sizes (FROM order). Below that, for
+a plain set (the engine's choice for Citus sources, whose tables cannot be unioned with a
+coordinator's temporary table without being pulled to it), and when the block reads an alias as
 a whole row, the rule is inclusion–exclusion over the subsets S of C, which reads no old input:
 
     Δ(X₁ ⋈ … ⋈ Xₙ) = Σ_{∅ ≠ S ⊆ C} (−1)^{|S|+1} · ⋈_{i ∈ S} ΔXᵢ ⋈_{i ∉ S} Xᵢ_new
 
-with 2^m − 1 terms (31 for five changed inputs, each planned and run alone); above
-:data:`MAX_CHANGED_INPUTS` changed inputs it is not worth it and the refresh recomputes.
+with 2^m − 1 terms, each planned and run alone; above :data:`MAX_CHANGED_INPUTS` changed
+inputs it is not worth it and the refresh recomputes (the telescoping sum has no such limit).
 
 Outer joins: the chain is expanded into disjoint inner-join *blocks* (:func:`blocks`) whose
 union is the FROM/WHERE result. With J the join of the items before T and p the ON condition,
@@ -128,20 +130,68 @@ def _unquote(name: str) -> str:
     return name.replace('""', '"')
 
 
+def _conjuncts(condition: str) -> list[str]:
+    """The top-level ``AND`` operands of a rendered condition, outer parentheses removed
+    (parentheses, quoted identifiers and string literals respected)."""
+    out, depth, start, i, quote = [], 0, 0, 0, ""
+    while i < len(condition):
+        ch = condition[i]
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif depth == 0 and condition.startswith(" AND ", i):
+            out.append(condition[start:i])
+            start = i + len(" AND ")
+            i = start
+            continue
+        i += 1
+    out.append(condition[start:])
+    parts = []
+    for part in (p.strip() for p in out):
+        inner = part[1:-1] if part.startswith("(") and part.endswith(")") else None
+        if inner is not None and _conjuncts(inner) != [part] and _balanced(inner):
+            parts.extend(_conjuncts(inner))
+        elif part:
+            parts.append(part)
+    return parts
+
+
+def _balanced(text: str) -> bool:
+    """Whether the parentheses of ``text`` (outside quotes) never close more than they open."""
+    depth, quote = 0, ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
 def join_columns(shape: QueryShape) -> dict[str, list[tuple[str, ...]]]:
     """Per input (stable name): the column lists by which the telescoping terms probe its change
-    window when they read it as an old input, one per other alias it is equated with in an ON
-    condition or the WHERE (``"a"."x" = "b"."y"``), a list that is a prefix of another left out.
-    The engine indexes the window on them when the input may be read as old."""
+    window when they read it as an old input, one per other alias it is equated with by a
+    top-level conjunct of an ON condition or the WHERE (``"a"."x" = "b"."y"``; ON first), a
+    list that is a prefix of another left out. The engine indexes the window on them when the
+    input may be read as old."""
     from ...naming import stable_name
 
     found: dict[str, list[tuple[str, ...]]] = {}
     for block in blocks(shape):
         present = {f.alias: f for f in block.froms if f.join != "null" and not f.is_function}
-        conditions = [block.where or "", *(f.on or "" for f in present.values())]
+        conditions = [*(f.on or "" for f in present.values()), block.where or ""]
         probes: dict[tuple[str, str], list[str]] = {}
-        for condition in conditions:
-            for m in _EQUALITY.finditer(condition):
+        for conjunct in (c for condition in conditions for c in _conjuncts(condition)):
+            m = _EQUALITY.fullmatch(conjunct)
+            if m is not None:
                 a, ca, b, cb = (_unquote(g) for g in m.groups())
                 if a == b or a not in present or b not in present:
                     continue
@@ -254,14 +304,14 @@ def _whole_row(alias: str, text: str) -> bool:
 
 def _old_input(item: FromItem, window: str, text: str) -> str:
     """The input under ``item`` before the refresh's changes: its rows (+1) and its change
-    window negated, over the columns ``text`` reads of it (the window holds no others)."""
+    window negated, over the columns ``text`` reads of it (the window holds no others; none
+    read, as in a cross join: only the weight)."""
     wanted = {_unquote(c) for c in re.findall(re.escape(q(item.alias)) + r"\." + _IDENT, text)}
-    columns = [c.name for c in item.source.columns if c.name in wanted]
-    cols = ", ".join(q(c) for c in (columns or [item.source.columns[0].name]))
+    cols = "".join(f"{q(c.name)}, " for c in item.source.columns if c.name in wanted)
     table = f"{q(item.source.schema)}.{q(item.source.name)}"
     return (
-        f"(SELECT {cols}, 1 AS {WEIGHT} FROM {table} UNION ALL "
-        f"SELECT {cols}, (-{WEIGHT})::integer FROM {window})"
+        f"(SELECT {cols}1 AS {WEIGHT} FROM {table} UNION ALL "
+        f"SELECT {cols}(-{WEIGHT})::integer FROM {window})"
     )
 
 
