@@ -385,6 +385,24 @@ def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
     return [node]
 
 
+def equalities(condition: str) -> list[tuple[str, str, str, str]]:
+    """``(alias, column, alias, column)`` of each top-level conjunct of a rendered condition
+    that equates two qualified columns (``"a"."x" = "b"."y"``); none if it does not parse."""
+    try:
+        node = sqlglot.parse_one(condition, read=DIALECT)
+    except ParseError:
+        return []
+    return [
+        (c.this.table, c.this.name, c.expression.table, c.expression.name)
+        for c in _conjuncts(node)
+        if isinstance(c, exp.EQ)
+        and isinstance(c.this, exp.Column)
+        and isinstance(c.expression, exp.Column)
+        and c.this.table
+        and c.expression.table
+    ]
+
+
 def _semijoin_form(node: exp.Expr) -> tuple[bool, exp.Expr | None, exp.Select, bool] | None:
     """``(negated, IN's left side, subquery, is IN)`` for ``[NOT] EXISTS (…)`` and
     ``x [NOT] IN (SELECT …)``; None for anything else."""

@@ -9,7 +9,7 @@ supported shapes compiles to a FULL-only plan carrying the reason.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from .operators import (
     union,
     window,
 )
-from .operators._sql import from_clause_sql, quote_ident
+from .operators._sql import columns_of, from_clause_sql, quote_ident
 
 # Strategies: how a delta is applied to the stream table.
 LINEAR_KEYED = "linear_keyed"  # keyed apply of consolidated rows by primary-key row id
@@ -118,7 +118,7 @@ class DeltaPlan:
     # engine indexes the window on them, so each probe is an index scan, not a scan of Δ.
     change_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     # Columns by which a join's telescoping terms probe a change window read as an old input
-    # (:func:`.operators.join.join_columns`), and the inputs of each inner-join block
+    # (:func:`_join_columns`), and the inputs of each inner-join block
     # (:func:`.operators.join.block_inputs`): the engine indexes those windows when needed.
     join_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     join_blocks: list[list[str]] = field(default_factory=list)
@@ -467,13 +467,6 @@ def _attach_stages(plan: DeltaPlan, stages: list[Stage], read: list[ir.SourceTab
         ]
 
 
-def _columns_of(alias: str, condition: str) -> tuple[str, ...]:
-    """Columns of ``alias`` a rendered condition refers to (identifiers are always quoted)."""
-    quoted = '"' + alias.replace('"', '""') + '"'
-    found = re.findall(re.escape(quoted) + r'\."((?:[^"]|"")+)"', condition)
-    return tuple(dict.fromkeys(c.replace('""', '"') for c in found))
-
-
 def _probed_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
     probes: dict[str, list[tuple[str, ...]]] = {}
 
@@ -485,23 +478,61 @@ def _probed_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
 
     for block in join.blocks(shape):
         for sj in block.semijoins:
-            add(sj.source, _columns_of(sj.alias, sj.condition))
+            add(sj.source, columns_of(sj.alias, sj.condition))
     return probes
+
+
+def merge_columns(
+    maps: Iterable[dict[str, list[tuple[str, ...]]]],
+) -> dict[str, list[tuple[str, ...]]]:
+    """Column lists per stable name from several plans or shapes, each list once."""
+    merged: dict[str, list[tuple[str, ...]]] = {}
+    for m in maps:
+        for stable, lists in m.items():
+            known = merged.setdefault(stable, [])
+            known.extend(c for c in lists if c not in known)
+    return merged
+
+
+def _join_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
+    """Per input (stable name): the column lists by which telescoping terms probe its change
+    window when they read it as an old input, one per other alias of the block it is equated
+    with by a top-level conjunct of an ON condition or the WHERE (``a.x = b.y``; ON first), a
+    list that is a prefix of another left out."""
+    found: dict[str, list[tuple[str, ...]]] = {}
+    for block in join.blocks(shape):
+        present = {f.alias: f for f in block.froms if f.join != "null" and not f.is_function}
+        conditions = [
+            *(f.on for f in present.values() if f.on),
+            *([block.where] if block.where else []),
+        ]
+        probes: dict[tuple[str, str], list[str]] = {}
+        for a, ca, b, cb in (e for c in conditions for e in _sqlglot.equalities(c)):
+            if a == b or a not in present or b not in present:
+                continue
+            for alias, col, other in ((a, ca, b), (b, cb, a)):
+                if present[alias].source.column(col) is not None:
+                    cols = probes.setdefault((alias, other), [])
+                    cols.extend([col] if col not in cols else [])
+        for (alias, _), cols in probes.items():
+            src = present[alias].source
+            wanted = found.setdefault(stable_name(src.schema, src.name), [])
+            wanted.extend([tuple(cols)] if tuple(cols) not in wanted else [])
+    return {
+        stable: [c for c in lists if not any(o != c and o[: len(c)] == c for o in lists)]
+        for stable, lists in found.items()
+    }
 
 
 def _joined_columns(
     shapes: list[ir.QueryShape],
 ) -> tuple[dict[str, list[tuple[str, ...]]], list[list[str]]]:
-    """:func:`.operators.join.join_columns` and :func:`.operators.join.block_inputs` over
-    ``shapes`` (a query, or the branches of a set operation)."""
-    columns: dict[str, list[tuple[str, ...]]] = {}
-    block_lists: list[list[str]] = []
-    for shape in shapes:
-        for stable, lists in join.join_columns(shape).items():
-            wanted = columns.setdefault(stable, [])
-            wanted.extend(c for c in lists if c not in wanted)
-        block_lists.extend(join.block_inputs(shape))
-    return columns, block_lists
+    """``join_index_columns`` and ``join_blocks`` of a plan over ``shapes`` (a query, or the
+    branches of a set operation)."""
+    return (
+        merge_columns(_join_columns(shape) for shape in shapes),
+        [inputs for shape in shapes for inputs in join.block_inputs(shape)],
+    )
 
 
 def _union_plan(
@@ -519,6 +550,7 @@ def _union_plan(
         )
     ]
     ops.extend(_branch_operators(branches))
+    joined = _joined_columns(branches)
     return DeltaPlan(
         normalized,
         AGGREGATE if is_distinct else LINEAR_MULTISET,
@@ -531,8 +563,8 @@ def _union_plan(
         branches=branches,
         union_distinct=is_distinct,
         change_index_columns=_branch_probes(branches),
-        join_index_columns=_joined_columns(branches)[0],
-        join_blocks=_joined_columns(branches)[1],
+        join_index_columns=joined[0],
+        join_blocks=joined[1],
         inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
 
@@ -554,12 +586,7 @@ def _branch_sources(branches: list[ir.QueryShape]) -> list[ir.SourceTable]:
 
 
 def _branch_probes(branches: list[ir.QueryShape]) -> dict[str, list[tuple[str, ...]]]:
-    probes: dict[str, list[tuple[str, ...]]] = {}
-    for b in branches:
-        for stable, cols in _probed_columns(b).items():
-            wanted = probes.setdefault(stable, [])
-            wanted.extend(c for c in cols if c not in wanted)
-    return probes
+    return merge_columns(_probed_columns(b) for b in branches)
 
 
 def _set_op_kinds(tree: ir.SetOp) -> set[tuple[str, bool]]:
@@ -599,6 +626,7 @@ def _counted_plan(
             "positive, that many copies each",
         )
     )
+    joined = _joined_columns(branches)
     return DeltaPlan(
         normalized,
         LINEAR_MULTISET,
@@ -609,8 +637,8 @@ def _counted_plan(
         operators=ops,
         target=target,
         change_index_columns=_branch_probes(branches),
-        join_index_columns=_joined_columns(branches)[0],
-        join_blocks=_joined_columns(branches)[1],
+        join_index_columns=joined[0],
+        join_blocks=joined[1],
         counted=Counted(inner, backing, tree, branches),
         inputs={stable_name(s.schema, s.name) for s in _branch_sources(branches)},
     )
@@ -967,6 +995,7 @@ __all__ = [
     "TOPK",
     "WINDOW_PARTITIONS",
     "DeltaPlan",
+    "merge_columns",
     "TooManyChangedInputs",
     "compile_query",
 ]

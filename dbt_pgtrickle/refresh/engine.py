@@ -666,26 +666,18 @@ def _apply_full(
 
 
 class _OldInputs:
-    """The change windows a join's telescoping terms read as old inputs
-    (:func:`~..dvm.operators.join.old_inputs`), indexed on the columns the terms probe them by
-    (``join_index_columns``)."""
+    """Indexes the change windows a join's telescoping terms read as old inputs
+    (:func:`~..dvm.operators.join.old_inputs`, the same order as the terms) on the columns the
+    terms probe them by (``join_index_columns``), each window once."""
 
     def __init__(self, readers: list[compiler.DeltaPlan]) -> None:
-        self.columns: dict[str, list[tuple[str, ...]]] = {}
-        self.blocks: list[list[str]] = []
-        for p in readers:
-            for stable, lists in p.join_index_columns.items():
-                known = self.columns.setdefault(stable, [])
-                known.extend(c for c in lists if c not in known)
-            self.blocks.extend(p.join_blocks)
+        self.columns = compiler.merge_columns(p.join_index_columns for p in readers)
+        self.blocks = [inputs for p in readers for inputs in p.join_blocks]
         self.done: set[str] = set()
 
-    def __bool__(self) -> bool:
-        return bool(self.columns)
-
     def index(self, conn: psycopg.Connection[Any], sizes: dict[str, int]) -> None:
-        """Index the windows (of ``sizes``, the changed inputs so far) that can now be read as
-        old inputs and are not indexed yet."""
+        """Index the windows that terms read as old now that ``sizes`` (the changed inputs so
+        far, with their window sizes) are known."""
         for block in self.blocks:
             for stable in sorted(join.old_inputs(block, sizes) - self.done):
                 self.done.add(stable)
@@ -778,11 +770,7 @@ def _apply_differential(
     if unread:  # _choose copies every non-empty window of a refresh that may be differential
         raise RefreshError(f"internal error: no change window of {', '.join(unread)}")
     readers = [plan, *(stage.plan for stage in plan.stages)]
-    probes: dict[str, list[tuple[str, ...]]] = {}
-    for p in readers:
-        for stable, probed in p.change_index_columns.items():
-            known = probes.setdefault(stable, [])
-            known.extend(c for c in probed if c not in known)
+    probes = compiler.merge_columns(p.change_index_columns for p in readers)
     for src in changed:
         budget.arm(conn, deadline)
         _index_window(conn, src.stable, probes.get(src.stable, []))
@@ -791,7 +779,7 @@ def _apply_differential(
     telescoping = rec.placement == "local" and not rec.citus_captured
     sizes = {src.stable: src.pending for src in changed}
     old_inputs = _OldInputs(readers) if telescoping else None
-    if old_inputs:
+    if old_inputs is not None:
         old_inputs.index(conn, sizes)
     changed_stables = {src.stable for src in changed}
 
@@ -806,7 +794,7 @@ def _apply_differential(
             _index_window(conn, stage.stable, probes.get(stage.stable, []))
             changed_stables.add(stage.stable)
             sizes[stage.stable] = rows
-            if old_inputs:
+            if old_inputs is not None:
                 old_inputs.index(conn, sizes)
     if not (plan.inputs or plan.source_stables) & changed_stables:
         return  # the changes did not reach what the query reads (e.g. a stage kept its rows)

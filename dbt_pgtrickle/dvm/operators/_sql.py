@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..ir import FromItem, QueryShape, SemiJoin
 
 
@@ -50,6 +52,13 @@ def from_clause_sql(
             keyword = "JOIN" if inner_only else OUTER_JOINS.get(item.join, "JOIN")
             parts.append(f"{keyword} {ref} ON ({item.on})")
     return " ".join(parts)
+
+
+def columns_of(alias: str, sql: str) -> tuple[str, ...]:
+    """Columns of ``alias`` that rendered SQL refers to (identifiers are always quoted), in the
+    order of their first reference."""
+    found = re.findall(re.escape(quote_ident(alias)) + r'\."((?:[^"]|"")+)"', sql)
+    return tuple(dict.fromkeys(c.replace('""', '"') for c in found))
 
 
 def semijoin_condition(sj: SemiJoin, relation: str | None = None) -> str:

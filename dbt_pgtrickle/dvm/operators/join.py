@@ -12,10 +12,10 @@ the telescoping sum
 its change window negated, ``X_old = X_new ⊎ −ΔX``, so old state is reconstructed only where a
 term's rows probe it: the database drives each term from its change window into the other
 inputs through their indexes, and probes an old input's window through the index the engine
-builds on its join columns (:func:`join_columns`). The inputs are ordered by the size of their
+builds on its join columns. The inputs are ordered by the size of their
 change windows, largest first (``Changed.rows``; equal sizes in FROM order), so the largest
-window is never read as an old input and needs no index (unless its size is tied or its table
-is joined under another alias too: then the engine indexes it as well). The weight of a joined
+window is never read as an old input and needs no index (the engine follows the same order,
+:func:`telescoping_order`). The weight of a joined
 row is the product of its inputs' weights; WHERE is applied to every term (filters are linear).
 Each alias is its own input, so a self-join of a changed table has two terms.
 
@@ -66,7 +66,7 @@ from collections.abc import Iterable, Mapping
 from itertools import combinations
 
 from ..ir import FromItem, QueryShape, SemiJoin
-from ._sql import WEIGHT, from_clause_sql, q, semijoin_condition, where_clause
+from ._sql import WEIGHT, columns_of, from_clause_sql, q, semijoin_condition, where_clause
 from .scan import changes_relation
 
 MAX_CHANGED_INPUTS = 5
@@ -74,8 +74,8 @@ MAX_CHANGED_INPUTS = 5
 #: Fewest changed inputs of one block for which the telescoping sum replaces inclusion–exclusion
 #: (whose 2^m − 1 terms are 31 for five). PostgreSQL keeps no statistics for a UNION ALL
 #: subquery, so it estimates joins with an old input from default selectivities (TPC-H Q10 at
-#: SF 1: 1.5 million rows expected where 16,000 came, and once a plan of 2.4 s instead of
-#: 0.25 s). Measured side by side at SF 1 with 1% of the orders changed: with five changed inputs
+#: SF 1: the term driven by lineitem's window estimated at 9.4 million rows where 1,445 came,
+#: and driven from all 150,000 customers; a refresh of 2.4 s instead of 0.25 s). Measured side by side at SF 1 with 1% of the orders changed: with five changed inputs
 #: (Q08, Q09) the 5 telescoping terms took 0.41–0.80 of the 31 terms' time; with four (Q02, Q05,
 #: Q07, Q18) 0.73–1.31 of the 15 terms', no better on the whole; with three (Q10) up to 5.4×.
 TELESCOPING_FROM = 5
@@ -101,10 +101,8 @@ def changed_aliases(shape: QueryShape, changed_stables: set[str]) -> list[str]:
 
     return [
         f.alias
-        for f in shape.froms
-        if f.join != "null"
-        and not f.is_function
-        and stable_name(f.source.schema, f.source.name) in changed_stables
+        for f in _inputs(shape)
+        if stable_name(f.source.schema, f.source.name) in changed_stables
     ]
 
 
@@ -122,122 +120,39 @@ def terms(aliases: list[str]) -> list[tuple[tuple[str, ...], int]]:
     return out
 
 
-_IDENT = r'"((?:[^"]|"")+)"'
-_EQUALITY = re.compile(_IDENT + r"\." + _IDENT + r"\s*=\s*" + _IDENT + r"\." + _IDENT)
-
-
-def _unquote(name: str) -> str:
-    return name.replace('""', '"')
-
-
-def _conjuncts(condition: str) -> list[str]:
-    """The top-level ``AND`` operands of a rendered condition, outer parentheses removed
-    (parentheses, quoted identifiers and string literals respected)."""
-    out, depth, start, i, quote = [], 0, 0, 0, ""
-    while i < len(condition):
-        ch = condition[i]
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif depth == 0 and condition.startswith(" AND ", i):
-            out.append(condition[start:i])
-            start = i + len(" AND ")
-            i = start
-            continue
-        i += 1
-    out.append(condition[start:])
-    parts = []
-    for part in (p.strip() for p in out):
-        inner = part[1:-1] if part.startswith("(") and part.endswith(")") else None
-        if inner is not None and _conjuncts(inner) != [part] and _balanced(inner):
-            parts.extend(_conjuncts(inner))
-        elif part:
-            parts.append(part)
-    return parts
-
-
-def _balanced(text: str) -> bool:
-    """Whether the parentheses of ``text`` (outside quotes) never close more than they open."""
-    depth, quote = 0, ""
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "()":
-            depth += 1 if ch == "(" else -1
-            if depth < 0:
-                return False
-    return depth == 0
-
-
-def join_columns(shape: QueryShape) -> dict[str, list[tuple[str, ...]]]:
-    """Per input (stable name): the column lists by which the telescoping terms probe its change
-    window when they read it as an old input, one per other alias it is equated with by a
-    top-level conjunct of an ON condition or the WHERE (``"a"."x" = "b"."y"``; ON first), a
-    list that is a prefix of another left out. The engine indexes the window on them when the
-    input may be read as old."""
-    from ...naming import stable_name
-
-    found: dict[str, list[tuple[str, ...]]] = {}
-    for block in blocks(shape):
-        present = {f.alias: f for f in block.froms if f.join != "null" and not f.is_function}
-        conditions = [*(f.on or "" for f in present.values()), block.where or ""]
-        probes: dict[tuple[str, str], list[str]] = {}
-        for conjunct in (c for condition in conditions for c in _conjuncts(condition)):
-            m = _EQUALITY.fullmatch(conjunct)
-            if m is not None:
-                a, ca, b, cb = (_unquote(g) for g in m.groups())
-                if a == b or a not in present or b not in present:
-                    continue
-                for alias, col, other in ((a, ca, b), (b, cb, a)):
-                    if present[alias].source.column(col) is None:
-                        continue
-                    cols = probes.setdefault((alias, other), [])
-                    if col not in cols:
-                        cols.append(col)
-        for (alias, _), cols in probes.items():
-            src = present[alias].source
-            wanted = found.setdefault(stable_name(src.schema, src.name), [])
-            if tuple(cols) not in wanted:
-                wanted.append(tuple(cols))
-    return {
-        stable: [c for c in lists if not any(o != c and o[: len(c)] == c for o in lists)]
-        for stable, lists in found.items()
-    }
+def _inputs(block: QueryShape) -> list[FromItem]:
+    """The items of an inner-join block that are inputs of its join (not NULL-padded, not a
+    set-returning function)."""
+    return [f for f in block.froms if f.join != "null" and not f.is_function]
 
 
 def block_inputs(shape: QueryShape) -> list[list[str]]:
-    """The inputs (stable names, once per alias) of each inner-join block of ``shape``: the
-    engine finds from them which change windows a telescoping term can read as old."""
+    """The inputs (stable names, once per alias, in FROM order) of each inner-join block of
+    ``shape``: the engine finds from them which change windows a telescoping term reads as old
+    (:func:`old_inputs`)."""
     from ...naming import stable_name
 
     return [
-        [
-            stable_name(f.source.schema, f.source.name)
-            for f in block.froms
-            if f.join != "null" and not f.is_function
-        ]
+        [stable_name(f.source.schema, f.source.name) for f in _inputs(block)]
         for block in blocks(shape)
     ]
 
 
-def old_inputs(block: list[str], rows: Mapping[str, int]) -> set[str]:
-    """The inputs of a block (:func:`block_inputs`) that its telescoping terms may read as old
-    when the inputs of ``rows`` changed with those window sizes: all changed ones but the one
-    with the largest window, unless another alias of the block shares that size or that input
-    (then it is kept, as the terms' order among them depends on FROM positions)."""
-    changed = [s for s in block if s in rows]
+def telescoping_order(inputs: list[str], rows: Mapping[str, int]) -> list[int]:
+    """Positions in a block's ``inputs`` (:func:`block_inputs`) of the changed ones (the keys of
+    ``rows``, their change windows' sizes) in the order of the telescoping terms: largest window
+    first, FROM order among equal ones; empty when the block keeps inclusion–exclusion (fewer
+    than :data:`TELESCOPING_FROM` changed inputs)."""
+    changed = [i for i, s in enumerate(inputs) if s in rows]
     if len(changed) < TELESCOPING_FROM:
-        return set()
-    top = max(rows[s] for s in changed)
-    first = [s for s in changed if rows[s] == top]
-    return set(changed) - ({first[0]} if len(first) == 1 else set())
+        return []
+    return sorted(changed, key=lambda i: (-rows[inputs[i]], i))
+
+
+def old_inputs(inputs: list[str], rows: Mapping[str, int]) -> set[str]:
+    """The inputs of a block that a telescoping term reads as old: all changed ones after the
+    first in :func:`telescoping_order`."""
+    return {inputs[i] for i in telescoping_order(inputs, rows)[1:]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,36 +176,28 @@ def _join_terms(block: QueryShape, changed_stables: set[str], text: str) -> list
     ON conditions and functions, WHERE), which says what an old input must provide."""
     from ...naming import stable_name
 
-    aliases = changed_aliases(block, changed_stables)
-    items = {f.alias: f for f in block.froms}
+    items = _inputs(block)
+    stables = [stable_name(f.source.schema, f.source.name) for f in items]
 
-    def window(alias: str) -> str:
-        src = items[alias].source
-        return q(changes_relation(stable_name(src.schema, src.name)))
+    def window(i: int) -> str:
+        return q(changes_relation(stables[i]))
 
-    if (
-        not isinstance(changed_stables, Changed)
-        or len(aliases) < TELESCOPING_FROM
-        or any(_whole_row(a, text) for a in aliases)
-    ):
+    order: list[int] = []
+    if isinstance(changed_stables, Changed):
+        rows = {s: changed_stables.rows.get(s, 0) for s in stables if s in changed_stables}
+        order = telescoping_order(stables, rows)
+    if not order or any(_whole_row(items[i].alias, text) for i in order):
+        windows = {f.alias: window(i) for i, f in enumerate(items) if stables[i] in changed_stables}
         return [
-            _Term({a: window(a) for a in subset}, subset, sign) for subset, sign in terms(aliases)
+            _Term({a: windows[a] for a in subset}, subset, sign)
+            for subset, sign in terms(changed_aliases(block, changed_stables))
         ]
-    rows = changed_stables.rows
-    position = {a: i for i, a in enumerate(aliases)}
-    order = sorted(
-        aliases,
-        key=lambda a: (
-            -rows.get(stable_name(items[a].source.schema, items[a].source.name), 0),
-            position[a],
-        ),
-    )
     out = []
-    for i, alias in enumerate(order):
-        relations = {alias: window(alias)}
-        for old in order[i + 1 :]:
-            relations[old] = _old_input(items[old], window(old), text)
-        out.append(_Term(relations, tuple(order[i:]), 1))
+    for k, i in enumerate(order):
+        relations = {items[i].alias: window(i)}
+        for j in order[k + 1 :]:
+            relations[items[j].alias] = _old_input(items[j], window(j), text)
+        out.append(_Term(relations, tuple(items[j].alias for j in order[k:]), 1))
     return out
 
 
@@ -306,7 +213,7 @@ def _old_input(item: FromItem, window: str, text: str) -> str:
     """The input under ``item`` before the refresh's changes: its rows (+1) and its change
     window negated, over the columns ``text`` reads of it (the window holds no others; none
     read, as in a cross join: only the weight)."""
-    wanted = {_unquote(c) for c in re.findall(re.escape(q(item.alias)) + r"\." + _IDENT, text)}
+    wanted = set(columns_of(item.alias, text))
     cols = "".join(f"{q(c.name)}, " for c in item.source.columns if c.name in wanted)
     table = f"{q(item.source.schema)}.{q(item.source.name)}"
     return (
