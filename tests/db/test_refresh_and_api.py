@@ -612,7 +612,8 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
 ) -> None:
     """An AUTO differential refresh gets auto_diff_budget of the last full refresh; past it the
     statement is cancelled, the attempt rolled back, the query recomputed in the same refresh;
-    later refreshes with as many change rows go straight to FULL, fewer try again."""
+    later refreshes with as many change rows go straight to FULL, fewer try again, and as many
+    try again after 2, then 4 recomputes."""
     # 20 ms per evaluated row: a delta over 20 new rows takes 400 ms whatever its plan.
     db.execute(
         "CREATE FUNCTION slow(x int) RETURNS int LANGUAGE sql IMMUTABLE "
@@ -654,8 +655,31 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(45, 61) i")
     r = pgt.refresh_stream_table(db, "slow_st")
     assert r.action == "FULL" and "passed its time budget" in (r.fallback_reason or ""), r
-    db.execute("DELETE FROM few WHERE id >= 45")  # as before, through the same rule
-    assert pgt.refresh_stream_table(db, "slow_st").action == "FULL"
+    # Two recomputes since the cancelled attempt: the next as large refresh tries again, with
+    # a fifth of the last full refresh (made 1 s) as its budget; 17 deleted rows take 340 ms.
+    newest_full = (
+        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = %s "
+        "WHERE refresh_id = (SELECT max(refresh_id) FROM pgtrickle.pgt_refresh_history)"
+    )
+    db.execute(newest_full, (1000,))
+    db.execute("DELETE FROM few WHERE id >= 45")
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert r.action == "FULL", r
+    assert (r.fallback_reason or "").startswith("differential refresh passed its time budget"), r
+    # Cancelled twice in a row: four recomputes before the next try.
+    for first in (70, 90, 110, 130):
+        db.execute(
+            f"INSERT INTO few SELECT i, i % 3, i FROM generate_series({first}, {first + 16}) i"
+        )
+        r = pgt.refresh_stream_table(db, "slow_st")
+        assert r.action == "FULL", r
+        assert "the last differential attempt, with 17 change rows" in (r.fallback_reason or ""), r
+    # The fourth tries again; with a 2 s budget this time it finishes, and the record is gone.
+    db.execute(newest_full, (10000,))
+    db.execute("DELETE FROM few WHERE id >= 70 AND id < 87")
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert (r.action, r.fallback_reason) == ("DIFFERENTIAL", None), r
+    assert pgt.verify_stream_table(db, "slow_st")["equal"]
     # A 300 ms budget: 2 change rows take 40 ms plus the refresh's own statements (over 100 ms
     # in a CI run on a loaded machine).
     db.execute("UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 1500 WHERE action = 'FULL'")
