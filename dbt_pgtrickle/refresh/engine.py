@@ -636,11 +636,12 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
         (float(ms) for action, ms, _, _, over in rows if action == FULL and not over), None
     )
     diff = next(((float(ms), int(n)) for _, ms, n, is_diff, _ in rows if is_diff), None)
+    diff_ms, diff_rows = diff if diff is not None else (None, 0)
     # Newest first: the full refreshes since the last attempt over budget, and the attempts over
     # budget in a row before it since the last differential refresh.
     since = next((i for i, row in enumerate(rows) if row[3] or row[4]), None)
     if since is None or not rows[since][4]:
-        return _Costs(full_ms, *(diff or (None, 0)), None)
+        return _Costs(full_ms, diff_ms, diff_rows, None)
     overs = 0
     for row in rows[since:]:
         if row[3]:
@@ -648,7 +649,7 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
         overs += row[4]
     recomputed = sum(row[0] == FULL for row in rows[:since])
     wait = min(2**overs, _RETRY_AFTER_MAX)
-    return _Costs(full_ms, *(diff or (None, 0)), int(rows[since][2]), recomputed >= wait)
+    return _Costs(full_ms, diff_ms, diff_rows, int(rows[since][2]), recomputed >= wait)
 
 
 def _estimated_rows(conn: psycopg.Connection[Any], sources: list[_Source]) -> float:
