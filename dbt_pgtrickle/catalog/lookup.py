@@ -88,8 +88,12 @@ def resolve(conn: psycopg.Connection[Any], schema: str | None, name: str) -> tup
 def describe_table(conn: psycopg.Connection[Any], schema: str | None, name: str) -> SourceTable:
     nsp, rel, kind = resolve(conn, schema, name)
     cols = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
-        "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
+        "(SELECT format('%%I.%%I', n.nspname, c.collname) FROM pg_collation c "
+        "JOIN pg_namespace n ON n.oid = c.collnamespace WHERE c.oid = a.attcollation "
+        "AND a.attcollation <> t.typcollation) "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
         "AND NOT a.attisdropped ORDER BY a.attnum",
         (sql.Identifier(nsp, rel).as_string(conn),),
     ).fetchall()
@@ -104,7 +108,7 @@ def describe_table(conn: psycopg.Connection[Any], schema: str | None, name: str)
     return SourceTable(
         nsp,
         rel,
-        tuple(Column(n, t, bool(nn)) for n, t, nn in cols),
+        tuple(Column(n, t, bool(nn), coll) for n, t, nn, coll in cols),
         pk,
         kind,
     )

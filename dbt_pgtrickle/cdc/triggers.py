@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..dvm.ir import SourceTable
+from ..dvm.ir import Column, SourceTable
 from ..errors import NameCollision
 from ..naming import CHANGES_SCHEMA, buffer_table, stable_name, trigger_function, trigger_name
 from ..settings import get_setting
@@ -140,10 +140,7 @@ def ensure_capture(
         )
 
     buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
-    col_defs = [
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type from format_type
-        for c in source.columns
-    ]
+    col_defs = [_column_def(c) for c in source.columns]
     unlogged = get_setting(conn, "change_buffer_unlogged")
     conn.execute(
         sql.SQL(
@@ -228,11 +225,7 @@ def _rebuild(
             conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(buf, sql.Identifier(name)))
     for col in source.columns:
         if col.name not in captured:
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                    buf, sql.Identifier(col.name), sql.SQL(col.type)
-                )
-            )
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(buf, _column_def(col)))
     if triggers:
         _install_triggers(conn, source, stable)
     conn.execute(
@@ -338,3 +331,15 @@ def repair_capture(conn: psycopg.Connection[Any], source: SourceTable) -> None:
             "(SELECT pgt_id FROM pgtrickle.pgt_dependencies WHERE source_stable_name = %s)",
             (stable,),
         )
+
+
+def _column_def(col: Column) -> sql.Composed:
+    """A buffer column: the source column's type (from ``format_type``) and, when it is not the
+    type's default, its collation, so that conditions on change rows (a delta's WHERE, a
+    change window's filter) compare as they do on the source: ``label = 'abc'`` under a
+    case-insensitive collation also matches 'ABC'."""
+    if col.collation is None:
+        return sql.SQL("{} {}").format(sql.Identifier(col.name), sql.SQL(col.type))
+    return sql.SQL("{} {} COLLATE {}").format(
+        sql.Identifier(col.name), sql.SQL(col.type), sql.SQL(col.collation)
+    )

@@ -403,6 +403,49 @@ def equalities(condition: str) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def implied_filter(conditions: list[str], alias: str, rename: str) -> str | None:
+    """A condition on ``alias`` alone that every row of it satisfying all ``conditions``
+    (rendered, ANDed) also satisfies, with ``alias`` written ``rename``; None when there is
+    none (or a condition does not parse).
+
+    Each conjunct that reads only ``alias`` is kept whole; an ``OR`` gives the ``OR`` of what its
+    sides imply when each side implies something. Conjuncts with subqueries are left out. A
+    change row that fails the result cannot contribute to a delta that applies ``conditions``
+    to it, so its change window need not hold it."""
+    kept: list[exp.Expr] = []
+    for condition in conditions:
+        try:
+            node = sqlglot.parse_one(condition, read=DIALECT)
+        except ParseError:
+            continue
+        implied = _implied(node, alias)
+        if implied is not None:
+            kept.append(implied)
+    if not kept:
+        return None
+    out = exp.and_(*(k.copy() for k in kept))
+    for col in out.find_all(exp.Column):
+        col.set("table", exp.to_identifier(rename))
+    return render(out)
+
+
+def _implied(node: exp.Expr, alias: str) -> exp.Expr | None:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        parts = [p for p in (_implied(node.this, alias), _implied(node.expression, alias)) if p]
+        return exp.and_(*parts) if parts else None
+    if isinstance(node, exp.Or):
+        left, right = _implied(node.this, alias), _implied(node.expression, alias)
+        return exp.or_(left, right) if left is not None and right is not None else None
+    if node.find(exp.Subquery, exp.Select, exp.Exists):
+        return None
+    columns = list(node.find_all(exp.Column))
+    if columns and all(c.table == alias for c in columns):
+        return node
+    return None
+
+
 def _semijoin_form(node: exp.Expr) -> tuple[bool, exp.Expr | None, exp.Select, bool] | None:
     """``(negated, IN's left side, subquery, is IN)`` for ``[NOT] EXISTS (…)`` and
     ``x [NOT] IN (SELECT …)``; None for anything else."""

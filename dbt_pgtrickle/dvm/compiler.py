@@ -122,6 +122,10 @@ class DeltaPlan:
     # (:func:`.operators.join.block_inputs`): the engine indexes those windows when needed.
     join_index_columns: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     join_blocks: list[list[str]] = field(default_factory=list)
+    # Per source (stable name) this plan reads: a condition over the change buffer's alias
+    # ``b`` that every change row the delta can use satisfies (:func:`_window_filters`). A
+    # source without an entry has no such condition, or the plan kind does not say.
+    window_filters: dict[str, str] = field(default_factory=dict)
     topk: TopK | None = None
     counted: Counted | None = None
     recursive: recursive.Recursion | None = None
@@ -439,8 +443,46 @@ def compile_query(
     plan.target = target
     plan.change_index_columns = _probed_columns(shape)
     plan.join_index_columns, plan.join_blocks = _joined_columns([shape])
+    if plan.strategy in (LINEAR_KEYED, LINEAR_MULTISET, AGGREGATE):
+        plan.window_filters = _window_filters(shape)
+        for op, item in zip(ops, shape.tables, strict=False):  # the Scan operators come first
+            kept = plan.window_filters.get(stable_name(item.source.schema, item.source.name))
+            if kept is not None:
+                op.why += f"; only its change rows that meet {kept}"
     _attach_stages(plan, stages, read)
     return plan
+
+
+#: The alias of a change buffer in the engine's statement that materialises its window.
+BUFFER_ALIAS = "b"
+
+
+def _window_filters(shape: ir.QueryShape) -> dict[str, str]:
+    """Per source table, the condition its change rows must meet to matter (over the buffer's
+    alias :data:`BUFFER_ALIAS`), for a block of inner joins and semi-joins: what WHERE and the
+    ON conditions imply for each alias of it, ORed over its aliases. A change row that fails it
+    fails the query's own conditions in every term that reads it (the terms apply them to
+    window rows and to the old inputs built from windows alike), so the engine leaves it out
+    of the window: TPC-H Q12 keeps 344 of 64,782 ``lineitem`` change rows.
+
+    None for an outer join or a set-returning function (a row failing a condition can still
+    remove or add a NULL-padded row). A table of a semi-join is filtered by what its own
+    condition implies for it: a row that fails that matches no outer row."""
+    if any(f.join not in ("from", "inner", "cross") for f in shape.froms):
+        return {}
+    conditions = [c for c in [shape.where, *(f.on for f in shape.froms)] if c]
+    uses: dict[str, list[str | None]] = {}
+    for item in shape.froms:
+        implied = _sqlglot.implied_filter(conditions, item.alias, BUFFER_ALIAS)
+        uses.setdefault(stable_name(item.source.schema, item.source.name), []).append(implied)
+    for sj in shape.semijoins:
+        implied = _sqlglot.implied_filter([sj.condition], sj.alias, BUFFER_ALIAS)
+        uses.setdefault(stable_name(sj.source.schema, sj.source.name), []).append(implied)
+    return {
+        stable: " OR ".join(dict.fromkeys(f"({f})" for f in filters if f))
+        for stable, filters in uses.items()
+        if all(filters)
+    }
 
 
 def _attach_stages(plan: DeltaPlan, stages: list[Stage], read: list[ir.SourceTable]) -> None:
@@ -699,6 +741,7 @@ def _topk_plan(
         change_index_columns=inner.change_index_columns,
         join_index_columns=inner.join_index_columns,
         join_blocks=inner.join_blocks,
+        window_filters=inner.window_filters,  # the windows are read by the inner delta only
         topk=TopK(inner, backing, order_sql, limit, offset),
         stages=inner.stages,
         inputs=inner.inputs,

@@ -16,6 +16,9 @@ class Column:
     name: str
     type: str
     not_null: bool = False
+    # The column's collation (quoted, qualified) when it is not its type's default: a change
+    # buffer's copy of the column must compare as the source does.
+    collation: str | None = None
 
 
 @dataclass(frozen=True)

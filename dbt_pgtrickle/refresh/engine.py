@@ -562,16 +562,22 @@ def _materialise_windows(
     them, each counted by its creation (``src.pending``, ``src.windowed``); returns the
     truncated sources, or None (nothing left behind) when a window reached ``cap`` rows.
 
+    Only the change rows the delta can use are copied and counted: those that meet what the
+    query requires of their table alone (:func:`_window_filter`). A refresh whose windows are
+    all empty that way is NO_DATA; its frontier still moves past the rows left out.
+
     A TRUNCATE's marker row (weight 0) is copied too: a truncated source is recomputed, so no
     delta reads it."""
     made: list[_Source] = []
     for src in live:
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
+        relevant = _window_filter(plan, src)
         cur = conn.execute(
-            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {}{}").format(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {}{}{}").format(
                 sql.Identifier(changes_relation(src.stable)),
                 cols,
                 _window(src),
+                sql.SQL("") if relevant is None else sql.SQL(relevant),
                 sql.SQL("") if cap is None else sql.SQL(" LIMIT {}").format(sql.Literal(cap)),
             ),
             {"f": rec.frontier},
@@ -994,6 +1000,27 @@ def _window_columns(plan: compiler.DeltaPlan, src: _Source) -> list[str]:
         _window_columns_memo.clear()
     _window_columns_memo[key] = (plan, columns)
     return columns
+
+
+def _window_filter(plan: compiler.DeltaPlan, src: _Source) -> str | None:
+    """`` AND (condition)`` that every change row of ``src`` the refresh can use meets, over the
+    buffer's alias ``b`` (:attr:`~..dvm.compiler.DeltaPlan.window_filters`): when every plan
+    of the refresh that reads the window (the stream table's and its stages') gives one, their
+    OR; otherwise None (the whole window). It reads the buffer's columns, kept in the window
+    or not, and is escaped for the statement's parameters (``LIKE '%x'``)."""
+    filters: list[str] = []
+    for p in [plan, *(stage.plan for stage in plan.stages)]:
+        if src.stable not in (p.inputs or p.source_stables):
+            continue
+        condition = p.window_filters.get(src.stable)
+        if condition is None:
+            return None
+        filters.append(condition)
+    if not filters:
+        return None
+    assert compiler.BUFFER_ALIAS == "b"  # the alias _window gives the buffer
+    condition = " AND (b.__pgt_w = 0 OR " + " OR ".join(dict.fromkeys(filters)) + ")"
+    return condition.replace("%", "%%")
 
 
 def _backing(plan: compiler.DeltaPlan) -> sql.Identifier:

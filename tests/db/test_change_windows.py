@@ -1,4 +1,5 @@
-"""Change windows as the refresh materialises them: only the columns the delta reads."""
+"""Change windows as the refresh materialises them: only the columns the delta reads, and only
+the rows that meet what the query requires of their table."""
 
 from __future__ import annotations
 
@@ -61,6 +62,18 @@ def test_numeric_scale_and_case_only_changes_are_kept(
     db.execute("UPDATE tc SET label = 'ABC' WHERE id = 1")
     refresh_exactly(db, "st_ci")
     assert db.execute("SELECT label::text FROM st_ci WHERE id = 1").fetchone() == ("ABC",)
+    # A condition on the column compares under its collation in the change rows too (their
+    # buffer column has it): 'ABC' = 'abc' here.
+    pgt.create_stream_table(
+        db,
+        "st_ci_n",
+        "select count(*) as n from tc where label = 'abc'",
+        refresh_mode="DIFFERENTIAL",
+    )
+    db.execute("INSERT INTO tc VALUES (3, 'Abc'), (4, 'abd')")
+    r = refresh_exactly(db, "st_ci_n")
+    assert r.rows_in == 1  # 'abd' fails the condition: not in the window
+    assert db.execute("SELECT n FROM st_ci_n").fetchone() == (2,)
 
 
 def test_duplicate_images_keep_their_multiplicity(
@@ -76,3 +89,73 @@ def test_duplicate_images_keep_their_multiplicity(
     db.execute("INSERT INTO k VALUES ('a', 1)")
     refresh_exactly(db, "st")
     assert db.execute("SELECT count(*) FROM st WHERE g = 'a'").fetchone() == (1,)
+
+
+def test_change_rows_that_fail_the_query_conditions_on_their_table_are_left_out(
+    db: psycopg.Connection[Any], refresh_exactly: RefreshExactly
+) -> None:
+    """A change row that fails what WHERE and ON require of its table alone (here: part of an
+    OR, a LIKE with a percent sign, a condition of a semi-join's table) is neither copied nor
+    counted; updates moving rows into and out of the condition, key changes and rows whose
+    changes are all irrelevant (NO_DATA, the frontier moves on) stay exact."""
+    db.execute("CREATE TABLE p (id int PRIMARY KEY, kind text, size int)")
+    db.execute("CREATE TABLE l (id int PRIMARY KEY, pid int, qty int, mode text)")
+    db.execute("CREATE TABLE r (pid int, flag text)")  # no key
+    db.execute(
+        "INSERT INTO p SELECT i, 'k' || (i % 4) || '%x', i % 7 FROM generate_series(1, 40) i"
+    )
+    db.execute(
+        "INSERT INTO l SELECT i, 1 + i % 40, i % 11, (ARRAY['AIR', 'MAIL', 'SHIP'])[1 + i % 3] "
+        "FROM generate_series(1, 400) i"
+    )
+    db.execute(
+        "INSERT INTO r SELECT 1 + i % 40, (ARRAY['y', 'n'])[1 + i % 2] FROM generate_series(1, 60) i"
+    )
+    pgt.create_stream_table(
+        db,
+        "st",
+        "select p.kind, count(*) as n, sum(l.qty) as q from l join p on p.id = l.pid "
+        "where (l.mode = 'AIR' and p.size > 2 or l.mode = 'MAIL' and l.qty > 5) "
+        "and p.kind like 'k1\\%%' and exists (select 1 from r where r.pid = p.id and r.flag = 'y') "
+        "group by p.kind",
+        refresh_mode="DIFFERENTIAL",
+    )
+    # Only SHIP rows, size changes of parts of other kinds, 'n' flags: nothing the query uses.
+    db.execute("UPDATE l SET qty = qty + 1 WHERE mode = 'SHIP'")
+    db.execute("UPDATE p SET size = size + 1 WHERE kind NOT LIKE 'k1%'")
+    db.execute("INSERT INTO r VALUES (1, 'n'), (5, 'n')")
+    r = refresh_exactly(db, "st")
+    assert (r.action, r.rows_in) == ("NO_DATA", 0), r
+    # The same again shows nothing pending: the frontier moved past the rows left out.
+    assert refresh_exactly(db, "st").action == "NO_DATA"
+    # 10 SHIP rows become AIR (5 of them weigh as new images only), 5 MAIL rows with qty > 5
+    # become SHIP (old images only), 20 SHIP rows change qty (left out); a part changes kind
+    # into the condition, another out of it; a flag flips; a key changes.
+    db.execute(
+        "UPDATE l SET mode = 'AIR' WHERE id IN (SELECT id FROM l WHERE mode = 'SHIP' LIMIT 10)"
+    )
+    db.execute(
+        "UPDATE l SET mode = 'SHIP' WHERE id IN "
+        "(SELECT id FROM l WHERE mode = 'MAIL' AND qty > 5 LIMIT 5)"
+    )
+    db.execute(
+        "UPDATE l SET qty = qty + 1 WHERE id IN (SELECT id FROM l WHERE mode = 'SHIP' LIMIT 20)"
+    )
+    db.execute("UPDATE p SET kind = 'k1%x' WHERE id = 2")
+    db.execute("UPDATE p SET kind = 'k9%x' WHERE id = 5")
+    db.execute("UPDATE r SET flag = 'y' WHERE pid = 6 AND flag = 'n'")
+    db.execute("UPDATE l SET id = id + 1000, pid = 9 WHERE id = 13")
+    r = refresh_exactly(db, "st")
+    assert r.action == "DIFFERENTIAL", r
+    # Of the 80 change rows: 10 new AIR images, 5 old MAIL images, the kind-k1% images of
+    # the two parts (one each), the two new 'y' images: 19. Never the 40 images of the qty
+    # changes of SHIP rows, nor the moved row's (MAIL, qty 2: fails the OR before and after).
+    assert (r.rows_in, r.cleanup_rows) == (19, 80), r
+    assert (
+        db.execute("SELECT n, q FROM st").fetchall()
+        == db.execute(
+            "SELECT count(*), sum(l.qty) FROM l JOIN p ON p.id = l.pid WHERE (l.mode = 'AIR' AND "
+            "p.size > 2 OR l.mode = 'MAIL' AND l.qty > 5) AND p.kind = 'k1%x' AND EXISTS "
+            "(SELECT FROM r WHERE r.pid = p.id AND r.flag = 'y')"
+        ).fetchall()
+    )

@@ -873,3 +873,74 @@ def test_not_in_over_not_null_columns_is_plain_inequality() -> None:
     assert nullable.shape is not None
     (sj,) = nullable.shape.semijoins
     assert "IS NULL" in sj.condition
+
+
+def test_change_windows_keep_only_rows_that_meet_what_the_query_requires_of_their_table() -> None:
+    """WHERE and ON conjuncts over one alias, and what each side of an OR implies for it, filter
+    that table's change window (over the buffer alias b); a self-join ORs its aliases' filters
+    and an alias with none takes the table's away; a semi-join's table gets what its own
+    condition implies; outer joins get none."""
+    from dbt_pgtrickle.naming import stable_name
+
+    orders, events = stable_name("public", "orders"), stable_name("public", "events")
+    p = plan(
+        "select o.region, sum(e.n) as s from orders o join events e on e.n = o.qty "
+        "and e.kind like 'a%' where o.amount > 5 and (o.region = 'x' and e.n > 1 "
+        "or o.region = 'y') group by o.region",
+        ["region", "s"],
+    )
+    assert p.window_filters == {
+        orders: '("b"."amount" > 5 AND ("b"."region" = \'x\' OR "b"."region" = \'y\'))',
+        events: '("b"."kind" LIKE \'a%\')',
+    }
+    assert "only its change rows that meet" in p.operators[0].why
+    # Self-join: one alias without a filter leaves the window whole; two with filters OR them.
+    assert (
+        plan(
+            "select a.id from orders a join orders b on a.qty = b.id where a.amount > 1", ["id"]
+        ).window_filters
+        == {}
+    )
+    both = plan(
+        "select a.id from orders a join orders b on a.qty = b.id "
+        "where a.amount > 1 and b.region = 'z'",
+        ["id"],
+    )
+    assert both.window_filters == {orders: '("b"."amount" > 1) OR ("b"."region" = \'z\')'}
+    # A semi-join's table: what its own condition implies for it; the outer one: WHERE's.
+    semi = plan(
+        "select o.id from orders o where o.qty > 0 and exists "
+        "(select 1 from events e where e.n = o.qty and e.kind = 'k')",
+        ["id"],
+    )
+    assert semi.window_filters == {orders: '("b"."qty" > 0)', events: '("b"."kind" = \'k\')'}
+    # Nothing implied for an alias: an OR side without it, a subquery, another alias only.
+    assert plan(
+        "select o.id from orders o where o.amount > 1 or o.qty = o.id + 1 or o.region is null",
+        ["id"],
+    ).window_filters == {
+        orders: '(("b"."amount" > 1 OR "b"."qty" = "b"."id" + 1) OR "b"."region" IS NULL)'
+    }
+    assert (
+        plan(
+            "select o.id from orders o, events e where o.amount > 1 or e.n = 2", ["id"]
+        ).window_filters
+        == {}
+    )
+    # Outer joins: a change row failing a condition can still add or remove a padded row.
+    assert (
+        plan(
+            "select o.id, e.n from orders o left join events e on e.n = o.qty where o.amount > 1",
+            ["id", "n"],
+        ).window_filters
+        == {}
+    )
+    # TopK keeps its inner plan's filters; a UNION's branches get none.
+    topk = plan("select o.id from orders o where o.amount > 1 order by o.id limit 3", ["id"])
+    assert topk.window_filters == {orders: '("b"."amount" > 1)'}
+    assert (
+        plan(
+            "select id from orders where amount > 1 union all select n from events", ["id"]
+        ).window_filters
+        == {}
+    )
