@@ -447,8 +447,9 @@ def compile_query(
         plan.window_filters = _window_filters(shape)
         for op, item in zip(ops, shape.tables, strict=False):  # the Scan operators come first
             kept = plan.window_filters.get(stable_name(item.source.schema, item.source.name))
-            if kept is not None:
-                op.why += f"; only its change rows that meet {kept}"
+            if kept is not None:  # its columns unqualified (for explain only)
+                shown = kept.replace(f'"{BUFFER_ALIAS}".', "")
+                op.why += f"; only its change rows that meet {shown}"
     _attach_stages(plan, stages, read)
     return plan
 
