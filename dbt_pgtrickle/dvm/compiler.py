@@ -460,21 +460,42 @@ BUFFER_ALIAS = "b"
 
 def _window_filters(shape: ir.QueryShape) -> dict[str, str]:
     """Per source table, the condition its change rows must meet to matter (over the buffer's
-    alias :data:`BUFFER_ALIAS`), for a block of inner joins and semi-joins: what WHERE and the
-    ON conditions imply for each alias of it, ORed over its aliases. A change row that fails it
-    fails the query's own conditions in every term that reads it (the terms apply them to
-    window rows and to the old inputs built from windows alike), so the engine leaves it out
-    of the window: TPC-H Q12 keeps 344 of 64,782 ``lineitem`` change rows.
+    alias :data:`BUFFER_ALIAS`): what the conditions that bind an alias's rows imply for that
+    alias alone, ORed over the table's aliases (a table with an alias bound by nothing gets
+    none). A change row that fails it adds nothing to any term: the terms apply those
+    conditions to window rows and to the old inputs built from windows alike, so the engine
+    leaves it out of the window (TPC-H Q12 keeps 344 of 64,782 ``lineitem`` change rows).
 
-    None for an outer join or a set-returning function (a row failing a condition can still
-    remove or add a NULL-padded row). A table of a semi-join is filtered by what its own
-    condition implies for it: a row that fails that matches no outer row."""
-    if any(f.join not in ("from", "inner", "cross") for f in shape.froms):
-        return {}
-    conditions = [c for c in [shape.where, *(f.on for f in shape.froms)] if c]
+    Which conditions bind an alias:
+    * one that no outer join can NULL-pad: WHERE and the ON conditions of inner joins (its
+      rows are in no output row that fails them, padded or not, and pad nothing);
+    * the right side of a LEFT JOIN that no later RIGHT or FULL JOIN pads again: that join's
+      own ON (a row that fails it matches nothing, so it neither joins nor removes a padded
+      row; WHERE does not bind it: the padded row it would remove may pass WHERE);
+    * any other padded alias (either side of a FULL JOIN, the left of a RIGHT JOIN): nothing;
+    * a semi-join's table: its own condition (a row that fails it matches no outer row)."""
+    nullable: set[str] = set()
+    for i, item in enumerate(shape.froms):
+        if item.join in ("right", "full"):
+            nullable.update(f.alias for f in shape.froms[:i])
+        if item.join in ("left", "full", "lateral_left"):
+            nullable.add(item.alias)
+    padded_again = {  # aliases before a later RIGHT or FULL JOIN
+        f.alias
+        for i, later in enumerate(shape.froms)
+        if later.join in ("right", "full")
+        for f in shape.froms[:i]
+    }
+    binding = [shape.where] + [f.on for f in shape.froms if f.join in ("inner", "cross")]
+    conditions = [c for c in binding if c]
     uses: dict[str, list[str | None]] = {}
-    for item in shape.froms:
-        implied = _sqlglot.implied_filter(conditions, item.alias, BUFFER_ALIAS)
+    for item in shape.tables:
+        if item.alias not in nullable:
+            implied = _sqlglot.implied_filter(conditions, item.alias, BUFFER_ALIAS)
+        elif item.join == "left" and item.on and item.alias not in padded_again:
+            implied = _sqlglot.implied_filter([item.on], item.alias, BUFFER_ALIAS)
+        else:
+            implied = None
         uses.setdefault(stable_name(item.source.schema, item.source.name), []).append(implied)
     for sj in shape.semijoins:
         implied = _sqlglot.implied_filter([sj.condition], sj.alias, BUFFER_ALIAS)

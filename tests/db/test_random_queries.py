@@ -1,6 +1,7 @@
 """Randomised queries *and* changes: hypothesis draws a join query over two or three tables
 (inner, cross and outer joins mixed in one FROM clause, the third table with or without a primary
-key, optional filters, optional aggregation or DISTINCT), a quarter of them joining ``a`` and
+key, optional filters, some implying a condition on one table alone that filters its change
+window, optional aggregation or DISTINCT), a quarter of them joining ``a`` and
 ``b`` a second time (so a change of a, b and c makes five changed inputs, whose delta is the
 telescoping sum), and batches of DML, creates the
 stream table with refresh_mode DIFFERENTIAL, and compares it with the plain query after every
@@ -31,11 +32,12 @@ from hypothesis import strategies as st
 
 import dbt_pgtrickle as pgt
 from dbt_pgtrickle.dvm.operators import join
+from dbt_pgtrickle.refresh import engine
 
 EXAMPLES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_EXAMPLES", "40"))
 BATCHES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_BATCHES", "4"))
 SEED = os.environ.get("PGTRICKLE_ORACLE_SEED")
-STATS = {"queries": 0, "cycles": 0, "failed_examples": 0, "old_inputs": 0}
+STATS = {"queries": 0, "cycles": 0, "failed_examples": 0, "old_inputs": 0, "filtered": 0}
 
 SETUP = """
 DROP TABLE IF EXISTS a, b, c CASCADE;
@@ -59,7 +61,14 @@ THIRD_CONDITIONS = st.sampled_from(
     ]
 )
 FILTERS = st.sampled_from(
-    ["", "a.v > 0", "b.w IS NULL OR a.v < 3", "coalesce(a.k, -1) <> 2", "b.w % 3 = 0"]
+    [
+        "",
+        "a.v > 0",
+        "b.w IS NULL OR a.v < 3",
+        "coalesce(a.k, -1) <> 2",
+        "b.w % 3 = 0",
+        "(a.v > 0 AND b.w > 2) OR a.k = 0",  # implies a.v > 0 OR a.k = 0 for a's window
+    ]
 )
 THIRD_FILTERS = st.sampled_from(["", "c.tag IS NULL", "c.id IS NULL OR b.w > 2", "c.k > 0"])
 SHAPES = st.sampled_from(["rows", "group", "scalar", "distinct"])
@@ -193,6 +202,14 @@ def test_random_join_queries_stay_exact(
         return old_input(*args)
 
     monkeypatch.setattr(join, "_old_input", counted)
+    window_filter = engine._window_filter
+
+    def counted_filter(*args: Any) -> str | None:  # windows copied with a filter: count them
+        kept = window_filter(*args)
+        STATS["filtered"] += kept is not None
+        return kept
+
+    monkeypatch.setattr(engine, "_window_filter", counted_filter)
     pgt.set_setting(conn, "auto_full_threshold", 1)
 
     @settings(
@@ -228,7 +245,9 @@ def test_random_join_queries_stay_exact(
     finally:  # also when a long run is interrupted: how far it got
         print(
             f"\nrandom queries: {STATS['queries']} queries, {STATS['cycles']} cycles, "
-            f"{STATS['failed_examples']} failed examples, {STATS['old_inputs']} old inputs read"
+            f"{STATS['failed_examples']} failed examples, {STATS['old_inputs']} old inputs read, "
+            f"{STATS['filtered']} windows filtered"
         )
     if EXAMPLES >= 40:  # the budget reaches the telescoping sum (five changed inputs)
         assert STATS["old_inputs"] > 0
+        assert STATS["filtered"] > 0

@@ -927,10 +927,28 @@ def test_change_windows_keep_only_rows_that_meet_what_the_query_requires_of_thei
         ).window_filters
         == {}
     )
-    # Outer joins: a change row failing a condition can still add or remove a padded row.
+    # Outer joins: a preserved alias is bound by WHERE; the right side of a LEFT JOIN by that
+    # join's ON only (WHERE may pass the padded row its change would remove); the sides of a
+    # FULL JOIN, and the left of a RIGHT JOIN, by nothing.
+    left = plan(
+        "select o.id, e.n from orders o left join events e on e.n = o.qty and e.kind = 'k' "
+        "and o.qty > 2 where o.amount > 1 and e.n > 0",
+        ["id", "n"],
+    )
+    assert left.window_filters == {
+        orders: '("b"."amount" > 1)',
+        events: '("b"."kind" = \'k\')',
+    }
+    right = plan(
+        "select o.id, e.n from orders o right join events e on e.n = o.qty and o.qty > 2 "
+        "where e.kind = 'k' and o.amount > 1",
+        ["id", "n"],
+    )
+    assert right.window_filters == {events: '("b"."kind" = \'k\')'}
     assert (
         plan(
-            "select o.id, e.n from orders o left join events e on e.n = o.qty where o.amount > 1",
+            "select o.id, e.n from orders o full join events e on e.n = o.qty and e.kind = 'k' "
+            "where o.amount > 1 and e.n > 0",
             ["id", "n"],
         ).window_filters
         == {}
