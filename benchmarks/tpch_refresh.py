@@ -19,7 +19,9 @@ For each change rate and each repeat: one mutation cycle (``benchmarks/tpch/muta
 per repeat:
 
 1. what AUTO *would* choose with the shipped default ``auto_full_threshold`` — the engine's own
-   decision function (``refresh.engine._choose``) evaluated read-only on the pending changes;
+   decision function (``refresh.engine._choose``) evaluated on the pending changes, which
+   it copies into temporary tables as a differential refresh does (filtered to the rows the
+   delta can use, so that they count as the history's do), dropped right after;
 2. ``refresh_stream_table(tpch_qNN)`` — the differential refresh consuming the cycle (timed,
    without the change-buffer cleanup after its commit: the refresh that consumes a buffer's rows
    last deletes them for all 22 readers, in a rotated order; that time is recorded per refresh
@@ -261,6 +263,17 @@ def auto_choice(
             schema, rel = records.split_name(name)
             rec = records.get(conn, schema, rel)
             sources = engine._sources(conn, rec.pgt_id)
+
+            def plan_of() -> Any:
+                # As the engine does: the windows are then copied (and counted) as a
+                # differential refresh reads them, filtered to the rows it can use, so the
+                # pending rows compare with the history's (a window counted whole would not).
+                plan = engine.compile_for(conn, rec)
+                return plan if plan.differential else None
+
+            differential = not (rec.needs_full or rec.effective_mode == "FULL") and all(
+                s.captured for s in sources
+            )
             action, reason, _, budget_ms = engine._choose(
                 conn,
                 rec,
@@ -269,6 +282,7 @@ def auto_choice(
                 threshold,
                 float(REGISTRY["auto_cost_floor_ms"].default),
                 float(REGISTRY["auto_diff_budget"].default),
+                plan_of if differential else None,
             )
         return action, reason or "", None if budget_ms is None else budget_ms / 1000
     except Exception as exc:  # the benchmark must not break on a refactored engine

@@ -85,14 +85,21 @@ def resolve(conn: psycopg.Connection[Any], schema: str | None, name: str) -> tup
     return row[0], row[1], _KINDS.get(row[2], "other")
 
 
+#: The collation of column ``a`` (pg_attribute) of type ``t`` (pg_type), quoted and qualified,
+#: when it is not the type's default; NULL otherwise (for a query with parameters).
+COLLATION_SQL = (
+    "(SELECT format('%%I.%%I', n.nspname, c.collname) FROM pg_collation c JOIN pg_namespace n "
+    "ON n.oid = c.collnamespace WHERE c.oid = a.attcollation AND a.attcollation <> "
+    "t.typcollation)"
+)
+
+
 def describe_table(conn: psycopg.Connection[Any], schema: str | None, name: str) -> SourceTable:
     nsp, rel, kind = resolve(conn, schema, name)
     cols = conn.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-        "(SELECT format('%%I.%%I', n.nspname, c.collname) FROM pg_collation c "
-        "JOIN pg_namespace n ON n.oid = c.collnamespace WHERE c.oid = a.attcollation "
-        "AND a.attcollation <> t.typcollation) "
-        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        + COLLATION_SQL
+        + " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
         "WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
         "AND NOT a.attisdropped ORDER BY a.attnum",
         (sql.Identifier(nsp, rel).as_string(conn),),

@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..catalog.lookup import COLLATION_SQL
 from ..dvm.ir import Column, SourceTable
 from ..errors import NameCollision
 from ..naming import CHANGES_SCHEMA, buffer_table, stable_name, trigger_function, trigger_name
@@ -131,6 +132,7 @@ def ensure_capture(
             )
         captured = tuple(c["name"] for c in row[2])
         if captured == tuple(c.name for c in source.columns):
+            _sync_collations(conn, source, stable)
             return ChangeBuffer(source.schema, source.name, stable, captured)
         # The source gained or lost columns since capture began: rebuild buffer and functions.
         # Pending rows keep their (old) columns; columns no longer present are dropped.
@@ -333,13 +335,32 @@ def repair_capture(conn: psycopg.Connection[Any], source: SourceTable) -> None:
         )
 
 
-def _column_def(col: Column) -> sql.Composed:
+def _sync_collations(conn: psycopg.Connection[Any], source: SourceTable, stable: str) -> None:
+    """Give the buffer's columns the source columns' collations where they differ: a buffer
+    made before buffers kept them, or a source column altered to another collation since."""
+    buf = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable))
+    rows = conn.execute(
+        "SELECT a.attname, " + COLLATION_SQL + " FROM pg_attribute a JOIN pg_type t "
+        "ON t.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+        "AND NOT a.attisdropped",
+        (buf.as_string(conn),),
+    ).fetchall()
+    have = dict(rows)
+    for col in source.columns:
+        if col.name in have and have[col.name] != col.collation:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                    buf, sql.Identifier(col.name), _column_def(col, with_name=False)
+                )
+            )
+
+
+def _column_def(col: Column, *, with_name: bool = True) -> sql.Composed:
     """A buffer column: the source column's type (from ``format_type``) and, when it is not the
     type's default, its collation, so that conditions on change rows (a delta's WHERE, a
     change window's filter) compare as they do on the source: ``label = 'abc'`` under a
     case-insensitive collation also matches 'ABC'."""
+    name = sql.SQL("{} ").format(sql.Identifier(col.name)) if with_name else sql.SQL("")
     if col.collation is None:
-        return sql.SQL("{} {}").format(sql.Identifier(col.name), sql.SQL(col.type))
-    return sql.SQL("{} {} COLLATE {}").format(
-        sql.Identifier(col.name), sql.SQL(col.type), sql.SQL(col.collation)
-    )
+        return sql.SQL("{}{}").format(name, sql.SQL(col.type))
+    return sql.SQL("{}{} COLLATE {}").format(name, sql.SQL(col.type), sql.SQL(col.collation))

@@ -429,21 +429,59 @@ def implied_filter(conditions: list[str], alias: str, rename: str) -> str | None
     return render(out)
 
 
-def _implied(node: exp.Expr, alias: str) -> exp.Expr | None:
+def _implied(node: exp.Expr, alias: str, in_or: bool = False) -> exp.Expr | None:
     while isinstance(node, exp.Paren):
         node = node.this
-    if isinstance(node, exp.And):
-        parts = [p for p in (_implied(node.this, alias), _implied(node.expression, alias)) if p]
-        return exp.and_(*parts) if parts else None
-    if isinstance(node, exp.Or):
-        left, right = _implied(node.this, alias), _implied(node.expression, alias)
-        return exp.or_(left, right) if left is not None and right is not None else None
     if node.find(exp.Subquery, exp.Select, exp.Exists):
         return None
     columns = list(node.find_all(exp.Column))
     if columns and all(c.table == alias for c in columns):
-        return node
+        # Evaluated on every row of the alias the query reads (unless an OR makes it depend on
+        # a condition on another table: then only if no part of it can raise).
+        return node if not in_or or _cannot_raise(node) else None
+    if isinstance(node, exp.And):
+        parts = [
+            p
+            for p in (_implied(node.this, alias, in_or), _implied(node.expression, alias, in_or))
+            if p
+        ]
+        return exp.and_(*parts) if parts else None
+    if isinstance(node, exp.Or):
+        left, right = _implied(node.this, alias, True), _implied(node.expression, alias, True)
+        return exp.or_(left, right) if left is not None and right is not None else None
     return None
+
+
+_PLAIN_TESTS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between)
+
+
+def _cannot_raise(node: exp.Expr) -> bool:
+    """Whether ``node`` is made (with AND, OR, NOT) of boolean columns and comparison, ``IN``,
+    ``BETWEEN``, ``[I]LIKE`` or ``IS`` tests of plain columns and constants (a constant's cast is evaluated once, when the
+    query is planned)."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, (exp.And, exp.Or)):
+        return _cannot_raise(node.this) and _cannot_raise(node.expression)
+    if isinstance(node, exp.Not):
+        return _cannot_raise(node.this)
+    if isinstance(node, exp.Column):  # a boolean column
+        return True
+    if not isinstance(node, (*_PLAIN_TESTS, exp.Like, exp.ILike)):
+        return False
+
+    def plain(operand: exp.Expr) -> bool:
+        while isinstance(operand, exp.Paren):
+            operand = operand.this
+        if isinstance(operand, exp.Cast):
+            return isinstance(operand.this, exp.Literal)
+        if isinstance(operand, exp.Neg):
+            return isinstance(operand.this, exp.Literal)
+        return isinstance(operand, (exp.Column, exp.Literal, exp.Null, exp.Boolean))
+
+    operands = [v for v in node.args.values() if isinstance(v, exp.Expr)]
+    operands += [e for v in node.args.values() if isinstance(v, list) for e in v]
+    return bool(operands) and all(plain(o) for o in operands)
 
 
 def _semijoin_form(node: exp.Expr) -> tuple[bool, exp.Expr | None, exp.Select, bool] | None:

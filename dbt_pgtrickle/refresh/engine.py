@@ -610,33 +610,40 @@ class _Costs:
     diff_ms: float | None  # the last differential refresh that consumed changes
     diff_rows: int  # its change rows
     over_rows: int | None  # change rows of a later differential attempt over its budget
-    #: Whether that attempt is old enough to try again: the refreshes since it are at least
+    #: Whether that attempt is old enough to try again: the full refreshes since it are at least
     #: 2^n (at most :data:`_RETRY_AFTER_MAX`), n being the attempts over budget in a row.
     retry_due: bool = False
 
 
-#: History entries read for the costs (bounded: the last ones of the history index).
-_HISTORY = 100
+#: Refreshes read for the costs, NO_DATA ones left out: enough for a run of cancelled attempts
+#: and the recomputes between them (2 + 4 + … + 64) ...
+_HISTORY = 200
+#: ... among at most this many of the newest history entries (bounded: the history index).
+_HISTORY_SCAN = 2000
 #: Most refreshes that follow a differential attempt over its budget before AUTO tries again.
 _RETRY_AFTER_MAX = 64
 
 
 def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
-    """The costs among the stream table's last :data:`_HISTORY` completed refreshes.
+    """The costs among the stream table's last :data:`_HISTORY` completed refreshes that were not
+    NO_DATA (a stream table whose changes are mostly irrelevant to it, left out of its windows,
+    has runs of NO_DATA refreshes that would push its measurements out of reach).
 
     A differential attempt cancelled over its budget is remembered until a differential refresh
-    finishes, but is not final: after it AUTO recomputes the next 2 refreshes at least as large,
-    then tries again; each further cancellation in a row doubles the wait (2, 4, 8 … 64
+    finishes, but is not final: once 2 full refreshes followed it (those as large, and any
+    other), AUTO tries again; each further cancellation in a row doubles the wait (2, 4, 8 … 64
     refreshes). A record that never expired sent every later refresh to FULL although the
     attempt's conditions (a disturbed machine, a backlog) had passed: TPC-H Q09 at SF 1 kept
     recomputing in 3.8 s what a differential refresh did in 0.6 s. The tries cost at most
     ``auto_diff_budget`` of a full refresh each, ever more rarely."""
     rows = conn.execute(
         "SELECT action, duration_ms, rows_in, action = 'DIFFERENTIAL' AND rows_in > 0, "
-        "action = 'FULL' AND starts_with(coalesce(fallback_reason, ''), %s) "
-        "FROM pgtrickle.pgt_refresh_history WHERE pgt_id = %s AND status = 'COMPLETED' AND "
-        "duration_ms IS NOT NULL ORDER BY started_at DESC LIMIT %s",
-        (budget.BUDGET_REASON, pgt_id, _HISTORY),
+        "action = 'FULL' AND starts_with(coalesce(fallback_reason, ''), %s) FROM (SELECT "
+        "started_at, action, duration_ms, rows_in, fallback_reason, status "
+        "FROM pgtrickle.pgt_refresh_history WHERE pgt_id = %s "
+        "ORDER BY started_at DESC LIMIT %s) AS h WHERE status = 'COMPLETED' AND "
+        "duration_ms IS NOT NULL AND action <> 'NO_DATA' ORDER BY started_at DESC LIMIT %s",
+        (budget.BUDGET_REASON, pgt_id, _HISTORY_SCAN, _HISTORY),
     ).fetchall()
     full_ms = next(
         (float(ms) for action, ms, _, _, over in rows if action == FULL and not over), None

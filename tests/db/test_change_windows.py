@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 import dbt_pgtrickle as pgt
+from dbt_pgtrickle.naming import CHANGES_SCHEMA, buffer_table, stable_name
 
 # the fixture of tests/db/conftest.py
 RefreshExactly = Callable[[psycopg.Connection[Any], str], pgt.RefreshResult]
@@ -74,6 +76,16 @@ def test_numeric_scale_and_case_only_changes_are_kept(
     r = refresh_exactly(db, "st_ci_n")
     assert r.rows_in == 1  # 'abd' fails the condition: not in the window
     assert db.execute("SELECT n FROM st_ci_n").fetchone() == (2,)
+    # A buffer made before buffers kept collations gets it when a stream table is created on
+    # its source.
+    buffer = sql.Identifier(CHANGES_SCHEMA, buffer_table(stable_name("public", "tc")))
+    db.execute(
+        sql.SQL('ALTER TABLE {} ALTER COLUMN label TYPE text COLLATE "default"').format(buffer)
+    )
+    pgt.create_stream_table(db, "st_ci_ids", "select id from tc", refresh_mode="DIFFERENTIAL")
+    db.execute("INSERT INTO tc VALUES (5, 'ABC')")
+    refresh_exactly(db, "st_ci_n")
+    assert db.execute("SELECT n FROM st_ci_n").fetchone() == (3,)
 
 
 def test_duplicate_images_keep_their_multiplicity(
