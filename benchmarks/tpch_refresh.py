@@ -263,17 +263,6 @@ def auto_choice(
             schema, rel = records.split_name(name)
             rec = records.get(conn, schema, rel)
             sources = engine._sources(conn, rec.pgt_id)
-
-            def plan_of() -> Any:
-                # As the engine does: the windows are then copied (and counted) as a
-                # differential refresh reads them, filtered to the rows it can use, so the
-                # pending rows compare with the history's (a window counted whole would not).
-                plan = engine.compile_for(conn, rec)
-                return plan if plan.differential else None
-
-            differential = not (rec.needs_full or rec.effective_mode == "FULL") and all(
-                s.captured for s in sources
-            )
             action, reason, _, budget_ms = engine._choose(
                 conn,
                 rec,
@@ -282,7 +271,10 @@ def auto_choice(
                 threshold,
                 float(REGISTRY["auto_cost_floor_ms"].default),
                 float(REGISTRY["auto_diff_budget"].default),
-                plan_of if differential else None,
+                # As the engine does: the windows are copied (and counted) as a differential
+                # refresh reads them, filtered to the rows it can use, so the pending rows
+                # compare with the history's (a window counted whole would not).
+                engine.windows_plan(conn, rec, sources, False, []),
             )
         return action, reason or "", None if budget_ms is None else budget_ms / 1000
     except Exception as exc:  # the benchmark must not break on a refactored engine

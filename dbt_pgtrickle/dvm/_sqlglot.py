@@ -457,8 +457,8 @@ _PLAIN_TESTS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.I
 
 def _cannot_raise(node: exp.Expr) -> bool:
     """Whether ``node`` is made (with AND, OR, NOT) of boolean columns and comparison, ``IN``,
-    ``BETWEEN``, ``[I]LIKE`` or ``IS`` tests of plain columns and constants (a constant's cast is evaluated once, when the
-    query is planned)."""
+    ``BETWEEN``, ``[I]LIKE`` or ``IS`` tests of plain columns and constants (a constant's cast
+    is evaluated once, when the query is planned)."""
     while isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, (exp.And, exp.Or)):

@@ -464,14 +464,16 @@ def _window_filters(shape: ir.QueryShape) -> dict[str, str]:
     alias alone, ORed over the table's aliases (a table with an alias bound by nothing gets
     none). A change row that fails it adds nothing to any term: the terms apply those
     conditions to window rows and to the old inputs built from windows alike, so the engine
-    leaves it out of the window (TPC-H Q12 keeps 344 of 64,782 ``lineitem`` change rows).
+    leaves it out of the window (TPC-H Q12 at SF 1 and 1% kept 344 of 64,782 ``lineitem``
+    change rows in a profiled refresh).
 
     Which conditions bind an alias:
     * one that no outer join can NULL-pad: WHERE and the ON conditions of inner joins (its
       rows are in no output row that fails them, padded or not, and pad nothing);
-    * the right side of a LEFT JOIN that no later RIGHT or FULL JOIN pads again: that join's
-      own ON (a row that fails it matches nothing, so it neither joins nor removes a padded
-      row; WHERE does not bind it: the padded row it would remove may pass WHERE);
+    * the right side of a LEFT JOIN: that join's own ON (a row that fails it matches nothing,
+      so it neither joins nor removes a padded row; WHERE does not bind it: the padded row it
+      would remove may pass WHERE). No later join pads it again: a RIGHT or FULL JOIN is
+      accepted only as the first join (``_sqlglot``), where it pads the first item alone;
     * any other padded alias (either side of a FULL JOIN, the left of a RIGHT JOIN): nothing;
     * a semi-join's table: its own condition (a row that fails it matches no outer row)."""
     nullable: set[str] = set()
@@ -480,19 +482,13 @@ def _window_filters(shape: ir.QueryShape) -> dict[str, str]:
             nullable.update(f.alias for f in shape.froms[:i])
         if item.join in ("left", "full", "lateral_left"):
             nullable.add(item.alias)
-    padded_again = {  # aliases before a later RIGHT or FULL JOIN
-        f.alias
-        for i, later in enumerate(shape.froms)
-        if later.join in ("right", "full")
-        for f in shape.froms[:i]
-    }
     binding = [shape.where] + [f.on for f in shape.froms if f.join in ("inner", "cross")]
     conditions = [c for c in binding if c]
     uses: dict[str, list[str | None]] = {}
     for item in shape.tables:
         if item.alias not in nullable:
             implied = _sqlglot.implied_filter(conditions, item.alias, BUFFER_ALIAS)
-        elif item.join == "left" and item.on and item.alias not in padded_again:
+        elif item.join == "left" and item.on:
             implied = _sqlglot.implied_filter([item.on], item.alias, BUFFER_ALIAS)
         else:
             implied = None
@@ -565,7 +561,7 @@ def _join_columns(shape: ir.QueryShape) -> dict[str, list[tuple[str, ...]]]:
     list that is a prefix of another left out."""
     found: dict[str, list[tuple[str, ...]]] = {}
     for block in join.blocks(shape):
-        present = {f.alias: f for f in block.froms if f.join != "null" and not f.is_function}
+        present = {f.alias: f for f in join.join_inputs(block)}
         conditions = [
             *(f.on for f in present.values() if f.on),
             *([block.where] if block.where else []),

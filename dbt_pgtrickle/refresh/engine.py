@@ -225,18 +225,7 @@ def refresh(
             lost = [f"{s.schema}.{s.name}" for s in sources if s.unlogged]
             if lost and unlogged.rearm(conn, rec.pgt_id):  # a crash emptied the buffers
                 full, _reason = True, _reason or unlogged.reset_reason(lost)
-            # The differential plan, compiled only once a change window is found non-empty
-            # (a refresh with no changes locks no source) and kept for the delta.
             compiled: list[compiler.DeltaPlan] = []
-            windows_plan = None
-            if not (full or rec.needs_full or rec.effective_mode == FULL) and all(
-                s.captured for s in sources
-            ):
-
-                def windows_plan() -> compiler.DeltaPlan | None:
-                    compiled.append(compile_for(conn, rec))
-                    return compiled[0] if compiled[0].differential else None
-
             action, reason, rows_in, budget_ms = _choose(
                 conn,
                 rec,
@@ -245,7 +234,7 @@ def refresh(
                 threshold,
                 settings["auto_cost_floor_ms"],
                 settings["auto_diff_budget"],
-                windows_plan,
+                windows_plan(conn, rec, sources, full, compiled),
             )
             if action == DIFFERENTIAL:
                 # A delta is many small joins: JIT compiling it costs more than it saves (up
@@ -395,6 +384,29 @@ _EXTRAPOLATION = 2.0
 #: A change this large relative to a cancelled attempt's counts as as large (cycles of about the
 #: same size vary by a few percent; a retry would be cancelled again).
 _SAME_SIZE = 0.8
+
+
+def windows_plan(
+    conn: psycopg.Connection[Any],
+    rec: records.StreamTableRecord,
+    sources: list[_Source],
+    full: bool,
+    compiled: list[compiler.DeltaPlan],
+) -> Callable[[], compiler.DeltaPlan | None] | None:
+    """``plan_of`` for :func:`_choose` when the refresh may be differential (every source
+    captured, not FULL by mode, request or mark), else None. It compiles the plan only once a
+    change window is found non-empty (a refresh with no changes locks no source) and appends
+    it to ``compiled``, kept for the delta."""
+    if full or rec.needs_full or rec.effective_mode == FULL:
+        return None
+    if not all(s.captured for s in sources):
+        return None
+
+    def plan_of() -> compiler.DeltaPlan | None:
+        compiled.append(compile_for(conn, rec))
+        return compiled[0] if compiled[0].differential else None
+
+    return plan_of
 
 
 def _choose(

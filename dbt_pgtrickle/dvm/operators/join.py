@@ -75,7 +75,8 @@ MAX_CHANGED_INPUTS = 5
 #: (whose 2^m − 1 terms are 31 for five). PostgreSQL keeps no statistics for a UNION ALL
 #: subquery, so it estimates joins with an old input from default selectivities (TPC-H Q10 at
 #: SF 1: the term driven by lineitem's window estimated at 9.4 million rows where 1,445 came,
-#: and driven from all 150,000 customers; a refresh of 2.4 s instead of 0.25 s). Measured side by side at SF 1 with 1% of the orders changed: with five changed inputs
+#: and driven from all 150,000 customers; a refresh of 2.4 s instead of 0.25 s). Measured side
+#: by side at SF 1 with 1% of the orders changed: with five changed inputs
 #: (Q08, Q09) the 5 telescoping terms took 0.41–0.80 of the 31 terms' time; with four (Q02, Q05,
 #: Q07, Q18) 0.73–1.31 of the 15 terms', no better on the whole; with three (Q10) up to 5.4×.
 TELESCOPING_FROM = 5
@@ -101,7 +102,7 @@ def changed_aliases(shape: QueryShape, changed_stables: set[str]) -> list[str]:
 
     return [
         f.alias
-        for f in _inputs(shape)
+        for f in join_inputs(shape)
         if stable_name(f.source.schema, f.source.name) in changed_stables
     ]
 
@@ -120,7 +121,7 @@ def terms(aliases: list[str]) -> list[tuple[tuple[str, ...], int]]:
     return out
 
 
-def _inputs(block: QueryShape) -> list[FromItem]:
+def join_inputs(block: QueryShape) -> list[FromItem]:
     """The items of an inner-join block that are inputs of its join (not NULL-padded, not a
     set-returning function)."""
     return [f for f in block.froms if f.join != "null" and not f.is_function]
@@ -133,7 +134,7 @@ def block_inputs(shape: QueryShape) -> list[list[str]]:
     from ...naming import stable_name
 
     return [
-        [stable_name(f.source.schema, f.source.name) for f in _inputs(block)]
+        [stable_name(f.source.schema, f.source.name) for f in join_inputs(block)]
         for block in blocks(shape)
     ]
 
@@ -176,7 +177,7 @@ def _join_terms(block: QueryShape, changed_stables: set[str], text: str) -> list
     ON conditions and functions, WHERE), which says what an old input must provide."""
     from ...naming import stable_name
 
-    items = _inputs(block)
+    items = join_inputs(block)
     stables = [stable_name(f.source.schema, f.source.name) for f in items]
 
     def window(i: int) -> str:
