@@ -509,8 +509,13 @@ def _choose(
                 # fixed cost (TPC-H SF 0.1 from 0.1% to 1%: 14 of 21 queries recomputed although
                 # the differential refresh was faster), and a recompute measures nothing new. So
                 # try as if nothing were known: a cancelled attempt costs budget_fraction of a
-                # full refresh, one that finishes is measured at this size.
-                return DIFFERENTIAL, None, pending, budget_ms
+                # full refresh, one that finishes is measured at this size. A larger change is
+                # not cheaper than the smaller one measured, so a budget below that time would
+                # be spent for nothing (TPC-H Q14 at SF 0.1 from 0.1% to 1%: 6 ms of budget
+                # against 21 ms measured at 0.1% and 17 ms needed at 1%, then FULL): the attempt
+                # gets the measured time with the margin, at most a full refresh (the condition
+                # above), so a cancelled one costs at most two full refreshes, once.
+                return DIFFERENTIAL, None, pending, max(budget_ms, _MARGIN * costs.diff_ms)
             return (
                 FULL,
                 f"estimated differential refresh {estimate:.0f} ms ({pending} change rows at "

@@ -697,6 +697,50 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
         pgt.refresh_stream_table(db, "slow_st")
 
 
+def test_auto_extrapolated_attempt_gets_at_least_the_measured_time(
+    db: psycopg.Connection[Any],
+) -> None:
+    """A change far larger than the measured one is tried (not recomputed on an extrapolated
+    estimate), and with at least 1.25 times the smaller change's measured time as its budget: a
+    larger change is not cheaper, so a fifth of a full refresh below that would be spent for
+    nothing."""
+    db.execute(
+        "CREATE FUNCTION slow(x int) RETURNS int LANGUAGE sql IMMUTABLE "
+        "AS 'SELECT x FROM (SELECT pg_sleep(0.02)) AS s'"
+    )
+    db.execute("CREATE TABLE few (id int PRIMARY KEY, g int, v int)")
+    db.execute("INSERT INTO few VALUES (1, 1, 1), (2, 2, 2)")
+    pgt.set_setting(db, "auto_full_threshold", 0.99)
+    pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
+    db.execute("UPDATE few SET v = 5 WHERE id = 1")  # 2 change rows, measured below
+    pgt.set_setting(db, "auto_diff_budget", 0)  # the population's 40 ms of sleep: no budget
+    assert pgt.refresh_stream_table(db, "slow_st").action == "DIFFERENTIAL"
+    pgt.set_setting(db, "auto_diff_budget", 0.2)
+    # Pretend: 400 ms for those 2 rows, 600 ms for a full refresh. 10 new rows are estimated at
+    # 2,000 ms (an extrapolation beyond twice the measured rows) and take 200 ms of sleep: the
+    # fifth of the full refresh (120 ms) would cancel them, 1.25 x 400 ms does not.
+    db.execute(
+        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
+        "WHEN 'DIFFERENTIAL' THEN 400 ELSE 600 END"
+    )
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 12) i")
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert (r.action, r.fallback_reason, r.rows_in) == ("DIFFERENTIAL", None, 10), r
+    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+    # Not an extrapolation (3 rows, at most twice the 10 measured): judged by the estimate,
+    # 10 rows measured at 1,000 ms make 3 rows 300 ms, above 80% of a 200 ms full refresh.
+    db.execute(
+        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
+        "WHEN 'DIFFERENTIAL' THEN 1000 ELSE 200 END"
+    )
+    db.execute("DELETE FROM few WHERE id BETWEEN 10 AND 12")
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert r.action == "FULL" and "above 80% of the last full refresh" in (
+        r.fallback_reason or ""
+    ), r
+    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+
+
 def test_view_source_is_expanded_and_keeps_its_definition(db: psycopg.Connection[Any]) -> None:
     """A view is read through its definition at creation (capture on the table under it); a
     later CREATE OR REPLACE VIEW does not change what the stream table maintains until its
