@@ -16,6 +16,13 @@ from ..dvm.operators import recursive
 from ..dvm.operators._sql import quote_ident
 from ..naming import CHANGES_SCHEMA
 
+#: Fill factor of tables whose rows a refresh updates by key (stream tables and stages of
+#: aggregates and keyed projections): the free space lets an updated row's new version stay on
+#: its page (a HOT update, no new index entries). TPC-H at SF 1, 1%, side by side with 100: the
+#: keyed apply of Q20's stage 220 -> 139 ms, Q17's 324 -> 266 ms, Q13's 108 -> 97 ms (medians
+#: of 3 cycles); heap-only updates of Q17's stage 45% -> 96%.
+KEYED_FILLFACTOR = 85
+
 
 def build_table(
     conn: psycopg.Connection[Any],
@@ -41,11 +48,15 @@ def _build_storage(
     cplan: _citus.CitusPlan | None = None,
 ) -> int:
     target = sql.Identifier(schema, name)
+    # Keyed rows are updated in place by every refresh that touches them: room on each page
+    # lets the new version stay there (a HOT update: no new index entries).
+    fill = (
+        sql.SQL(" WITH (fillfactor = {})").format(sql.Literal(KEYED_FILLFACTOR))
+        if plan.strategy in compiler.KEYED_STRATEGIES and cplan is None and KEYED_FILLFACTOR < 100
+        else sql.SQL("")
+    )
     conn.execute(
-        sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
-            target,
-            sql.SQL(plan.full_sql),
-        )
+        sql.SQL("CREATE TABLE {}{} AS {} WITH NO DATA").format(target, fill, sql.SQL(plan.full_sql))
     )
     if plan.strategy not in (compiler.FULL_ONLY, compiler.TOPK):
         # A distributed table's unique index must contain its distribution column.

@@ -539,6 +539,30 @@ def test_recursive_cte_rederives_facts_with_nulls(db: psycopg.Connection[Any]) -
     assert pgt.verify_stream_table(db, "st")["equal"]
 
 
+def test_keyed_tables_leave_room_for_updates_on_their_pages(db: psycopg.Connection[Any]) -> None:
+    """A stream table or stage whose rows a refresh updates by key (an aggregate, a projection
+    of a keyed source) gets a fill factor below 100, so the updates can stay on their pages
+    (heap-only: no new index entries); a multiset one keeps the default."""
+    pgt.create_stream_table(
+        db, "agg", "select g, n from (select g, count(*) as n from src group by g) s where n > 10"
+    )
+    pgt.create_stream_table(db, "keyed", "select id, v from src where v > 100")
+    db.execute("CREATE TABLE nokey AS SELECT g, v FROM src")
+    pgt.create_stream_table(db, "proj", "select g, v from nokey where v > 100")  # no row key
+    options = (
+        "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND (c.relname IN ('agg', 'keyed', 'proj') "
+        "OR n.nspname = 'pgtrickle_changes' AND c.relname LIKE 'stage%')"
+    )
+    found = dict(db.execute(options).fetchall())
+    assert found.pop("proj") is None
+    assert found.pop("agg") == found.pop("keyed") == ["fillfactor=85"]
+    assert list(found.values()) == [["fillfactor=85"]]  # the stage of the grouped subquery
+    db.execute("UPDATE src SET v = v + 1 WHERE id = 1")
+    assert pgt.refresh_stream_table(db, "agg").action == "DIFFERENTIAL"
+    assert pgt.verify_stream_table(db, "agg")["equal"]
+
+
 @pytest.mark.parametrize(
     "query",
     [
