@@ -514,19 +514,17 @@ def _choose(
             if (
                 budget_fraction
                 and pending > _EXTRAPOLATION * costs.diff_rows
-                and costs.diff_ms <= _WORTH_IT * costs.full_ms
+                and costs.diff_ms < budget_ms
             ):
                 # Far beyond the measured change the per-row extrapolation also multiplies the
                 # fixed cost (TPC-H SF 0.1 from 0.1% to 1%: 14 of 21 queries recomputed although
                 # the differential refresh was faster), and a recompute measures nothing new. So
                 # try as if nothing were known: a cancelled attempt costs budget_fraction of a
-                # full refresh, one that finishes is measured at this size. A larger change is
-                # not cheaper than the smaller one measured, so a budget below that time would
-                # be spent for nothing (TPC-H Q14 at SF 0.1 from 0.1% to 1%: 6 ms of budget
-                # against 21 ms measured at 0.1% and 17 ms needed at 1%, then FULL): the attempt
-                # gets the measured time with the margin, at most a full refresh (the condition
-                # above), so a cancelled one costs at most two full refreshes, once.
-                return DIFFERENTIAL, None, pending, max(budget_ms, _MARGIN * costs.diff_ms)
+                # full refresh, one that finishes is measured at this size. Not when the smaller
+                # change measured took longer than that budget: a larger change is not cheaper,
+                # so the attempt would be cancelled, a budget spent for nothing (TPC-H Q14 at
+                # SF 0.1 from 0.1% to 1%: 6 ms of budget against 21 ms measured at 0.1%).
+                return DIFFERENTIAL, None, pending, budget_ms
             return (
                 FULL,
                 f"estimated differential refresh {estimate:.0f} ms ({pending} change rows at "

@@ -721,13 +721,13 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
         pgt.refresh_stream_table(db, "slow_st")
 
 
-def test_auto_extrapolated_attempt_gets_at_least_the_measured_time(
+def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budget(
     db: psycopg.Connection[Any],
 ) -> None:
-    """A change far larger than the measured one is tried (not recomputed on an extrapolated
-    estimate), and with at least 1.25 times the smaller change's measured time as its budget: a
-    larger change is not cheaper, so a fifth of a full refresh below that would be spent for
-    nothing."""
+    """A change far larger than the measured one is tried with the budget of an unmeasured
+    refresh (not recomputed on an extrapolated estimate), unless the smaller change already took
+    longer than that budget: a larger change is not cheaper, so the attempt would be cancelled
+    and its budget spent for nothing."""
     db.execute(
         "CREATE FUNCTION slow(x int) RETURNS int LANGUAGE sql IMMUTABLE "
         "AS 'SELECT x FROM (SELECT pg_sleep(0.02)) AS s'"
@@ -741,27 +741,28 @@ def test_auto_extrapolated_attempt_gets_at_least_the_measured_time(
     assert pgt.refresh_stream_table(db, "slow_st").action == "DIFFERENTIAL"
     pgt.set_setting(db, "auto_diff_budget", 0.2)
     # Pretend: 400 ms for those 2 rows, 600 ms for a full refresh. 10 new rows are estimated at
-    # 2,000 ms (an extrapolation beyond twice the measured rows) and take 200 ms of sleep: the
-    # fifth of the full refresh (120 ms) would cancel them, 1.25 x 400 ms does not.
-    db.execute(
+    # 2,000 ms, an extrapolation; the budget would be 120 ms, less than the 2 rows took.
+    history = (
         "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
-        "WHEN 'DIFFERENTIAL' THEN 400 ELSE 600 END"
+        "WHEN 'DIFFERENTIAL' THEN %s ELSE %s END"
     )
+    db.execute(history, (400, 600))
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 12) i")
     r = pgt.refresh_stream_table(db, "slow_st")
-    assert (r.action, r.fallback_reason, r.rows_in) == ("DIFFERENTIAL", None, 10), r
-    assert pgt.verify_stream_table(db, "slow_st")["equal"]
-    # Not an extrapolation (3 rows, at most twice the 10 measured): judged by the estimate,
-    # 10 rows measured at 1,000 ms make 3 rows 300 ms, above 80% of a 200 ms full refresh.
-    db.execute(
-        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
-        "WHEN 'DIFFERENTIAL' THEN 1000 ELSE 200 END"
-    )
-    db.execute("DELETE FROM few WHERE id BETWEEN 10 AND 12")
-    r = pgt.refresh_stream_table(db, "slow_st")
-    assert r.action == "FULL" and "above 80% of the last full refresh" in (
+    assert r.action == "FULL" and "above 80% of the last full refresh (600 ms)" in (
         r.fallback_reason or ""
     ), r
+    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+    # 50 ms for the 2 rows, 1,000 ms for a full refresh: 40 rows are estimated at 1,000 ms,
+    # above 80%, but the 2 rows fit a budget of 200 ms, so the 40 are tried with it (and their
+    # 800 ms of sleep are cancelled).
+    db.execute(history, (50, 1000))
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(13, 52) i")
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert r.action == "FULL", r
+    assert (r.fallback_reason or "").startswith(
+        "differential refresh passed its time budget of 200 ms"
+    ), r.fallback_reason
     assert pgt.verify_stream_table(db, "slow_st")["equal"]
 
 
