@@ -501,11 +501,21 @@ def _choose(
         if costs.diff_ms is not None and costs.diff_rows
         else None
     )
-    if not as_large and costs.full_ms < cost_floor_ms and (estimate or 0) < cost_floor_ms:
-        # Either choice is cheap: not worth judging. Past the floor the estimate is judged even
-        # for a cheap full refresh (a 10x larger change than the last measured one). It
-        # extrapolates the fixed cost of a small refresh too, so a stream table whose full
-        # refresh takes a few ms may recompute where a differential refresh would also be cheap.
+    # Measured, not extrapolated: at most twice the change rows of the measured refresh.
+    measured = estimate is not None and pending <= _EXTRAPOLATION * costs.diff_rows
+    if (
+        not as_large
+        and costs.full_ms < cost_floor_ms
+        and (estimate or 0) < cost_floor_ms
+        and not (measured and (estimate or 0) > _WORTH_IT * costs.full_ms)
+    ):
+        # Either choice is cheap: not worth judging, unless a like-sized differential refresh
+        # was measured above 80% of the full one (TPC-H Q22 at SF 0.1: its differential
+        # refreshes recompute, 1.2 times a full refresh of 40-50 ms). Past the floor the
+        # estimate is judged even for a cheap full refresh (a 10x larger change than the last
+        # measured one). It extrapolates the fixed cost of a small refresh too, so a stream
+        # table whose full refresh takes a few ms may recompute where a differential refresh
+        # would also be cheap.
         return DIFFERENTIAL, None, pending, None
     budget_ms = budget_fraction * costs.full_ms
     if estimate is not None:
@@ -689,6 +699,14 @@ def _consolidate(
     src.pending = kept
 
 
+#: The reason of a differential refresh that recomputed because a scalar subquery's value
+#: changed (:func:`_differential`): for AUTO a cost of choosing DIFFERENTIAL, not a full refresh.
+SCALAR_RECOMPUTE_REASON = (
+    "the value of a scalar subquery changed, so every row compared with it changes; "
+    "recomputed from the maintained subqueries"
+)
+
+
 @dataclass
 class _Costs:
     """What the history says of a stream table's refresh costs (see :func:`_measured_costs`)."""
@@ -723,19 +741,29 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
     attempt's conditions (a disturbed machine, a backlog) had passed: TPC-H Q09 at SF 1 kept
     recomputing in 3.8 s what a differential refresh did in 0.6 s. The tries cost at most
     ``auto_diff_budget`` of a full refresh each, ever more rarely."""
+    # A refresh that chose DIFFERENTIAL and recomputed because a scalar subquery's value changed
+    # measures the differential choice (its maintained subqueries and the recomputation), not a
+    # full refresh: TPC-H Q22 at SF 0.1 did so on every change, about 1.2 times a full refresh,
+    # and without a differential measurement AUTO never judged it.
     rows = conn.execute(
-        "SELECT action, duration_ms, rows_in, action = 'DIFFERENTIAL' AND rows_in > 0, "
-        "action = 'FULL' AND starts_with(coalesce(fallback_reason, ''), %s) FROM (SELECT "
-        "started_at, action, duration_ms, rows_in, fallback_reason, status "
+        "SELECT action, duration_ms, rows_in, (action = 'DIFFERENTIAL' OR scalar) "
+        "AND rows_in > 0, action = 'FULL' AND starts_with(coalesce(fallback_reason, ''), %s), "
+        "scalar FROM (SELECT started_at, action, duration_ms, rows_in, fallback_reason, status, "
+        "action = 'FULL' AND fallback_reason IS NOT DISTINCT FROM %s AS scalar "
         "FROM pgtrickle.pgt_refresh_history WHERE pgt_id = %s "
         "ORDER BY started_at DESC LIMIT %s) AS h WHERE status = 'COMPLETED' AND "
         "duration_ms IS NOT NULL AND action <> 'NO_DATA' ORDER BY started_at DESC LIMIT %s",
-        (budget.BUDGET_REASON, pgt_id, _HISTORY_SCAN, _HISTORY),
+        (budget.BUDGET_REASON, SCALAR_RECOMPUTE_REASON, pgt_id, _HISTORY_SCAN, _HISTORY),
     ).fetchall()
     full_ms = next(
-        (float(ms) for action, ms, _, _, over in rows if action == FULL and not over), None
+        (
+            float(ms)
+            for action, ms, _, _, over, scalar in rows
+            if action == FULL and not over and not scalar
+        ),
+        None,
     )
-    diff = next(((float(ms), int(n)) for _, ms, n, is_diff, _ in rows if is_diff), None)
+    diff = next(((float(ms), int(n)) for _, ms, n, is_diff, _, _ in rows if is_diff), None)
     diff_ms, diff_rows = diff if diff is not None else (None, 0)
     # Newest first: the full refreshes since the last attempt over budget, and the attempts over
     # budget in a row before it since the last differential refresh.
@@ -925,10 +953,7 @@ def _apply_differential(
         # against the old and the new value, which costs more than one recomputation. The
         # stages are current, so the query is recomputed from them.
         result.action = FULL
-        result.fallback_reason = (
-            "the value of a scalar subquery changed, so every row compared with it changes; "
-            "recomputed from the maintained subqueries"
-        )
+        result.fallback_reason = SCALAR_RECOMPUTE_REASON
         _rewrite(conn, rec, plan, result)
         return
     budget.arm(conn, deadline)

@@ -18,6 +18,7 @@ from dbt_pgtrickle.errors import (
     StreamTableNotFound,
     UnsupportedConstruct,
 )
+from dbt_pgtrickle.refresh import engine
 
 
 @pytest.fixture
@@ -764,6 +765,35 @@ def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budge
         "differential refresh passed its time budget of 200 ms"
     ), r.fallback_reason
     assert pgt.verify_stream_table(db, "slow_st")["equal"]
+
+
+def test_auto_counts_a_scalar_subquery_recompute_as_the_cost_of_differential(
+    db: psycopg.Connection[Any],
+) -> None:
+    """A differential refresh that recomputes because a scalar subquery's value changed is what
+    choosing DIFFERENTIAL cost, not a full refresh: once such a refresh of a like-sized change
+    took more than 80% of a full one, AUTO recomputes directly, also under the cost floor."""
+    db.execute("CREATE TABLE sc (id int PRIMARY KEY, v int)")
+    db.execute("INSERT INTO sc SELECT i, i FROM generate_series(1, 100) i")
+    pgt.set_setting(db, "auto_full_threshold", 0.99)
+    pgt.create_stream_table(db, "above", "select id, v from sc where v > (select avg(v) from sc)")
+    db.execute("UPDATE sc SET v = v + 10 WHERE id <= 3")  # the average moves
+    r = pgt.refresh_stream_table(db, "above")
+    assert (r.action, r.fallback_reason) == ("FULL", engine.SCALAR_RECOMPUTE_REASON), r
+    assert pgt.verify_stream_table(db, "above")["equal"]
+    # Pretend: the population (a full refresh) took 20 ms, the recompute 30 ms; both under
+    # the 50 ms floor, which no longer lets the next like-sized change run unjudged.
+    db.execute(
+        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE WHEN fallback_reason = %s "
+        "THEN 30 ELSE 20 END",
+        (engine.SCALAR_RECOMPUTE_REASON,),
+    )
+    db.execute("UPDATE sc SET v = v + 10 WHERE id BETWEEN 4 AND 6")
+    r = pgt.refresh_stream_table(db, "above")
+    assert r.action == "FULL" and (r.fallback_reason or "").startswith(
+        "estimated differential refresh 30 ms (6 change rows at the rate of the last one"
+    ), r
+    assert pgt.verify_stream_table(db, "above")["equal"]
 
 
 def test_view_source_is_expanded_and_keeps_its_definition(db: psycopg.Connection[Any]) -> None:
