@@ -471,9 +471,24 @@ def run_fraction(
                             ),
                         )
                     )
+            # AUTO's attempt modelled as cancelled recomputed in the same refresh (the row
+            # replay_auto left), so this cycle's timed full refresh is not one AUTO would have
+            # made: its history row goes, or it would count toward AUTO's wait before trying
+            # again, which then came one cycle earlier than in a deployment.
+            cancelled = (
+                s["action"][-1] not in ("TIMEOUT", "ERROR")
+                and choice == "DIFFERENTIAL"
+                and over_budget(s["diff_engine"][-1], budget_s)
+            )
             k = rep % len(steps)
             for label, fn in steps[k:] + steps[:k]:
-                s[label].append(timed(fn)[0])
+                seconds, out = timed(fn)
+                s[label].append(seconds)
+                if label == "full" and cancelled and getattr(out, "refresh_id", None):
+                    conn.execute(
+                        "DELETE FROM pgtrickle.pgt_refresh_history WHERE refresh_id = %s",
+                        (out.refresh_id,),
+                    )
     report: dict[str, Any] = {"fraction": fraction, "cycles": cycles, "queries": {}}
     for name, s in samples.items():
         s["cap_s"] = [timeout_ms / 1000 if timeout_ms else None]
