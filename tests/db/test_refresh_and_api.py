@@ -632,6 +632,29 @@ def test_auto_compares_measured_costs_above_the_floor(db: psycopg.Connection[Any
     assert pgt.verify_stream_table(db, "st")["equal"]
 
 
+def _slow_table(db: psycopg.Connection[Any]) -> None:
+    """``few`` (2 rows) and ``slow(x)``, which takes 20 ms a call: a delta over n change rows
+    takes n x 20 ms whatever its plan."""
+    db.execute(
+        "CREATE FUNCTION slow(x int) RETURNS int LANGUAGE sql IMMUTABLE "
+        "AS 'SELECT x FROM (SELECT pg_sleep(0.02)) AS s'"
+    )
+    db.execute("CREATE TABLE few (id int PRIMARY KEY, g int, v int)")
+    db.execute("INSERT INTO few VALUES (1, 1, 1), (2, 2, 2)")
+
+
+def _refresh_cancelled(db: psycopg.Connection[Any], budget_ms: int) -> pgt.RefreshResult:
+    """Refresh ``slow_st``, whose differential attempt must pass its budget of ``budget_ms``
+    and be recomputed."""
+    r = pgt.refresh_stream_table(db, "slow_st")
+    assert r.action == "FULL", r
+    assert (r.fallback_reason or "").startswith(
+        f"differential refresh passed its time budget of {budget_ms} ms"
+    ), r.fallback_reason
+    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+    return r
+
+
 def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
     db: psycopg.Connection[Any],
 ) -> None:
@@ -639,13 +662,7 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
     statement is cancelled, the attempt rolled back, the query recomputed in the same refresh;
     later refreshes with as many change rows go straight to FULL, fewer try again, and as many
     try again after 2, then 4 recomputes."""
-    # 20 ms per evaluated row: a delta over 20 new rows takes 400 ms whatever its plan.
-    db.execute(
-        "CREATE FUNCTION slow(x int) RETURNS int LANGUAGE sql IMMUTABLE "
-        "AS 'SELECT x FROM (SELECT pg_sleep(0.02)) AS s'"
-    )
-    db.execute("CREATE TABLE few (id int PRIMARY KEY, g int, v int)")
-    db.execute("INSERT INTO few VALUES (1, 1, 1), (2, 2, 2)")
+    _slow_table(db)  # a delta over 20 new rows takes 400 ms
     pgt.set_setting(db, "auto_cost_floor_ms", 50)
     # Not the change-rate rule: 17 change rows of 59 source rows, once autovacuum has analysed
     # the table, would be past the default 25%.
@@ -660,13 +677,7 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
     # The population was 2 rows; pretend a full refresh costs 500 ms: the budget is 100 ms.
     db.execute("UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 500")
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 22) i")
-    r = pgt.refresh_stream_table(db, "slow_st")
-    assert r.action == "FULL", r
-    assert (r.fallback_reason or "").startswith(
-        "differential refresh passed its time budget of 100 ms"
-    ), r.fallback_reason
-    assert r.rows_in == 20
-    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+    assert _refresh_cancelled(db, 100).rows_in == 20
     # Nothing of the attempt is left: no temporary table, the user's statement_timeout is back.
     assert db.execute("SHOW statement_timeout").fetchone() == ("0",)
     db.execute("UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 500 WHERE action = 'FULL'")
@@ -729,12 +740,7 @@ def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budge
     refresh (not recomputed on an extrapolated estimate), unless the smaller change already took
     longer than that budget: a larger change is not cheaper, so the attempt would be cancelled
     and its budget spent for nothing."""
-    db.execute(
-        "CREATE FUNCTION slow(x int) RETURNS int LANGUAGE sql IMMUTABLE "
-        "AS 'SELECT x FROM (SELECT pg_sleep(0.02)) AS s'"
-    )
-    db.execute("CREATE TABLE few (id int PRIMARY KEY, g int, v int)")
-    db.execute("INSERT INTO few VALUES (1, 1, 1), (2, 2, 2)")
+    _slow_table(db)
     pgt.set_setting(db, "auto_full_threshold", 0.99)
     pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
     db.execute("UPDATE few SET v = 5 WHERE id = 1")  # 2 change rows, measured below
@@ -759,12 +765,7 @@ def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budge
     # 800 ms of sleep are cancelled).
     db.execute(history, (50, 1000))
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(13, 52) i")
-    r = pgt.refresh_stream_table(db, "slow_st")
-    assert r.action == "FULL", r
-    assert (r.fallback_reason or "").startswith(
-        "differential refresh passed its time budget of 200 ms"
-    ), r.fallback_reason
-    assert pgt.verify_stream_table(db, "slow_st")["equal"]
+    _refresh_cancelled(db, 200)
 
 
 def test_auto_counts_a_scalar_subquery_recompute_as_the_cost_of_differential(
