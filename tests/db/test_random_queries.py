@@ -37,7 +37,14 @@ from dbt_pgtrickle.refresh import engine
 EXAMPLES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_EXAMPLES", "40"))
 BATCHES = int(os.environ.get("PGTRICKLE_RANDOM_QUERY_BATCHES", "4"))
 SEED = os.environ.get("PGTRICKLE_ORACLE_SEED")
-STATS = {"queries": 0, "cycles": 0, "failed_examples": 0, "old_inputs": 0, "filtered": 0}
+STATS = {
+    "queries": 0,
+    "cycles": 0,
+    "failed_examples": 0,
+    "old_inputs": 0,
+    "filtered": 0,
+    "cancelled": 0,
+}
 
 SETUP = """
 DROP TABLE IF EXISTS a, b, c CASCADE;
@@ -210,6 +217,14 @@ def test_random_join_queries_stay_exact(
         return kept
 
     monkeypatch.setattr(engine, "_window_filter", counted_filter)
+    consolidate = engine._consolidate
+
+    def counted_consolidate(conn: Any, rec: Any, src: Any, columns: list[str]) -> None:
+        before = src.pending  # windows whose rows undid each other: count them
+        consolidate(conn, rec, src, columns)
+        STATS["cancelled"] += src.pending < before
+
+    monkeypatch.setattr(engine, "_consolidate", counted_consolidate)
     pgt.set_setting(conn, "auto_full_threshold", 1)
 
     @settings(
@@ -246,8 +261,10 @@ def test_random_join_queries_stay_exact(
         print(
             f"\nrandom queries: {STATS['queries']} queries, {STATS['cycles']} cycles, "
             f"{STATS['failed_examples']} failed examples, {STATS['old_inputs']} old inputs read, "
-            f"{STATS['filtered']} windows filtered"
+            f"{STATS['filtered']} windows filtered, {STATS['cancelled']} windows with rows "
+            "cancelled"
         )
     if EXAMPLES >= 40:  # the budget reaches the telescoping sum (five changed inputs)
         assert STATS["old_inputs"] > 0
         assert STATS["filtered"] > 0
+        assert STATS["cancelled"] > 0
