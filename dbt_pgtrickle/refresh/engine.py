@@ -627,7 +627,7 @@ def _materialise_windows(
                 )
                 src.pending, src.windowed = 0, False
             return None
-        _consolidate(conn, rec, src, _window_columns(plan, src))
+        _consolidate(conn, plan, src, _window_columns(plan, src))
     marked = conn.execute(
         sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {}::int WHERE EXISTS (SELECT FROM {} WHERE __pgt_w = 0)").format(
@@ -647,20 +647,21 @@ _IDENTITY_TYPE = re.compile(
     r"(smallint|integer|bigint|oid|date|boolean|uuid|numeric\(\d+,\d+\)"
     r"|(timestamp|time)(\(\d\))? with(out)? time zone)"
 )
-#: Consolidation per (stream table, source): refreshes since it was last tried, and the share of
-#: the window's rows that cancelled then. A source whose rows cancelled less than
+#: Consolidation per (compiled plan, source): the plan (a cached plan is specific to its stream
+#: table, database and catalog; holding it keeps its id from being reused), refreshes since it
+#: was last tried, and the share of the window's rows that cancelled then. A source whose rows cancelled less than
 #: _CONSOLIDATE_WORTH is tried again every _CONSOLIDATE_RETRY refreshes only. (TPC-H SF 1 at 1%,
 #: side by side: Q03's `lineitem` window, 41,000 rows of which 36% cancelled, refreshed in
 #: 400-427 against 333-377 ms without; Q13's `customer` window, all cancelled, 620-635 against
 #: 754-762 ms.)
-_consolidated: dict[tuple[int, str], tuple[int, float]] = {}
+_consolidated: dict[tuple[int, str], tuple[compiler.DeltaPlan, int, float]] = {}
 _CONSOLIDATE_WORTH = 0.5
 _CONSOLIDATE_RETRY = 8
 
 
 def _consolidate(
     conn: psycopg.Connection[Any],
-    rec: records.StreamTableRecord,
+    plan: compiler.DeltaPlan,
     src: _Source,
     columns: list[str],
 ) -> None:
@@ -675,10 +676,11 @@ def _consolidate(
     drives, so it is done only when the last try for this stream table found at least half of
     this source's window rows cancelling (and when nothing is known), and only over types whose
     equality is identity (:data:`_IDENTITY_TYPE`)."""
-    key = (rec.pgt_id, src.stable)
-    since, share = _consolidated.get(key, (0, 1.0))
+    key = (id(plan), src.stable)
+    entry = _consolidated.get(key)
+    since, share = (entry[1], entry[2]) if entry is not None and entry[0] is plan else (0, 1.0)
     if share < _CONSOLIDATE_WORTH and since + 1 < _CONSOLIDATE_RETRY:
-        _consolidated[key] = (since + 1, share)
+        _consolidated[key] = (plan, since + 1, share)
         return
     if src.pending < 2 or not all(_IDENTITY_TYPE.fullmatch(src.types.get(c, "")) for c in columns):
         return
@@ -695,7 +697,7 @@ def _consolidate(
     kept = max(cur.rowcount, 0)
     if len(_consolidated) > 4096:
         _consolidated.clear()
-    _consolidated[key] = (0, 1.0 - kept / src.pending)
+    _consolidated[key] = (plan, 0, 1.0 - kept / src.pending)
     src.pending = kept
 
 

@@ -219,9 +219,9 @@ def test_random_join_queries_stay_exact(
     monkeypatch.setattr(engine, "_window_filter", counted_filter)
     consolidate = engine._consolidate
 
-    def counted_consolidate(conn: Any, rec: Any, src: Any, columns: list[str]) -> None:
+    def counted_consolidate(conn: Any, plan: Any, src: Any, columns: list[str]) -> None:
         before = src.pending  # windows whose rows undid each other: count them
-        consolidate(conn, rec, src, columns)
+        consolidate(conn, plan, src, columns)
         STATS["cancelled"] += src.pending < before
 
     monkeypatch.setattr(engine, "_consolidate", counted_consolidate)
