@@ -501,17 +501,26 @@ def _choose(
         if costs.diff_ms is not None and costs.diff_rows
         else None
     )
-    # Measured, not extrapolated: at most twice the change rows of the measured refresh.
-    measured = estimate is not None and pending <= _EXTRAPOLATION * costs.diff_rows
+    # A like-sized differential choice that recomputed (not extrapolated: at most twice the
+    # change rows) and cost more than 80% of a full refresh.
+    recomputes = (
+        costs.recomputed
+        and estimate is not None
+        and pending <= _EXTRAPOLATION * costs.diff_rows
+        and estimate > _WORTH_IT * costs.full_ms
+    )
     if (
         not as_large
         and costs.full_ms < cost_floor_ms
         and (estimate or 0) < cost_floor_ms
-        and not (measured and (estimate or 0) > _WORTH_IT * costs.full_ms)
+        and not recomputes
     ):
-        # Either choice is cheap: not worth judging, unless a like-sized differential refresh
-        # was measured above 80% of the full one (TPC-H Q22 at SF 0.1: its differential
-        # refreshes recompute, 1.2 times a full refresh of 40-50 ms). Past the floor the
+        # Either choice is cheap: not worth judging, unless the differential choice recomputes
+        # anyway (TPC-H Q22 at SF 0.1: its differential refreshes recompute because its scalar
+        # subquery's value changes, 1.2 times a full refresh of 40-50 ms). Judging every cheap
+        # refresh by its measured costs sent small stream tables to FULL on timings at the
+        # level of noise, which rewrites every row (a test of notifications saw 0 rows
+        # updated where 1 row changed). Past the floor the
         # estimate is judged even for a cheap full refresh (a 10x larger change than the last
         # measured one). It extrapolates the fixed cost of a small refresh too, so a stream
         # table whose full refresh takes a few ms may recompute where a differential refresh
@@ -720,6 +729,8 @@ class _Costs:
     #: Whether that attempt is old enough to try again: the full refreshes since it are at least
     #: 2^n (at most :data:`_RETRY_AFTER_MAX`), n being the attempts over budget in a row.
     retry_due: bool = False
+    #: Whether that differential refresh recomputed (a scalar subquery's value changed).
+    recomputed: bool = False
 
 
 #: Refreshes read for the costs, NO_DATA ones left out: enough for a run of cancelled attempts
@@ -765,13 +776,15 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
         ),
         None,
     )
-    diff = next(((float(ms), int(n)) for _, ms, n, is_diff, _, _ in rows if is_diff), None)
-    diff_ms, diff_rows = diff if diff is not None else (None, 0)
+    diff = next(
+        ((float(ms), int(n), bool(sc)) for _, ms, n, is_diff, _, sc in rows if is_diff), None
+    )
+    diff_ms, diff_rows, recomputed_diff = diff if diff is not None else (None, 0, False)
     # Newest first: the full refreshes since the last attempt over budget, and the attempts over
     # budget in a row before it since the last differential refresh.
     since = next((i for i, row in enumerate(rows) if row[3] or row[4]), None)
     if since is None or not rows[since][4]:
-        return _Costs(full_ms, diff_ms, diff_rows, None)
+        return _Costs(full_ms, diff_ms, diff_rows, None, recomputed=recomputed_diff)
     overs = 0
     for row in rows[since:]:
         if row[3]:
@@ -779,7 +792,9 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
         overs += row[4]
     recomputed = sum(row[0] == FULL for row in rows[:since])
     wait = min(2**overs, _RETRY_AFTER_MAX)
-    return _Costs(full_ms, diff_ms, diff_rows, int(rows[since][2]), recomputed >= wait)
+    return _Costs(
+        full_ms, diff_ms, diff_rows, int(rows[since][2]), recomputed >= wait, recomputed_diff
+    )
 
 
 def _estimated_rows(conn: psycopg.Connection[Any], sources: list[_Source]) -> float:
