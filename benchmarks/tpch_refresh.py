@@ -484,7 +484,7 @@ def run_fraction(
             for label, fn in steps[k:] + steps[:k]:
                 seconds, out = timed(fn)
                 s[label].append(seconds)
-                if label == "full" and cancelled and getattr(out, "refresh_id", None):
+                if label == "full" and cancelled:
                     conn.execute(
                         "DELETE FROM pgtrickle.pgt_refresh_history WHERE refresh_id = %s",
                         (out.refresh_id,),

@@ -519,12 +519,11 @@ def _choose(
         # anyway (TPC-H Q22 at SF 0.1: its differential refreshes recompute because its scalar
         # subquery's value changes, 1.2 times a full refresh of 40-50 ms). Judging every cheap
         # refresh by its measured costs sent small stream tables to FULL on timings at the
-        # level of noise, which rewrites every row (a test of notifications saw 0 rows
-        # updated where 1 row changed). Past the floor the
-        # estimate is judged even for a cheap full refresh (a 10x larger change than the last
-        # measured one). It extrapolates the fixed cost of a small refresh too, so a stream
-        # table whose full refresh takes a few ms may recompute where a differential refresh
-        # would also be cheap.
+        # level of noise, which rewrites every row (a test of notifications saw 0 rows updated
+        # where 1 row changed). Past the floor the estimate is judged even for a cheap full
+        # refresh (a 10x larger change than the last measured one). It extrapolates the fixed
+        # cost of a small refresh too, so a stream table whose full refresh takes a few ms may
+        # recompute where a differential refresh would also be cheap.
         return DIFFERENTIAL, None, pending, None
     budget_ms = budget_fraction * costs.full_ms
     if estimate is not None:
@@ -615,7 +614,8 @@ def _materialise_windows(
     delta reads it."""
     made: list[_Source] = []
     for src in live:
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in _window_columns(plan, src))
+        columns = _window_columns(plan, src)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         relevant = _window_filter(plan, src)
         cur = conn.execute(
             sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT b.__pgt_w, {} {}{}{}").format(
@@ -636,7 +636,7 @@ def _materialise_windows(
                 )
                 src.pending, src.windowed = 0, False
             return None
-        _consolidate(conn, plan, src, _window_columns(plan, src))
+        _consolidate(conn, plan, src, columns)
     marked = conn.execute(
         sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {}::int WHERE EXISTS (SELECT FROM {} WHERE __pgt_w = 0)").format(
@@ -656,13 +656,13 @@ _IDENTITY_TYPE = re.compile(
     r"(smallint|integer|bigint|oid|date|boolean|uuid|numeric\(\d+,\d+\)"
     r"|(timestamp|time)(\(\d\))? with(out)? time zone)"
 )
-#: Consolidation per (compiled plan, source): the plan (a cached plan is specific to its stream
-#: table, database and catalog; holding it keeps its id from being reused), refreshes since it
-#: was last tried, and the share of the window's rows that cancelled then. A source whose rows cancelled less than
-#: _CONSOLIDATE_WORTH is tried again every _CONSOLIDATE_RETRY refreshes only. (TPC-H SF 1 at 1%,
-#: side by side: Q03's `lineitem` window, 41,000 rows of which 36% cancelled, refreshed in
-#: 400-427 against 333-377 ms without; Q13's `customer` window, all cancelled, 620-635 against
-#: 754-762 ms.)
+#: Consolidation per (compiled plan, source), as :data:`_window_columns_memo` keys its entries:
+#: the plan (a cached plan is specific to its stream table, database and catalog; holding it
+#: keeps its id from being reused), refreshes since the last try, and the share of the window's
+#: rows that cancelled then. A source whose rows cancelled less than _CONSOLIDATE_WORTH is tried
+#: again every _CONSOLIDATE_RETRY refreshes only. (TPC-H SF 1 at 1%, side by side: Q03's
+#: `lineitem` window, 41,000 rows of which 36% cancelled, refreshed in 400-427 against 333-377
+#: ms without; Q13's `customer` window, all cancelled, 620-635 against 754-762 ms.)
 _consolidated: dict[tuple[int, str], tuple[compiler.DeltaPlan, int, float]] = {}
 _CONSOLIDATE_WORTH = 0.5
 _CONSOLIDATE_RETRY = 8

@@ -52,7 +52,7 @@ def _build_storage(
     # lets the new version stay there (a HOT update: no new index entries).
     fill = (
         sql.SQL(" WITH (fillfactor = {})").format(sql.Literal(KEYED_FILLFACTOR))
-        if plan.strategy in compiler.KEYED_STRATEGIES and cplan is None and KEYED_FILLFACTOR < 100
+        if plan.strategy in compiler.KEYED_STRATEGIES and cplan is None
         else sql.SQL("")
     )
     conn.execute(
