@@ -387,8 +387,12 @@ def _queue_notification(
 #: AUTO recomputes when a differential refresh is estimated at more than this share of a full
 #: one (the saving would not pay for the risk of a wrong estimate) ...
 _WORTH_IT = 0.8
-#: ... and otherwise gives the differential refresh its estimate times this as its budget.
-_MARGIN = 1.25
+#: ... and otherwise gives the differential refresh its estimate times this as its budget (at
+#: most a full refresh's time, so a wrong estimate costs at most twice a full refresh). At 1.25
+#: the timings of like-sized TPC-H refreshes at SF 1, which vary by up to 1.5x on a shared
+#: machine, cancelled refreshes 5x cheaper than a full one (Q07: 270 ms against a budget of
+#: 223 ms and a 1.2 s full refresh), and the ones after them recomputed.
+_MARGIN = 2.0
 #: An estimate for more than this many times the change rows of the measured refresh is an
 #: extrapolation: above the threshold it is tried with the budget of an unmeasured refresh.
 _EXTRAPOLATION = 2.0
@@ -525,7 +529,7 @@ def _choose(
         # cost of a small refresh too, so a stream table whose full refresh takes a few ms may
         # recompute where a differential refresh would also be cheap.
         return DIFFERENTIAL, None, pending, None
-    budget_ms = budget_fraction * costs.full_ms
+    budget_ms = _attempt_fraction(budget_fraction, costs.overs) * costs.full_ms
     if estimate is not None:
         assert costs.diff_ms is not None
         if estimate > _WORTH_IT * costs.full_ms:
@@ -553,10 +557,24 @@ def _choose(
             )
         # A measured cost: the attempt gets its estimate with a margin. The fixed fraction
         # alone would cancel every differential refresh between it and the full cost.
-        budget_ms = max(budget_ms, _MARGIN * estimate)
+        budget_ms = max(budget_ms, min(_MARGIN * estimate, costs.full_ms))
     # No minimum: the attempt plus the recompute after it stays within (1 + budget_fraction)
     # of a full refresh.
     return DIFFERENTIAL, None, pending, budget_ms if budget_fraction else None
+
+
+def _attempt_fraction(budget_fraction: float, overs: int) -> float:
+    """The share of a full refresh an AUTO differential attempt may take when nothing measured
+    says more: ``budget_fraction``, doubled for each attempt cancelled in a row before it, up to
+    :data:`_WORTH_IT`. With one fixed fraction a differential refresh that costs more than it
+    (and less than a full refresh) was cancelled at every retry and never measured: at TPC-H SF 1
+    and 1% of the orders changed, Q02, Q04 and Q14 kept recomputing in 0.3-1.2 s what a
+    differential refresh did in 0.24-0.52 of that time. A retry waits 2^n full refreshes
+    (:func:`_measured_costs`), so the tries still cost at most ``budget_fraction`` of a full
+    refresh per refresh on average; a single one at most 1.8 times a full refresh."""
+    if not budget_fraction:
+        return 0.0
+    return max(budget_fraction, min(budget_fraction * 2**overs, _WORTH_IT))
 
 
 def _count_windows(
@@ -731,6 +749,8 @@ class _Costs:
     retry_due: bool = False
     #: Whether that differential refresh recomputed (a scalar subquery's value changed).
     recomputed: bool = False
+    #: Differential attempts over budget in a row since the last differential refresh.
+    overs: int = 0
 
 
 #: Refreshes read for the costs, NO_DATA ones left out: enough for a run of cancelled attempts
@@ -752,8 +772,8 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
     other), AUTO tries again; each further cancellation in a row doubles the wait (2, 4, 8 … 64
     refreshes). A record that never expired sent every later refresh to FULL although the
     attempt's conditions (a disturbed machine, a backlog) had passed: TPC-H Q09 at SF 1 kept
-    recomputing in 3.8 s what a differential refresh did in 0.6 s. The tries cost at most
-    ``auto_diff_budget`` of a full refresh each, ever more rarely."""
+    recomputing in 3.8 s what a differential refresh did in 0.6 s. Each try gets twice the
+    budget of the one before (:func:`_attempt_fraction`), ever more rarely."""
     # A refresh that chose DIFFERENTIAL and recomputed because a scalar subquery's value changed
     # measures the differential choice (its maintained subqueries and the recomputation), not a
     # full refresh: TPC-H Q22 at SF 0.1 did so on every change, about 1.2 times a full refresh,
@@ -793,7 +813,13 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
     recomputed = sum(row[0] == FULL for row in rows[:since])
     wait = min(2**overs, _RETRY_AFTER_MAX)
     return _Costs(
-        full_ms, diff_ms, diff_rows, int(rows[since][2]), recomputed >= wait, recomputed_diff
+        full_ms,
+        diff_ms,
+        diff_rows,
+        int(rows[since][2]),
+        recomputed >= wait,
+        recomputed_diff,
+        overs,
     )
 
 
