@@ -653,6 +653,25 @@ def _slow_table(db: psycopg.Connection[Any]) -> None:
     db.execute("INSERT INTO few VALUES (1, 1, 1), (2, 2, 2)")
 
 
+def _measured_slow_st(db: psycopg.Connection[Any]) -> None:
+    """``slow_st`` over ``few`` in AUTO with one differential refresh of 2 change rows measured
+    (without a budget: the population's 40 ms of sleep) and auto_diff_budget 0.2 after it."""
+    _slow_table(db)
+    pgt.set_setting(db, "auto_full_threshold", 0.99)
+    pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
+    db.execute("UPDATE few SET v = 5 WHERE id = 1")
+    pgt.set_setting(db, "auto_diff_budget", 0)
+    assert pgt.refresh_stream_table(db, "slow_st").action == "DIFFERENTIAL"
+    pgt.set_setting(db, "auto_diff_budget", 0.2)
+
+
+#: Pretend durations in the history: (differential ms, full ms).
+_PRETEND = (
+    "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
+    "WHEN 'DIFFERENTIAL' THEN %s ELSE %s END"
+)
+
+
 def _refresh_cancelled(db: psycopg.Connection[Any], budget_ms: int) -> pgt.RefreshResult:
     """Refresh ``slow_st``, whose differential attempt must pass its budget of ``budget_ms``
     and be recomputed."""
@@ -750,20 +769,10 @@ def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budge
     refresh (not recomputed on an extrapolated estimate), unless the smaller change already took
     longer than that budget: a larger change is not cheaper, so the attempt would be cancelled
     and its budget spent for nothing."""
-    _slow_table(db)
-    pgt.set_setting(db, "auto_full_threshold", 0.99)
-    pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
-    db.execute("UPDATE few SET v = 5 WHERE id = 1")  # 2 change rows, measured below
-    pgt.set_setting(db, "auto_diff_budget", 0)  # the population's 40 ms of sleep: no budget
-    assert pgt.refresh_stream_table(db, "slow_st").action == "DIFFERENTIAL"
-    pgt.set_setting(db, "auto_diff_budget", 0.2)
+    _measured_slow_st(db)
     # Pretend: 400 ms for those 2 rows, 600 ms for a full refresh. 10 new rows are estimated at
     # 2,000 ms, an extrapolation; the budget would be 120 ms, less than the 2 rows took.
-    history = (
-        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
-        "WHEN 'DIFFERENTIAL' THEN %s ELSE %s END"
-    )
-    db.execute(history, (400, 600))
+    db.execute(_PRETEND, (400, 600))
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 12) i")
     r = pgt.refresh_stream_table(db, "slow_st")
     assert r.action == "FULL" and "above 80% of the last full refresh (600 ms)" in (
@@ -773,7 +782,7 @@ def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budge
     # 50 ms for the 2 rows, 1,000 ms for a full refresh: 40 rows are estimated at 1,000 ms,
     # above 80%, but the 2 rows fit a budget of 200 ms, so the 40 are tried with it (and their
     # 800 ms of sleep are cancelled).
-    db.execute(history, (50, 1000))
+    db.execute(_PRETEND, (50, 1000))
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(13, 52) i")
     _refresh_cancelled(db, 200)
 
@@ -784,25 +793,15 @@ def test_auto_gives_a_measured_attempt_twice_its_estimate_up_to_a_full_refresh(
     """Once a differential refresh is measured, an attempt may take twice its estimate (at most
     a full refresh's time) if that is more than its fraction of a full refresh: like-sized
     refreshes vary that much on a busy machine."""
-    _slow_table(db)
-    pgt.set_setting(db, "auto_full_threshold", 0.99)
-    pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
-    db.execute("UPDATE few SET v = 5 WHERE id = 1")  # 2 change rows, measured below
-    pgt.set_setting(db, "auto_diff_budget", 0)
-    assert pgt.refresh_stream_table(db, "slow_st").action == "DIFFERENTIAL"
-    pgt.set_setting(db, "auto_diff_budget", 0.2)
-    history = (
-        "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = CASE action "
-        "WHEN 'DIFFERENTIAL' THEN %s ELSE %s END"
-    )
+    _measured_slow_st(db)
     # Pretend: 10 ms for those 2 rows, 500 ms for a full refresh. 20 new rows (400 ms of sleep)
     # are estimated at 100 ms: the budget is twice that, more than a fifth of 500 ms.
-    db.execute(history, (10, 500))
+    db.execute(_PRETEND, (10, 500))
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 22) i")
     _refresh_cancelled(db, 200)
     # A smaller change (12 rows, 240 ms of sleep) after a full refresh of 100 ms: twice its
     # 60 ms estimate is more than a full refresh, which is its budget.
-    db.execute(history, (10, 100))
+    db.execute(_PRETEND, (10, 100))
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(23, 34) i")
     _refresh_cancelled(db, 100)
 
