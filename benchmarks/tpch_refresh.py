@@ -32,7 +32,8 @@ per repeat:
 
 AUTO's time for a cycle is the full recompute time when AUTO would recompute, and the
 differential time when it would refresh differentially — unless that is longer than the time
-budget AUTO would give the attempt (``auto_diff_budget`` of the last full refresh), where the
+budget AUTO would give the attempt (the one ``_choose`` returns: ``auto_diff_budget`` of the
+last full refresh, more after cancelled attempts or with a measured estimate), where the
 engine cancels the attempt and recomputes: then the budget plus the full recompute time. The
 test against the budget uses the engine's own duration of the refresh (``RefreshResult.
 duration_ms``, before the commit and the buffer cleanup, which the budget does not cover), not
