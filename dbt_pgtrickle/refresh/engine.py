@@ -565,8 +565,9 @@ def _choose(
         # A measured cost: the attempt gets its estimate with a margin. The fixed fraction
         # alone would cancel every differential refresh between it and the full cost.
         budget_ms = max(budget_ms, min(_MARGIN * estimate, costs.full_ms))
-    # No minimum: the attempt plus the recompute after it stays within (1 + budget_fraction)
-    # of a full refresh.
+    # An attempt cancelled at its budget plus the recompute after it cost at most
+    # (1 + budget_fraction) full refreshes, or the floor more; a retry at most 1.8; one with a
+    # measured estimate at most 2.
     return DIFFERENTIAL, None, pending, budget_ms if budget_fraction else None
 
 
