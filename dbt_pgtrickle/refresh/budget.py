@@ -5,14 +5,13 @@ cost of earlier refreshes); it cannot know a delta's cost in advance. So a diffe
 in AUTO mode runs inside a savepoint with a deadline: a fraction (``auto_diff_budget``) of the
 stream table's last full refresh (or initial population), doubled for each attempt cancelled
 in a row before it up to 0.8, or, once a differential refresh has been measured, twice the
-estimate from it (at most a full refresh's time) if that is more, and never less than
-``auto_cost_floor_ms`` or the full refresh's time, whichever is less (``engine._choose``). Each
+estimate from it (at most a full refresh's time) if that is more (``engine._choose``). Each
 statement of the delta gets the time that remains as its ``statement_timeout``; when the
 deadline passes, the statement is cancelled, the savepoint is rolled back (the delta's temporary
 tables and hidden-table changes with it; the sources' change windows, copied before the choice,
 stay) and the refresh recomputes the query in the same snapshot. An AUTO
 refresh about whose differential cost nothing is known therefore costs at most
-``(1 + auto_diff_budget)`` times a full one or the floor more, plus noise (a retry after cancelled attempts at
+``(1 + auto_diff_budget)`` times a full one, plus noise (a retry after cancelled attempts at
 most 1.8 times, ever more rarely); one whose estimate was wrong, at most twice.
 
 The budget is re-armed before every statement that can take long, so the sum of the statements

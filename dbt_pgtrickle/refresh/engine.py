@@ -75,7 +75,13 @@ class _Source:
     stable: str
     captured: bool
     columns: list[str]
+    #: Its change rows this refresh, as copied into its window (only those the delta can use):
+    #: what AUTO compares with earlier refreshes and the history records as rows_in.
     pending: int = 0
+    #: The rows of its window after change rows that undo each other cancelled
+    #: (:func:`_consolidate`): what the delta reads. Not compared across refreshes: whether a
+    #: window is consolidated varies from refresh to refresh.
+    window_rows: int = 0
     types: dict[str, str] = field(default_factory=dict)  # column -> format_type()
     unlogged: bool = False  # its change buffer is UNLOGGED (see cdc/unlogged.py)
     lagging_peer: bool = False  # another reader of its buffer is behind (see _window)
@@ -470,7 +476,7 @@ def _choose(
     uncaptured = [f"{s.schema}.{s.name}" for s in sources if not s.captured]
     if uncaptured:
         return FULL, f"changes of {', '.join(uncaptured)} are not captured", pending, None
-    if pending == 0:
+    if not any(src.window_rows for src in captured):  # none, or all filtered or cancelled
         return NO_DATA, None, 0, None
     if rec.effective_mode == FULL:
         return FULL, rec.fallback_reason or "refresh mode FULL", pending, None
@@ -529,14 +535,11 @@ def _choose(
         # cost of a small refresh too, so a stream table whose full refresh takes a few ms may
         # recompute where a differential refresh would also be cheap.
         return DIFFERENTIAL, None, pending, None
-    # Never less than the cost floor (or the full refresh, if that is less): a refresh of any
-    # kind has a fixed cost of 10-30 ms, and under the floor a cost is not worth judging. A fifth
-    # of a 50-150 ms full refresh cancelled differential refreshes of half its time at TPC-H SF
-    # 0.1 (Q15: 23 ms against a budget of 11 ms and a full refresh of 50 ms).
-    budget_ms = max(
-        _attempt_fraction(budget_fraction, costs.overs) * costs.full_ms,
-        min(cost_floor_ms, costs.full_ms),
-    )
+    # No minimum (such as the cost floor): at TPC-H SF 0.1, where many differential refreshes
+    # take about as long as a full one (40-150 ms), a 50 ms minimum made a cancelled attempt
+    # cost 1.5-2 full refreshes (Q04, Q14, Q15, Q16 at 10%: 1.58-1.77x; Q08, Q11 at 0.1%: 1.44x
+    # and 1.33x) where a fifth of the full refresh had cost 1.2.
+    budget_ms = _attempt_fraction(budget_fraction, costs.overs) * costs.full_ms
     if estimate is not None:
         assert costs.diff_ms is not None
         if estimate > _WORTH_IT * costs.full_ms:
@@ -566,8 +569,8 @@ def _choose(
         # alone would cancel every differential refresh between it and the full cost.
         budget_ms = max(budget_ms, min(_MARGIN * estimate, costs.full_ms))
     # An attempt cancelled at its budget plus the recompute after it cost at most
-    # (1 + budget_fraction) full refreshes, or the floor more; a retry at most 1.8; one with a
-    # measured estimate at most 2.
+    # (1 + budget_fraction) full refreshes; a retry at most 1.8; one with a measured estimate at
+    # most 2.
     return DIFFERENTIAL, None, pending, budget_ms if budget_fraction else None
 
 
@@ -601,7 +604,7 @@ def _count_windows(
     ).fetchall()
     truncated = []
     for i, n, was_truncated in counts:
-        captured[i].pending = n
+        captured[i].pending = captured[i].window_rows = n
         if was_truncated:
             truncated.append(f"{captured[i].schema}.{captured[i].name}")
     return truncated
@@ -653,14 +656,16 @@ def _materialise_windows(
             ),
             {"f": rec.frontier},
         )
-        src.pending, src.windowed = cur.rowcount, True
+        src.pending = src.window_rows = cur.rowcount
+        src.windowed = True
         made.append(src)
         if cap is not None and cur.rowcount >= cap:
             for src in made:
                 conn.execute(
                     sql.SQL("DROP TABLE {}").format(sql.Identifier(changes_relation(src.stable)))
                 )
-                src.pending, src.windowed = 0, False
+                src.pending = src.window_rows = 0
+                src.windowed = False
             return None
         _consolidate(conn, plan, src, columns)
     marked = conn.execute(
@@ -733,7 +738,7 @@ def _consolidate(
     if len(_consolidated) > 4096:
         _consolidated.clear()
     _consolidated[key] = (plan, 0, 1.0 - kept / src.pending)
-    src.pending = kept
+    src.window_rows = kept
 
 
 #: The reason of a differential refresh that recomputed because a scalar subquery's value
@@ -965,7 +970,7 @@ def _apply_differential(
     None: the query is not maintainable differentially) applied to the stream table."""
     if plan is None:
         raise RefreshError(f"stream table {rec.qualified} cannot be refreshed differentially")
-    changed = [src for src in sources if src.pending]
+    changed = [src for src in sources if src.window_rows]
     unread = [f"{src.schema}.{src.name}" for src in changed if not src.windowed]
     if unread:  # _choose copies every non-empty window of a refresh that may be differential
         raise RefreshError(f"internal error: no change window of {', '.join(unread)}")
@@ -977,7 +982,7 @@ def _apply_differential(
     # Window sizes order a join's telescoping terms (Citus sources keep inclusion–exclusion:
     # their tables cannot be unioned with a temporary table of the coordinator).
     telescoping = rec.placement == "local" and not rec.citus_captured
-    sizes = {src.stable: src.pending for src in changed}
+    sizes = {src.stable: src.window_rows for src in changed}
     old_inputs = _OldInputs(readers) if telescoping else None
     if old_inputs is not None:
         old_inputs.index(conn, sizes)

@@ -790,19 +790,6 @@ def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budge
     _refresh_cancelled(db, 200)
 
 
-def test_auto_budget_is_never_below_the_cost_floor(db: psycopg.Connection[Any]) -> None:
-    """A differential attempt may always take auto_cost_floor_ms (or a full refresh's time if
-    that is less): a fifth of a full refresh just over the floor is less than the fixed cost of
-    any refresh."""
-    _slow_table(db)
-    pgt.set_setting(db, "auto_full_threshold", 0.99)
-    pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
-    # Pretend the population took 60 ms: a fifth is 12 ms, the budget the floor's 50 ms.
-    db.execute("UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 60")
-    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 22) i")
-    _refresh_cancelled(db, 50)
-
-
 def test_auto_gives_a_measured_attempt_twice_its_estimate_up_to_a_full_refresh(
     db: psycopg.Connection[Any],
 ) -> None:
