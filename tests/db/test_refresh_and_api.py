@@ -765,6 +765,29 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
         pgt.refresh_stream_table(db, "slow_st")
 
 
+def test_auto_retries_a_much_larger_change_with_the_first_budget(
+    db: psycopg.Connection[Any],
+) -> None:
+    """The budget grows for retries of a like-sized change only: a change much larger than the
+    cancelled one is tried with the first fraction again."""
+    _slow_table(db)
+    pgt.set_setting(db, "auto_full_threshold", 0.99)
+    pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
+    fulls = "UPDATE pgtrickle.pgt_refresh_history SET duration_ms = 1000 WHERE action = 'FULL'"
+    db.execute(fulls)
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 12) i")
+    _refresh_cancelled(db, 200)  # 10 change rows, 200 ms of sleep and more
+    for first in (13, 23):  # as large: recomputed until 2 full refreshes followed
+        db.execute(
+            f"INSERT INTO few SELECT i, i % 3, i FROM generate_series({first}, {first + 9}) i"
+        )
+        assert pgt.refresh_stream_table(db, "slow_st").action == "FULL"
+    db.execute(fulls)
+    # 30 change rows: a retry, but three times the cancelled change, so not twice the budget.
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(33, 62) i")
+    _refresh_cancelled(db, 200)
+
+
 def test_auto_tries_an_extrapolation_only_when_the_smaller_change_fits_the_budget(
     db: psycopg.Connection[Any],
 ) -> None:
