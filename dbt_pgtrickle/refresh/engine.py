@@ -498,7 +498,10 @@ def _choose(
     # Before the floor: a cancelled attempt leaves no differential measurement, and the floor
     # would then let the next as large refresh run unbounded (also when it is tried again).
     as_large = costs.over_rows is not None and pending >= _SAME_SIZE * costs.over_rows
-    if as_large and not costs.retry_due:
+    # At most 1.25 times the cancelled change: a retry gets a larger budget. A much larger one is
+    # retried half as often, with the first budget (the smaller change did not fit it).
+    like_sized = costs.over_rows is not None and pending * _SAME_SIZE <= costs.over_rows
+    if as_large and not costs.retry_due(like_sized):
         return (
             FULL,
             f"the last differential attempt, with {costs.over_rows} change rows, passed its time "
@@ -539,10 +542,9 @@ def _choose(
     # take about as long as a full one (40-150 ms), a 50 ms minimum made a cancelled attempt
     # cost 1.5-2 full refreshes (Q04, Q14, Q15, Q16 at 10%: 1.58-1.77x; Q08, Q11 at 0.1%: 1.44x
     # and 1.33x) where a fifth of the full refresh had cost 1.2.
-    # A retry of a like-sized change gets a larger budget; a much larger change than the one
-    # cancelled does not (TPC-H SF 0.1: Q09's attempt at 10% after one cancelled at 1% got 0.4
-    # of the last full refresh, 208 ms, and cost 1.66 times that cycle's full refresh).
-    like_sized = costs.over_rows is not None and pending * _SAME_SIZE <= costs.over_rows
+    # Not a larger budget for a much larger change than the one cancelled (TPC-H SF 0.1: Q09's
+    # attempt at 10% after one cancelled at 1% got 0.4 of the last full refresh, 208 ms, and
+    # cost 1.66 times that cycle's full refresh).
     budget_ms = _attempt_fraction(budget_fraction, costs.overs if like_sized else 0)
     budget_ms *= costs.full_ms
     if estimate is not None:
@@ -762,13 +764,21 @@ class _Costs:
     diff_ms: float | None  # the last differential refresh that consumed changes
     diff_rows: int  # its change rows
     over_rows: int | None  # change rows of a later differential attempt over its budget
-    #: Whether that attempt is old enough to try again: the full refreshes since it are at least
-    #: 2^n (at most :data:`_RETRY_AFTER_MAX`), n being the attempts over budget in a row.
-    retry_due: bool = False
+    #: Full refreshes since that attempt.
+    fulls_since: int = 0
     #: Whether that differential refresh recomputed (a scalar subquery's value changed).
     recomputed: bool = False
     #: Differential attempts over budget in a row since the last differential refresh.
     overs: int = 0
+
+    def retry_due(self, like_sized: bool) -> bool:
+        """Whether the attempt over budget is old enough to try again: the full refreshes since
+        it are at least 2^n (at most :data:`_RETRY_AFTER_MAX`), n being the attempts over budget
+        in a row, plus one for a change more than 1.25 times as large as the last of them
+        (TPC-H SF 1: Q22's retry at 1% after an attempt at 0.1% cancelled, with ten times the
+        change rows and the same budget, was cancelled again, 1.24 times a full refresh)."""
+        wait = min(2 ** (self.overs + (0 if like_sized else 1)), _RETRY_AFTER_MAX)
+        return self.fulls_since >= wait
 
 
 #: Refreshes read for the costs, NO_DATA ones left out: enough for a run of cancelled attempts
@@ -828,14 +838,12 @@ def _measured_costs(conn: psycopg.Connection[Any], pgt_id: int) -> _Costs:
         if row[3]:
             break
         overs += row[4]
-    recomputed = sum(row[0] == FULL for row in rows[:since])
-    wait = min(2**overs, _RETRY_AFTER_MAX)
     return _Costs(
         full_ms,
         diff_ms,
         diff_rows,
         int(rows[since][2]),
-        recomputed >= wait,
+        sum(row[0] == FULL for row in rows[:since]),
         recomputed_diff,
         overs,
     )

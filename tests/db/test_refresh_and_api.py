@@ -765,11 +765,12 @@ def test_auto_differential_over_its_budget_is_rolled_back_and_recomputed(
         pgt.refresh_stream_table(db, "slow_st")
 
 
-def test_auto_retries_a_much_larger_change_with_the_first_budget(
+def test_auto_retries_a_much_larger_change_later_with_the_first_budget(
     db: psycopg.Connection[Any],
 ) -> None:
-    """The budget grows for retries of a like-sized change only: a change much larger than the
-    cancelled one is tried with the first fraction again."""
+    """A change much larger than a cancelled one is retried half as often as a like-sized one
+    (after 4 full refreshes instead of 2), and with the first fraction: the smaller change did
+    not fit it, so only changed conditions would let the larger one finish."""
     _slow_table(db)
     pgt.set_setting(db, "auto_full_threshold", 0.99)
     pgt.create_stream_table(db, "slow_st", "select g, sum(slow(v)) as s from few group by g")
@@ -777,14 +778,20 @@ def test_auto_retries_a_much_larger_change_with_the_first_budget(
     db.execute(fulls)
     db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(3, 12) i")
     _refresh_cancelled(db, 200)  # 10 change rows, 200 ms of sleep and more
-    for first in (13, 23):  # as large: recomputed until 2 full refreshes followed
-        db.execute(
-            f"INSERT INTO few SELECT i, i % 3, i FROM generate_series({first}, {first + 9}) i"
-        )
-        assert pgt.refresh_stream_table(db, "slow_st").action == "FULL"
+    changes = [
+        "INSERT INTO few SELECT i, i % 3, i FROM generate_series(13, 22) i",
+        "INSERT INTO few SELECT i, i % 3, i FROM generate_series(23, 32) i",
+        # 30 change rows after 2 full refreshes: a like-sized change would be tried now
+        "INSERT INTO few SELECT i, i % 3, i FROM generate_series(33, 62) i",
+        "DELETE FROM few WHERE id BETWEEN 33 AND 62",
+    ]
+    for change in changes:
+        db.execute(change)
+        r = pgt.refresh_stream_table(db, "slow_st")
+        assert r.action == "FULL" and "passed its time budget; " in (r.fallback_reason or ""), r
     db.execute(fulls)
-    # 30 change rows: a retry, but three times the cancelled change, so not twice the budget.
-    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(33, 62) i")
+    # Four full refreshes since: tried, with a fifth of the full refresh, not two fifths.
+    db.execute("INSERT INTO few SELECT i, i % 3, i FROM generate_series(63, 92) i")
     _refresh_cancelled(db, 200)
 
 
