@@ -541,10 +541,10 @@ def _choose(
     # No minimum (such as the cost floor): at TPC-H SF 0.1, where many differential refreshes
     # take about as long as a full one (40-150 ms), a 50 ms minimum made a cancelled attempt
     # cost 1.5-2 full refreshes (Q04, Q14, Q15, Q16 at 10%: 1.58-1.77x; Q08, Q11 at 0.1%: 1.44x
-    # and 1.33x) where a fifth of the full refresh had cost 1.2.
-    # Not a larger budget for a much larger change than the one cancelled (TPC-H SF 0.1: Q09's
-    # attempt at 10% after one cancelled at 1% got 0.4 of the last full refresh, 208 ms, and
-    # cost 1.66 times that cycle's full refresh).
+    # and 1.33x) where a fifth of the full refresh had cost 1.2. Not a larger budget for a much
+    # larger change than the one cancelled (TPC-H SF 0.1: Q09's attempt at 10% after one
+    # cancelled at 1% got 0.4 of the last full refresh, 208 ms, and cost 1.66 times that
+    # cycle's full refresh).
     budget_ms = _attempt_fraction(budget_fraction, costs.overs if like_sized else 0)
     budget_ms *= costs.full_ms
     if estimate is not None:
@@ -583,12 +583,13 @@ def _choose(
 
 def _attempt_fraction(budget_fraction: float, overs: int) -> float:
     """The share of a full refresh an AUTO differential attempt may take when nothing measured
-    says more: ``budget_fraction``, doubled for each attempt cancelled in a row before it (for
-    a change at most 1.25 times as large as the last of them), up to :data:`_WORTH_IT`. With one fixed fraction a differential refresh that costs more than it
-    (and less than a full refresh) was cancelled at every retry and never measured: at TPC-H SF 1
-    and 1% of the orders changed, Q02, Q04 and Q14 kept recomputing in 0.3-1.2 s what a
-    differential refresh did in 0.24-0.52 of that time. A retry waits 2^n full refreshes
-    (:func:`_measured_costs`), so the tries still cost at most ``budget_fraction`` of a full
+    says more: ``budget_fraction``, doubled for each attempt cancelled in a row before it (the
+    caller passes 0 for a change more than 1.25 times as large as the last of them), up to
+    :data:`_WORTH_IT`. With one fixed fraction a differential refresh that costs more than it
+    (and less than a full refresh) was cancelled at every retry and never measured: at TPC-H
+    SF 1 and 1% of the orders changed, Q02, Q04 and Q14 kept recomputing in 0.3-1.2 s what a
+    differential refresh did in 0.24-0.51 of that time. A retry waits 2^n full refreshes
+    (:meth:`_Costs.retry_due`), so the tries still cost at most ``budget_fraction`` of a full
     refresh per refresh on average; a single one at most 1.8 times a full refresh."""
     if not budget_fraction:
         return 0.0
