@@ -224,6 +224,15 @@ def test_a_stage_joined_on_its_group_keys_is_indexed_on_them(
         "l.qty > (select avg(l2.qty) from line l2 where l2.pk = l.pk and l2.sk = l.sk)",
         refresh_mode="DIFFERENTIAL",
     )
+    # The same under ORDER BY … LIMIT: the stage is joined by the TopK's inner query.
+    pgt.create_stream_table(
+        db,
+        "top",
+        "select l.id, l.qty from line l join part p on p.pk = l.pk where p.brand = 'b1' and "
+        "l.qty > (select avg(l2.qty) from line l2 where l2.pk = l.pk and l2.sk = l.sk) "
+        "order by l.qty desc, l.id limit 5",
+        refresh_mode="DIFFERENTIAL",
+    )
     # A grouped derived table that the query above only aggregates: no join, no key index.
     pgt.create_stream_table(
         db,
@@ -243,6 +252,7 @@ def test_a_stage_joined_on_its_group_keys_is_indexed_on_them(
         return [r[0] for r in rows]
 
     assert stage_indexes("joined") == ["(__pgt_row_id)", "(k0, k1)"]
+    assert stage_indexes("top") == ["(__pgt_row_id)", "(k0, k1)"]
     assert stage_indexes("alone") == ["(__pgt_row_id)"]
     for statement in (
         "UPDATE line SET qty = qty + 3 WHERE id % 7 = 0",
@@ -251,6 +261,7 @@ def test_a_stage_joined_on_its_group_keys_is_indexed_on_them(
     ):
         db.execute(statement)
         assert refresh_exactly(db, "joined").action == "DIFFERENTIAL"
+        assert refresh_exactly(db, "top").action == "DIFFERENTIAL"
         # "alone" reads line.pk only: the update of qty cancels out of its window.
         expected = "NO_DATA" if statement.startswith("UPDATE") else "DIFFERENTIAL"
         assert refresh_exactly(db, "alone").action == expected
