@@ -378,16 +378,26 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
                 f"coalesce((SELECT sum({a}.{WEIGHT}) FROM {changes_of(sj)} AS {a} "
                 f"WHERE ({sj.condition})), 0)"
             )
-            old_match = (
-                f"(SELECT count(__pgt_m.one) > min(__pgt_s.s) FROM (SELECT {s} AS s OFFSET 0) "
-                f"AS __pgt_s LEFT JOIN LATERAL (SELECT 1 AS one FROM {table} AS {a} WHERE "
-                f"({sj.condition}) LIMIT greatest(__pgt_s.s, 0) + 1) AS __pgt_m ON true)"
+            counted = (
+                f"FROM (SELECT {s} AS s OFFSET 0) AS __pgt_s LEFT JOIN LATERAL (SELECT 1 AS one "
+                f"FROM {table} AS {a} WHERE ({sj.condition}) LIMIT greatest(__pgt_s.s, 0) + 1) "
+                "AS __pgt_m ON true"
             )
+            old_match = f"(SELECT count(__pgt_m.one) > min(__pgt_s.s) {counted})"
             old_tests.append(f"NOT {old_match}" if sj.negated else old_match)
         else:
             old_tests.append(semijoin_condition(sj))
     e_new, e_old = " AND ".join(new_tests), " AND ".join(old_tests)
-    changes_differ = f"(({e_new}) <> ({e_old}))"
+    if len(shape.semijoins) == 1:
+        # One test: it flipped iff "a match now" and "more than s match now" differ, both read
+        # from the same count of at most s + 1 matches (s ≥ 0: the first match is among them;
+        # s < 0: "more than s" holds). One probe per candidate row instead of two (Q13 at SF 1:
+        # 10,440 customers, the second probe about 60 of the 340 ms of the padding term).
+        changes_differ = (
+            f"(SELECT (count(__pgt_m.one) > 0) <> (count(__pgt_m.one) > min(__pgt_s.s)) {counted})"
+        )
+    else:
+        changes_differ = f"(({e_new}) <> ({e_old}))"
     flips = f"({touched}) AND {changes_differ}"
     flip = f"(CASE WHEN {e_new} THEN 1 ELSE -1 END)"
     sep = ", " if cols else ""
