@@ -165,19 +165,11 @@ def group_key_columns(plan: compiler.DeltaPlan) -> tuple[str, ...]:
 
 
 def _joins(plan: compiler.DeltaPlan, stage: compiler.Stage) -> bool:
-    """Whether ``plan`` joins ``stage`` with something else. A TopK plan's query is its inner
-    plan's (TPC-H Q02: without this its 116,000-row stage was scanned by each of the terms
-    joining it, 170 of a 240 ms refresh at SF 1)."""
-    if plan.topk is not None:
-        plan = plan.topk.inner
-    shapes = plan.branches or ([plan.shape] if plan.shape is not None else [])
-    return any(
-        len(shape.froms) > 1
-        and any(
-            f.source.schema == CHANGES_SCHEMA and f.source.name == stage.name for f in shape.froms
-        )
-        for shape in shapes
-    )
+    """Whether ``plan`` joins ``stage`` with something else: an inner-join block of it
+    (``join_blocks``, which a TopK plan takes from its inner query) reads the stage and another
+    input. (Walking the plan's own shape missed TopK plans, whose query is the inner plan's:
+    TPC-H Q02's 116,000-row stage was scanned by each term joining it.)"""
+    return any(stage.stable in block and len(block) > 1 for block in plan.join_blocks)
 
 
 def create_index(

@@ -363,41 +363,45 @@ def _semijoin_terms(shape: QueryShape, cols: str, changed_stables: set[str]) -> 
         f"EXISTS (SELECT 1 FROM {net_changes_of(sj)} AS {q(sj.alias)} WHERE ({sj.condition}))"
         for sj in changed
     )
-    new_tests, old_tests = [], []
-    for sj in shape.semijoins:
-        new_tests.append(semijoin_condition(sj))
-        if sj in changed:
-            table = f"{q(sj.source.schema)}.{q(sj.source.name)}"
-            a = q(sj.alias)
-            # Old matches = current matches - s, with s the net weight of the matching changes;
-            # so an old match existed iff more than s match now. Counting at most s + 1 of them
-            # keeps the test a probe or two however many rows match (Q13 at SF 1 counted about 15
-            # orders per customer for 10,440 customers). OFFSET 0 keeps s one subquery: inlined,
-            # it would be evaluated for the LIMIT and again for the comparison.
-            s = (
-                f"coalesce((SELECT sum({a}.{WEIGHT}) FROM {changes_of(sj)} AS {a} "
-                f"WHERE ({sj.condition})), 0)"
-            )
-            counted = (
-                f"FROM (SELECT {s} AS s OFFSET 0) AS __pgt_s LEFT JOIN LATERAL (SELECT 1 AS one "
-                f"FROM {table} AS {a} WHERE ({sj.condition}) LIMIT greatest(__pgt_s.s, 0) + 1) "
-                "AS __pgt_m ON true"
-            )
-            old_match = f"(SELECT count(__pgt_m.one) > min(__pgt_s.s) {counted})"
-            old_tests.append(f"NOT {old_match}" if sj.negated else old_match)
-        else:
-            old_tests.append(semijoin_condition(sj))
-    e_new, e_old = " AND ".join(new_tests), " AND ".join(old_tests)
+
+    def counted(sj: SemiJoin) -> str:
+        """``FROM`` of at most s + 1 current matches of ``sj``, s the net weight of its matching
+        changes: old matches = current matches − s, so an old match existed iff more than s
+        match now, and counting no further keeps the test a probe or two however many rows
+        match (Q13 at SF 1 counted about 15 orders per customer for 10,440 customers). OFFSET 0
+        keeps s one subquery: inlined, it would be evaluated for the LIMIT and again for the
+        comparison."""
+        a = q(sj.alias)
+        s = (
+            f"coalesce((SELECT sum({a}.{WEIGHT}) FROM {changes_of(sj)} AS {a} "
+            f"WHERE ({sj.condition})), 0)"
+        )
+        return (
+            f"FROM (SELECT {s} AS s OFFSET 0) AS __pgt_s LEFT JOIN LATERAL (SELECT 1 AS one "
+            f"FROM {q(sj.source.schema)}.{q(sj.source.name)} AS {a} WHERE ({sj.condition}) "
+            "LIMIT greatest(__pgt_s.s, 0) + 1) AS __pgt_m ON true"
+        )
+
+    e_new = " AND ".join(semijoin_condition(sj) for sj in shape.semijoins)
     if len(shape.semijoins) == 1:
-        # One test: it flipped iff "a match now" and "more than s match now" differ, both read
-        # from the same count of at most s + 1 matches (s ≥ 0: the first match is among them;
-        # s < 0: "more than s" holds). One probe per candidate row instead of two (Q13 at SF 1:
-        # 10,440 customers, the second probe about 60 of the 340 ms of the padding term).
+        # One test (so it is the changed one): it flipped iff "a match now" and "more than s
+        # match now" differ, both read from the one count of at most s + 1 matches (s ≥ 0: the
+        # first match is among them; s < 0: "more than s" holds). One probe per candidate row
+        # instead of two (Q13 at SF 1: 10,440 customers, the second probe about 60 of the
+        # 340 ms of the padding term).
         changes_differ = (
-            f"(SELECT (count(__pgt_m.one) > 0) <> (count(__pgt_m.one) > min(__pgt_s.s)) {counted})"
+            "(SELECT (count(__pgt_m.one) > 0) <> (count(__pgt_m.one) > min(__pgt_s.s)) "
+            f"{counted(changed[0])})"
         )
     else:
-        changes_differ = f"(({e_new}) <> ({e_old}))"
+        old_tests = []
+        for sj in shape.semijoins:
+            if sj in changed:
+                old_match = f"(SELECT count(__pgt_m.one) > min(__pgt_s.s) {counted(sj)})"
+                old_tests.append(f"NOT {old_match}" if sj.negated else old_match)
+            else:
+                old_tests.append(semijoin_condition(sj))
+        changes_differ = f"(({e_new}) <> ({' AND '.join(old_tests)}))"
     flips = f"({touched}) AND {changes_differ}"
     flip = f"(CASE WHEN {e_new} THEN 1 ELSE -1 END)"
     sep = ", " if cols else ""
